@@ -1,0 +1,40 @@
+# Two entry points, each doing its own set-up on a fresh machine:
+#   make demo   - create .venv if missing, install, run the main job
+#   make test   - same set-up, then lint, type check and the whole test suite
+# Override the torch pin for another machine: make test TORCH="torch==X torchvision==Y"
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.driffusion-installed
+OUT ?= outputs
+
+.PHONY: install demo test lint typecheck pytest clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH)
+	$(PY) -m pip install --quiet $(TORCH) -e ".[all,dev,docs]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) benchmarks/rounds.py --json $(OUT)/rounds.json
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check driffusion tests benchmarks
+	$(VENV)/bin/ruff format --check driffusion tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+pytest: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest
+
+test: lint typecheck pytest
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,134 @@
+"""The one model contract every sampler uses, and the executors that fulfil it.
+
+A *model* is any callable ``model(xs, t) -> out`` where ``xs`` stacks ``K`` states
+``[K, B, *shape]`` and ``t`` holds their ``K`` network times (``Schedule.times``). It returns the
+raw network outputs ``[K, B, *shape]`` in the schedule's parameterisation. A sampler asks for all
+the evaluations of one *round* in one call and never knows where they run; an executor decides:
+
+- :class:`BatchedExecutor`: one call of the network on all ``K`` rows (one device).
+- :class:`ChunkedExecutor`: at most ``max_states`` rows per network call, to cap memory.
+- a distributed executor (``driffusion.adapters.fabric``) splits the rows across ranks.
+
+:class:`CountingModel` wraps any model and measures *rounds* (calls: serial latency units) and
+*evaluations* (rows: total work); samplers report their stats through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+
+class Model(Protocol):
+    """``model(xs[K, B, *shape], t[K]) -> out[K, B, *shape]``."""
+
+    def __call__(self, xs: Tensor, t: Tensor) -> Tensor: ...
+
+
+NetworkFn = Callable[[Tensor, Tensor], Tensor]
+
+
+class BatchedExecutor:
+    """All ``K`` evaluations of a round in one call of ``network`` (same contract as the model).
+
+    Exists so that a plain network function and a distributed executor are interchangeable; it
+    adds the shape check that every executor owes the samplers.
+    """
+
+    def __init__(self, network: NetworkFn) -> None:
+        self.network = network
+
+    def __call__(self, xs: Tensor, t: Tensor) -> Tensor:
+        return check_output(self.network(xs, t), xs)
+
+
+class ChunkedExecutor:
+    """Evaluate the ``K`` rows of a round in chunks of at most ``max_states`` rows.
+
+    The chunks run one after another on one device, so a round costs ``ceil(K / max_states)``
+    network calls of latency; use it to cap memory, not to go faster.
+    """
+
+    def __init__(self, network: NetworkFn, max_states: int) -> None:
+        if isinstance(max_states, bool) or not isinstance(max_states, int) or max_states < 1:
+            raise ValueError(f"max_states must be an integer >= 1, got {max_states!r}")
+        self.network = network
+        self.max_states = max_states
+        self.network_calls = 0
+
+    def __call__(self, xs: Tensor, t: Tensor) -> Tensor:
+        outs = []
+        for start in range(0, xs.shape[0], self.max_states):
+            stop = start + self.max_states
+            outs.append(self.network(xs[start:stop], t[start:stop]))
+            self.network_calls += 1
+        return check_output(torch.cat(outs, dim=0), xs)
+
+
+def check_output(out: Tensor, xs: Tensor) -> Tensor:
+    """Raise ``ValueError`` unless a model's output has the shape of its input states."""
+    if not isinstance(out, Tensor) or out.shape != xs.shape:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise ValueError(f"model returned shape {shape} for states of shape {tuple(xs.shape)}")
+    return out
+
+
+@dataclass(frozen=True)
+class SamplerStats:
+    """What a sampler spent.
+
+    Attributes:
+        evaluations: network evaluations (states evaluated, summed over rounds), per sample.
+        rounds: serial rounds: model calls that must run one after another. On ``K`` devices
+            with one row each, latency is proportional to rounds.
+        iterations: refinement iterations (SRDS / Picard); 1 for one-pass samplers.
+    """
+
+    evaluations: int
+    rounds: int
+    iterations: int = 1
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """A sampler's final state ``x`` (``[B, *shape]``) and its :class:`SamplerStats`."""
+
+    x: Tensor
+    stats: SamplerStats
+
+
+class CountingModel:
+    """Wrap a model; count rounds (calls) and evaluations (rows); optionally check finiteness.
+
+    Args:
+        model: the wrapped model.
+        check_finite: raise ``ValueError`` when an output holds NaN or inf (naming the times),
+            instead of letting NaNs flow silently into the image.
+    """
+
+    def __init__(self, model: Model, check_finite: bool = True) -> None:
+        self.model = model
+        self.check_finite = check_finite
+        self.rounds = 0
+        self.evaluations = 0
+
+    def __call__(self, xs: Tensor, t: Tensor) -> Tensor:
+        if xs.ndim < 2 or t.ndim != 1 or t.shape[0] != xs.shape[0]:
+            raise ValueError(
+                f"model call needs xs [K, B, ...] and t [K], got {tuple(xs.shape)} and "
+                f"{tuple(t.shape)}"
+            )
+        out = check_output(self.model(xs, t), xs)
+        self.rounds += 1
+        self.evaluations += xs.shape[0]
+        if self.check_finite and not bool(torch.isfinite(out).all()):
+            raise ValueError(f"model output is not finite (NaN or inf) at times {t.tolist()}")
+        return out
+
+    def stats(self, iterations: int = 1) -> SamplerStats:
+        """The counts so far as :class:`SamplerStats`."""
+        return SamplerStats(self.evaluations, self.rounds, iterations)

@@ -1,0 +1,15 @@
+"""Samplers sharing one leading signature: ``sample_X(model, x, schedule, *, ..., callback)``."""
+
+from driffusion.core.samplers.driffusion import draft, refine, sample_driffusion
+from driffusion.core.samplers.serial import sample_serial
+from driffusion.core.samplers.srds import block_boundaries, default_blocks, sample_srds
+
+__all__ = [
+    "block_boundaries",
+    "default_blocks",
+    "draft",
+    "refine",
+    "sample_driffusion",
+    "sample_serial",
+    "sample_srds",
+]

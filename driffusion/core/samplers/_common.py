@@ -1,0 +1,68 @@
+"""Helpers shared by the samplers: argument checks, one round of evaluations, the base step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from driffusion.core.model import CountingModel
+from driffusion.core.schedule import Schedule
+from driffusion.core.transitions import ddpm_transition, skip_transition
+
+Callback = Callable[[dict[str, Any]], None]
+
+
+def check_state(x: Tensor, schedule: Schedule) -> None:
+    """Raise ``ValueError`` for a state that is not a finite ``[B, *shape]`` tensor."""
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule must be a Schedule, got {type(schedule).__name__}")
+    if not isinstance(x, Tensor) or x.ndim < 1 or x.shape[0] < 1:
+        shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"x must be a [B, *shape] tensor with B >= 1, got {shape}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be floating point, got {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds non-finite values (NaN or inf)")
+
+
+def check_noise(noise: Tensor | None, x: Tensor, schedule: Schedule) -> None:
+    """Pre-drawn DDPM noise must be ``[N, *x.shape]``, finite, on a VP schedule."""
+    if noise is None:
+        return
+    if schedule.kind != "vp":
+        raise ValueError("DDPM noise was given, but the schedule is a flow schedule")
+    expected = (schedule.num_steps, *x.shape)
+    if tuple(noise.shape) != expected:
+        raise ValueError(f"noise must have shape {expected} ([N, *x.shape]), got {tuple(noise.shape)}")
+    if not bool(torch.isfinite(noise).all()):
+        raise ValueError("noise holds non-finite values (NaN or inf)")
+
+
+def check_positive_int(value: object, name: str, upper: int | None = None) -> int:
+    """``value`` as an int in ``1..upper``, or ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if upper is not None and value > upper:
+        raise ValueError(f"{name} must be at most {upper}, got {value!r}")
+    return value
+
+
+def evaluate(
+    model: CountingModel, states: Sequence[Tensor], points: Sequence[int], schedule: Schedule
+) -> Tensor:
+    """One round: the raw outputs ``[K, B, *shape]`` for ``K`` states at ``K`` grid points."""
+    xs = torch.stack(list(states))
+    t = schedule.times(list(points)).to(device=xs.device, dtype=torch.float32)
+    return model(xs, t)
+
+
+def base_step(
+    x: Tensor, out: Tensor, schedule: Schedule, i: int, noise: Tensor | None = None
+) -> Tensor:
+    """The base sampler's step ``i -> i + 1``: DDIM / flow Euler, or DDPM with ``noise[i]``."""
+    if noise is None:
+        return skip_transition(x, out, schedule, i, i + 1)
+    return ddpm_transition(x, out, schedule, i, i + 1, noise[i])

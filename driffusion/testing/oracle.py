@@ -1,0 +1,144 @@
+"""An analytic denoiser for Gaussian-mixture data, exact in every parameterisation.
+
+Data ``x0 ~ sum_m w_m N(mu_m, s_m^2 I)`` noised as ``x = alpha x0 + sigma eps`` is again a mixture,
+``x ~ sum_m w_m N(alpha mu_m, (alpha^2 s_m^2 + sigma^2) I)``, so the posterior mean is
+
+$$E[x_0 \\mid x] = \\sum_m r_m(x) \\Big(\\mu_m + \\frac{\\alpha s_m^2}{\\alpha^2 s_m^2 + \\sigma^2}
+    (x - \\alpha\\mu_m)\\Big)$$
+
+with responsibilities ``r_m(x)``; ``eps_hat = (x - alpha x0_hat) / sigma``. This is the exact
+minimiser of the training loss, i.e. a perfectly trained network, and it follows the model
+contract ``model(xs[K, B, *shape], t[K]) -> out``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from driffusion.core.parameterization import PredictionType, check_prediction_type, from_x0_eps
+
+
+@dataclass(frozen=True)
+class VPNoiseLevels:
+    """Map a VP network time ``t`` (an integer training timestep) to ``(alpha, sigma)``."""
+
+    alphas_cumprod: Tensor
+
+    def __call__(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        index = t.round().long().cpu()
+        abar = self.alphas_cumprod.to(torch.float64)[index]
+        return abar.sqrt(), (1.0 - abar).sqrt()
+
+
+@dataclass(frozen=True)
+class FlowNoiseLevels:
+    """Map a rectified-flow network time ``t = T * s`` to ``(1 - s, s)``."""
+
+    num_train_timesteps: int = 1000
+
+    def __call__(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        s = t.cpu().to(torch.float64) / self.num_train_timesteps
+        return 1.0 - s, s
+
+
+class GaussianMixtureDenoiser:
+    """The exact denoiser of an isotropic Gaussian mixture, as a model.
+
+    Args:
+        means: ``[M, *shape]`` component means.
+        stds: ``[M]`` component standard deviations (isotropic).
+        weights: ``[M]`` mixture weights (normalised here).
+        noise_levels: maps network times to ``(alpha, sigma)``: :class:`VPNoiseLevels` or
+            :class:`FlowNoiseLevels`.
+        prediction_type: the parameterisation of the returned outputs.
+    """
+
+    def __init__(
+        self,
+        means: Tensor,
+        stds: Tensor,
+        weights: Tensor,
+        noise_levels: VPNoiseLevels | FlowNoiseLevels,
+        prediction_type: PredictionType = "epsilon",
+    ) -> None:
+        check_prediction_type(prediction_type)
+        if means.ndim < 2:
+            raise ValueError(f"means must be [M, *shape], got {tuple(means.shape)}")
+        m = means.shape[0]
+        if stds.shape != (m,) or weights.shape != (m,):
+            raise ValueError(f"stds and weights must be [{m}], got {stds.shape} and {weights.shape}")
+        if (stds <= 0).any() or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError("stds must be positive and weights non-negative with a positive sum")
+        self.means = means.to(torch.float64)
+        self.stds = stds.to(torch.float64)
+        self.weights = weights.to(torch.float64) / weights.sum()
+        self.noise_levels = noise_levels
+        self.prediction_type: PredictionType = prediction_type
+        self.shape = tuple(means.shape[1:])
+
+    @classmethod
+    def random(
+        cls,
+        shape: tuple[int, ...],
+        components: int = 4,
+        *,
+        noise_levels: VPNoiseLevels | FlowNoiseLevels,
+        prediction_type: PredictionType = "epsilon",
+        seed: int = 0,
+        spread: float = 1.0,
+        std: float = 0.3,
+    ) -> GaussianMixtureDenoiser:
+        """A reproducible random mixture: means ``~ N(0, spread^2)``, component std ``std``."""
+        gen = torch.Generator().manual_seed(seed)
+        means = spread * torch.randn((components, *shape), generator=gen, dtype=torch.float64)
+        stds = torch.full((components,), std, dtype=torch.float64)
+        weights = torch.rand(components, generator=gen, dtype=torch.float64) + 0.5
+        return cls(means, stds, weights, noise_levels, prediction_type)
+
+    def x0_eps(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """Exact ``(E[x0 | x], E[eps | x])`` for ``x`` ``[R, *shape]`` with per-row levels ``[R]``."""
+        rows = x.shape[0]
+        flat = x.to(torch.float64).reshape(rows, -1)  # [R, D]
+        mu = self.means.reshape(self.means.shape[0], -1)  # [M, D]
+        dim = flat.shape[1]
+        a = alpha.to(torch.float64)[:, None]  # [R, 1]
+        s = sigma.to(torch.float64)[:, None]
+        var = a**2 * self.stds[None, :] ** 2 + s**2  # [R, M]
+        sq = ((flat[:, None, :] - a[:, :, None] * mu[None]) ** 2).sum(-1)  # [R, M]
+        logp = self.weights.log()[None] - 0.5 * sq / var - 0.5 * dim * var.log()
+        resp = torch.softmax(logp, dim=1)  # [R, M]
+        gain = a * self.stds[None, :] ** 2 / var  # [R, M]
+        cond = mu[None] + gain[:, :, None] * (flat[:, None, :] - a[:, :, None] * mu[None])
+        x0 = (resp[:, :, None] * cond).sum(1)  # [R, D]
+        eps = (flat - a * x0) / s
+        return x0.reshape(x.shape), eps.reshape(x.shape)
+
+    def __call__(self, xs: Tensor, t: Tensor) -> Tensor:
+        k, b = xs.shape[:2]
+        alpha, sigma = self.noise_levels(t)  # [K]
+        alpha_rows = alpha.repeat_interleave(b)
+        sigma_rows = sigma.repeat_interleave(b)
+        rows = xs.reshape(k * b, *xs.shape[2:])
+        x0, eps = self.x0_eps(rows, alpha_rows, sigma_rows)
+        view = (k * b,) + (1,) * (rows.ndim - 1)
+        out = from_x0_eps(
+            x0,
+            eps,
+            alpha_rows.view(view),  # type: ignore[arg-type]
+            sigma_rows.view(view),  # type: ignore[arg-type]
+            self.prediction_type,
+        )
+        return out.reshape(xs.shape).to(xs.dtype)
+
+    def sample_data(self, n: int, seed: int = 0) -> Tensor:
+        """``n`` exact draws from the data distribution (float64)."""
+        gen = torch.Generator().manual_seed(seed)
+        comp = torch.multinomial(self.weights, n, replacement=True, generator=gen)
+        noise = torch.randn((n, *self.shape), generator=gen, dtype=torch.float64)
+        std = self.stds[comp].view((n,) + (1,) * len(self.shape))
+        return self.means[comp] + std * noise
+
+

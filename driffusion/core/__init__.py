@@ -12,7 +12,12 @@ from driffusion.core.model import (
     SampleResult,
     SamplerStats,
 )
-from driffusion.core.parameterization import PREDICTION_TYPES, PredictionType, from_x0_eps, to_x0_eps
+from driffusion.core.parameterization import (
+    PREDICTION_TYPES,
+    PredictionType,
+    from_x0_eps,
+    to_x0_eps,
+)
 from driffusion.core.samplers import (
     block_boundaries,
     default_blocks,

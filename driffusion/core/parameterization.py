@@ -5,7 +5,7 @@ With ``x = alpha * x0 + sigma * eps`` a network predicts one of
 | prediction type | output | ``x0_hat`` | ``eps_hat`` |
 |---|---|---|---|
 | ``epsilon`` | ``eps`` | ``(x - sigma * out) / alpha`` | ``out`` |
-| ``v_prediction`` | ``v = alpha * eps - sigma * x0`` | ``alpha * x - sigma * v`` | ``sigma * x + alpha * v`` |
+| ``v_prediction`` | ``v = alpha*eps - sigma*x0`` | ``alpha*x - sigma*v`` | ``sigma*x + alpha*v`` |
 | ``sample`` | ``x0`` | ``out`` | ``(x - alpha * out) / sigma`` |
 | ``flow`` | ``v = eps - x0`` (``alpha = 1 - sigma``) | ``x - sigma * v`` | ``x + alpha * v`` |
 

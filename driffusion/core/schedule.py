@@ -59,11 +59,13 @@ class Schedule:
             value = getattr(self, name)
             if not isinstance(value, Tensor) or value.ndim != 1:
                 raise ValueError(f"{name} must be a 1-D tensor, got {type(value).__name__}")
-            # Own a private float64 CPU copy: the schedule is data, not a view into a caller's tensor.
+            # A private float64 CPU copy: the schedule is data, not a view of a caller's tensor.
             object.__setattr__(self, name, value.detach().to("cpu", torch.float64).clone())
         n_points = self.alphas.numel()
         if n_points < 2:
-            raise ValueError(f"a schedule needs at least 1 step (2 points), got {n_points} point(s)")
+            raise ValueError(
+                f"a schedule needs at least 1 step (2 points), got {n_points} point(s)"
+            )
         if self.sigmas.numel() != n_points or self.timesteps.numel() != n_points:
             raise ValueError(
                 "alphas, sigmas and timesteps must have the same length, got "
@@ -123,7 +125,9 @@ class Schedule:
         if index.numel() < 2:
             raise ValueError(f"a sub-grid needs at least 2 points, got {index.tolist()}")
         if index.min() < 0 or index.max() > self.num_steps:
-            raise ValueError(f"sub-grid points must lie in 0..{self.num_steps}, got {index.tolist()}")
+            raise ValueError(
+                f"sub-grid points must lie in 0..{self.num_steps}, got {index.tolist()}"
+            )
         if (index[1:] <= index[:-1]).any():
             raise ValueError(f"sub-grid points must be strictly increasing, got {index.tolist()}")
         return Schedule(
@@ -170,13 +174,13 @@ def alphas_cumprod_from_betas(
         betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float32)
     elif beta_schedule == "scaled_linear":
         betas = (
-            torch.linspace(
-                beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32
-            )
+            torch.linspace(beta_start**0.5, beta_end**0.5, num_train_timesteps, dtype=torch.float32)
             ** 2
         )
     else:
-        raise ValueError(f"beta_schedule must be 'linear' or 'scaled_linear', got {beta_schedule!r}")
+        raise ValueError(
+            f"beta_schedule must be 'linear' or 'scaled_linear', got {beta_schedule!r}"
+        )
     return torch.cumprod(1.0 - betas, dim=0)
 
 
@@ -195,16 +199,12 @@ def vp_timesteps(
     _check_steps(num_steps)
     _check_steps(num_train_timesteps, "num_train_timesteps")
     if num_steps > num_train_timesteps:
-        raise ValueError(
-            f"num_steps={num_steps} exceeds num_train_timesteps={num_train_timesteps}"
-        )
+        raise ValueError(f"num_steps={num_steps} exceeds num_train_timesteps={num_train_timesteps}")
     if spacing == "leading":
-        ratio = num_train_timesteps // num_steps
-        t = torch.arange(num_steps, dtype=torch.float64) * ratio
+        t = torch.arange(num_steps, dtype=torch.float64) * (num_train_timesteps // num_steps)
         t = t.round().flip(0) + steps_offset
     elif spacing == "trailing":
-        ratio = num_train_timesteps / num_steps
-        t = _arange_descending(num_train_timesteps, ratio).round() - 1
+        t = _arange_descending(num_train_timesteps, num_train_timesteps / num_steps).round() - 1
     elif spacing == "linspace":
         t = _linspace_like_numpy(0.0, num_train_timesteps - 1.0, num_steps).round().flip(0)
     else:

@@ -24,7 +24,8 @@ def predict_x0_eps(out: Tensor, x: Tensor, schedule: Schedule, i: int) -> tuple[
 def skip_transition(x: Tensor, out: Tensor, schedule: Schedule, i: int, j: int) -> Tensor:
     """The deterministic (DDIM, ``eta = 0``) transition from point ``i`` straight to point ``j``.
 
-    $$\\mathrm{skip}(x, \\mathrm{out}, i \\to j) = \\alpha_j\\, \\hat x_0 + \\sigma_j\\, \\hat\\varepsilon$$
+    $$\\mathrm{skip}(x, \\mathrm{out}, i \\to j)
+        = \\alpha_j\\, \\hat x_0 + \\sigma_j\\, \\hat\\varepsilon$$
 
     where ``(x0_hat, eps_hat)`` is ``out`` read at ``x`` on point ``i``. For ``j = i + 1`` this is
     the DDIM step; for rectified flow it is the Euler step ``x + (s_j - s_i) * v``, computed in

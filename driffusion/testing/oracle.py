@@ -69,7 +69,9 @@ class GaussianMixtureDenoiser:
             raise ValueError(f"means must be [M, *shape], got {tuple(means.shape)}")
         m = means.shape[0]
         if stds.shape != (m,) or weights.shape != (m,):
-            raise ValueError(f"stds and weights must be [{m}], got {stds.shape} and {weights.shape}")
+            raise ValueError(
+                f"stds and weights must be [{m}], got {stds.shape} and {weights.shape}"
+            )
         if (stds <= 0).any() or (weights < 0).any() or weights.sum() <= 0:
             raise ValueError("stds must be positive and weights non-negative with a positive sum")
         self.means = means.to(torch.float64)
@@ -99,7 +101,7 @@ class GaussianMixtureDenoiser:
         return cls(means, stds, weights, noise_levels, prediction_type)
 
     def x0_eps(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        """Exact ``(E[x0 | x], E[eps | x])`` for ``x`` ``[R, *shape]`` with per-row levels ``[R]``."""
+        """Exact ``(E[x0 | x], E[eps | x])`` for ``x`` ``[R, *shape]``, per-row levels ``[R]``."""
         rows = x.shape[0]
         flat = x.to(torch.float64).reshape(rows, -1)  # [R, D]
         mu = self.means.reshape(self.means.shape[0], -1)  # [M, D]
@@ -140,5 +142,3 @@ class GaussianMixtureDenoiser:
         noise = torch.randn((n, *self.shape), generator=gen, dtype=torch.float64)
         std = self.stds[comp].view((n,) + (1,) * len(self.shape))
         return self.means[comp] + std * noise
-
-

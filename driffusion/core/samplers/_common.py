@@ -36,7 +36,9 @@ def check_noise(noise: Tensor | None, x: Tensor, schedule: Schedule) -> None:
         raise ValueError("DDPM noise was given, but the schedule is a flow schedule")
     expected = (schedule.num_steps, *x.shape)
     if tuple(noise.shape) != expected:
-        raise ValueError(f"noise must have shape {expected} ([N, *x.shape]), got {tuple(noise.shape)}")
+        raise ValueError(
+            f"noise must have shape {expected} ([N, *x.shape]), got {tuple(noise.shape)}"
+        )
     if not bool(torch.isfinite(noise).all()):
         raise ValueError("noise holds non-finite values (NaN or inf)")
 

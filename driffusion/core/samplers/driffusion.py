@@ -162,7 +162,9 @@ def sample_driffusion(
             emit(x[None], i + 1)
             break
         draft_states = draft(x, anchor_out, schedule, i, k_block, noise=noise)
-        draft_outs = evaluate(counter, draft_states, range(i + 1, i + k_block + 1), schedule)
+        draft_outs = evaluate(
+            counter, list(draft_states), list(range(i + 1, i + k_block + 1)), schedule
+        )
         if mode == "aggressive":
             # Refine k' steps; the last draft's output is cached as the next anchor's.
             outs = torch.cat([anchor_out[None], draft_outs[:-1]])

@@ -159,10 +159,10 @@ def sample_srds(
             for p in range(iters + 1):
                 for b in range(num_blocks + 1):
                     # Outputs at unchanged states are reused, not re-evaluated.
-                    if b < num_blocks and E[p][b] is None and unchanged(p, b):
-                        if E[p - 1][b] is not None:
-                            E[p][b] = E[p - 1][b]
-                            changed = True
+                    reusable = b < num_blocks and E[p][b] is None and unchanged(p, b)
+                    if reusable and E[p - 1][b] is not None:
+                        E[p][b] = E[p - 1][b]
+                        changed = True
                     if X[p][b] is not None or b == 0:
                         continue
                     if p == 0:
@@ -206,7 +206,12 @@ def sample_srds(
             change = 0.0 if final is previous else _rms(final, previous)
             if callback is not None:
                 callback(
-                    {"iteration": next_check, "x": final, "rounds": counter.rounds, "change": change}
+                    {
+                        "iteration": next_check,
+                        "x": final,
+                        "rounds": counter.rounds,
+                        "change": change,
+                    }
                 )
             if change <= tol or next_check == iters:
                 return SampleResult(final, counter.stats(iterations=next_check))
@@ -225,7 +230,7 @@ def sample_srds(
         if not requests:  # pragma: no cover - the dataflow above always leaves work
             raise RuntimeError("SRDS scheduler stalled; this is a bug")
         outs = evaluate(counter, [s for s, _ in requests], [i for _, i in requests], schedule)
-        for target, out in zip(targets, outs):
+        for target, out in zip(targets, outs, strict=True):
             if isinstance(target, _FineSolve):
                 advance(target, out)
             else:

@@ -79,6 +79,7 @@ def test_round_and_evaluation_counts_match_the_closed_forms() -> None:
                 stats = sample_driffusion(counter, x, sched, drafts=k, mode=mode).stats  # type: ignore[arg-type]
                 assert stats.rounds == closed_form(n, k), (mode, n, k)
                 assert stats.evaluations == n, (mode, n, k)
+                assert stats.width == max(1, min(k, n - 1)), (mode, n, k)
                 # the sampler's own count agrees with an outside counter
                 assert (counter.rounds, counter.evaluations) == (stats.rounds, stats.evaluations)
 
@@ -181,6 +182,9 @@ def test_pipelined_srds_takes_fewer_rounds() -> None:
     assert piped.stats.rounds < plain.stats.rounds
     # pipelined to full convergence is never slower than serial
     assert piped.stats.rounds <= 50
+    # one row per block at most: B devices suffice for either variant
+    assert plain.stats.width <= 7
+    assert piped.stats.width <= 7
     assert torch.equal(piped.x, plain.x)
 
 

@@ -86,11 +86,13 @@ class SamplerStats:
         rounds: serial rounds: model calls that must run one after another. On ``K`` devices
             with one row each, latency is proportional to rounds.
         iterations: refinement iterations (SRDS / Picard); 1 for one-pass samplers.
+        width: the most evaluations in one round: the devices that can be kept busy.
     """
 
     evaluations: int
     rounds: int
     iterations: int = 1
+    width: int = 1
 
 
 @dataclass(frozen=True)
@@ -115,6 +117,7 @@ class CountingModel:
         self.check_finite = check_finite
         self.rounds = 0
         self.evaluations = 0
+        self.width = 0
 
     def __call__(self, xs: Tensor, t: Tensor) -> Tensor:
         if xs.ndim < 2 or t.ndim != 1 or t.shape[0] != xs.shape[0]:
@@ -125,10 +128,11 @@ class CountingModel:
         out = check_output(self.model(xs, t), xs)
         self.rounds += 1
         self.evaluations += xs.shape[0]
+        self.width = max(self.width, xs.shape[0])
         if self.check_finite and not bool(torch.isfinite(out).all()):
             raise ValueError(f"model output is not finite (NaN or inf) at times {t.tolist()}")
         return out
 
     def stats(self, iterations: int = 1) -> SamplerStats:
         """The counts so far as :class:`SamplerStats`."""
-        return SamplerStats(self.evaluations, self.rounds, iterations)
+        return SamplerStats(self.evaluations, self.rounds, iterations, self.width)

@@ -1,0 +1,36 @@
+"""benchmarks/rounds.py writes the documented JSON and its numbers follow the closed forms."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from benchmarks import rounds
+
+KEYS = {"sampler", "steps", "k", "rounds", "evaluations", "speedup_ideal", "max_abs_dev", "rel_dev"}
+
+
+def test_rounds_benchmark_json(tmp_path: Path) -> None:
+    out = tmp_path / "rounds.json"
+    rounds.main(["--steps", "9", "16", "--k", "2", "3", "--json", str(out), "--batch", "2"])
+    rows = json.loads(out.read_text())
+    assert {r["sampler"] for r in rows} == {
+        "serial",
+        "aggressive",
+        "conservative",
+        "srds",
+        "srds_pipelined",
+    }
+    for row in rows:
+        assert row.keys() >= KEYS
+        n, k = row["steps"], row["k"]
+        assert row["speedup_ideal"] == n / row["rounds"]
+        if row["sampler"] == "serial":
+            assert (row["rounds"], row["max_abs_dev"]) == (n, 0.0)
+        if row["sampler"] == "aggressive":
+            assert row["rounds"] == 1 + math.ceil((n - 1) / k)
+            assert row["evaluations"] == n
+            assert row["max_abs_dev"] > 0
+    srds_k = {(r["steps"], r["k"]) for r in rows if r["sampler"] == "srds"}
+    assert (16, 4) in srds_k  # sqrt(N) blocks are included

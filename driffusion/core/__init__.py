@@ -9,9 +9,11 @@ from driffusion.core.model import (
     ChunkedExecutor,
     CountingModel,
     Model,
+    RowwiseModel,
     SampleResult,
     SamplerStats,
 )
+from driffusion.core.noise import ddpm_noise, initial_noise
 from driffusion.core.parameterization import (
     PREDICTION_TYPES,
     PredictionType,
@@ -27,6 +29,7 @@ from driffusion.core.samplers import (
     sample_serial,
     sample_srds,
 )
+from driffusion.core.samplers.registry import SAMPLER_NAMES, SamplerSpec, run_sampler
 from driffusion.core.schedule import (
     Schedule,
     alphas_cumprod_from_betas,
@@ -45,16 +48,20 @@ from driffusion.core.transitions import (
 
 __all__ = [
     "PREDICTION_TYPES",
+    "SAMPLER_NAMES",
     "BatchedExecutor",
     "ChunkedExecutor",
     "CountingModel",
     "Model",
     "PredictionType",
+    "RowwiseModel",
     "SampleResult",
+    "SamplerSpec",
     "SamplerStats",
     "Schedule",
     "alphas_cumprod_from_betas",
     "block_boundaries",
+    "ddpm_noise",
     "ddpm_posterior",
     "ddpm_transition",
     "ddpm_transition_from_x0",
@@ -63,8 +70,10 @@ __all__ = [
     "flow_schedule",
     "flow_sigmas",
     "from_x0_eps",
+    "initial_noise",
     "predict_x0_eps",
     "refine",
+    "run_sampler",
     "sample_driffusion",
     "sample_serial",
     "sample_srds",

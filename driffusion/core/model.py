@@ -15,8 +15,9 @@ the evaluations of one *round* in one call and never knows where they run; an ex
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -87,12 +88,24 @@ class SamplerStats:
             with one row each, latency is proportional to rounds.
         iterations: refinement iterations (SRDS / Picard); 1 for one-pass samplers.
         width: the most evaluations in one round: the devices that can be kept busy.
+        widths: evaluations of each round, in order.
     """
 
     evaluations: int
     rounds: int
     iterations: int = 1
     width: int = 1
+    widths: tuple[int, ...] = field(default=(), repr=False, compare=False)
+
+    def latency_units(self, devices: int) -> int:
+        """Serial network calls on ``devices`` devices: ``sum_r ceil(width_r / devices)``.
+
+        Equals ``rounds`` when every round fits on the devices; the ideal speedup over the serial
+        sampler on ``devices`` devices is ``N / latency_units(devices)``.
+        """
+        if devices < 1:
+            raise ValueError(f"devices must be >= 1, got {devices}")
+        return sum(math.ceil(w / devices) for w in self.widths)
 
 
 @dataclass(frozen=True)
@@ -118,6 +131,7 @@ class CountingModel:
         self.rounds = 0
         self.evaluations = 0
         self.width = 0
+        self.widths: list[int] = []
 
     def __call__(self, xs: Tensor, t: Tensor) -> Tensor:
         if xs.ndim < 2 or t.ndim != 1 or t.shape[0] != xs.shape[0]:
@@ -129,10 +143,39 @@ class CountingModel:
         self.rounds += 1
         self.evaluations += xs.shape[0]
         self.width = max(self.width, xs.shape[0])
+        self.widths.append(xs.shape[0])
         if self.check_finite and not bool(torch.isfinite(out).all()):
             raise ValueError(f"model output is not finite (NaN or inf) at times {t.tolist()}")
         return out
 
     def stats(self, iterations: int = 1) -> SamplerStats:
         """The counts so far as :class:`SamplerStats`."""
-        return SamplerStats(self.evaluations, self.rounds, iterations, self.width)
+        return SamplerStats(
+            self.evaluations, self.rounds, iterations, self.width, tuple(self.widths)
+        )
+
+
+Conditioning = Mapping[str, Tensor]
+RowNetwork = Callable[..., Tensor]
+
+
+class RowwiseModel:
+    """Adapt a per-row network ``net(x[M, ...], t[M], **cond) -> out[M, ...]`` to the contract.
+
+    The ``K x B`` states of a round become ``M = K * B`` rows, state-major: row ``k * B + b`` is
+    sample ``b`` at time ``t[k]``. Each conditioning tensor (``[B, ...]``: class labels, text
+    embeddings, pooled embeddings, ...) is tiled ``K`` times to match.
+    """
+
+    def __init__(self, network: RowNetwork, cond: Conditioning | None = None) -> None:
+        self.network = network
+        self.cond = dict(cond or {})
+
+    def __call__(self, xs: Tensor, t: Tensor) -> Tensor:
+        k, b = xs.shape[:2]
+        rows = xs.reshape(k * b, *xs.shape[2:])
+        cond = {
+            name: value.repeat(k, *([1] * (value.ndim - 1))) for name, value in self.cond.items()
+        }
+        out = self.network(rows, t.repeat_interleave(b), **cond)
+        return out.reshape(xs.shape)

@@ -1,8 +1,15 @@
-"""Test oracles: exact denoisers for data whose posterior is known in closed form.
+"""Test oracles and synthetic networks: exact denoisers for data whose posterior is known in
+closed form, and cost-controlled networks for speed benchmarks. They let every sampler be
+tested against the math, with no model weights."""
 
-They let every sampler be tested against the math, with no model weights.
-"""
-
+from driffusion.testing.networks import ConvStackNetwork, OracleNetwork, calibrated_conv_stack
 from driffusion.testing.oracle import FlowNoiseLevels, GaussianMixtureDenoiser, VPNoiseLevels
 
-__all__ = ["FlowNoiseLevels", "GaussianMixtureDenoiser", "VPNoiseLevels"]
+__all__ = [
+    "ConvStackNetwork",
+    "FlowNoiseLevels",
+    "GaussianMixtureDenoiser",
+    "OracleNetwork",
+    "VPNoiseLevels",
+    "calibrated_conv_stack",
+]

@@ -13,6 +13,7 @@ contract ``model(xs[K, B, *shape], t[K]) -> out``.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -100,10 +101,16 @@ class GaussianMixtureDenoiser:
         weights = torch.rand(components, generator=gen, dtype=torch.float64) + 0.5
         return cls(means, stds, weights, noise_levels, prediction_type)
 
-    def x0_eps(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
-        """Exact ``(E[x0 | x], E[eps | x])`` for ``x`` ``[R, *shape]``, per-row levels ``[R]``."""
+    def x0_eps(
+        self, x: Tensor, alpha: Tensor, sigma: Tensor, components: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Exact ``(E[x0 | x], E[eps | x])`` for ``x`` ``[R, *shape]``, per-row levels ``[R]``.
+
+        ``components`` (``[R]``) conditions each row on one mixture component.
+        """
         rows = x.shape[0]
-        flat = x.to(torch.float64).reshape(rows, -1)  # [R, D]
+        flat = x.detach().cpu().to(torch.float64).reshape(rows, -1)  # [R, D]
+        alpha, sigma = alpha.cpu(), sigma.cpu()
         mu = self.means.reshape(self.means.shape[0], -1)  # [M, D]
         dim = flat.shape[1]
         a = alpha.to(torch.float64)[:, None]  # [R, 1]
@@ -111,6 +118,10 @@ class GaussianMixtureDenoiser:
         var = a**2 * self.stds[None, :] ** 2 + s**2  # [R, M]
         sq = ((flat[:, None, :] - a[:, :, None] * mu[None]) ** 2).sum(-1)  # [R, M]
         logp = self.weights.log()[None] - 0.5 * sq / var - 0.5 * dim * var.log()
+        if components is not None:
+            mask = torch.full_like(logp, -math.inf)
+            mask[torch.arange(rows), components.cpu()] = 0.0
+            logp = logp + mask
         resp = torch.softmax(logp, dim=1)  # [R, M]
         gain = a * self.stds[None, :] ** 2 / var  # [R, M]
         cond = mu[None] + gain[:, :, None] * (flat[:, None, :] - a[:, :, None] * mu[None])
@@ -119,21 +130,31 @@ class GaussianMixtureDenoiser:
         return x0.reshape(x.shape), eps.reshape(x.shape)
 
     def __call__(self, xs: Tensor, t: Tensor) -> Tensor:
+        """The model contract: ``xs[K, B, *shape]``, ``t[K]`` -> outputs ``[K, B, *shape]``."""
         k, b = xs.shape[:2]
-        alpha, sigma = self.noise_levels(t)  # [K]
-        alpha_rows = alpha.repeat_interleave(b)
-        sigma_rows = sigma.repeat_interleave(b)
         rows = xs.reshape(k * b, *xs.shape[2:])
-        x0, eps = self.x0_eps(rows, alpha_rows, sigma_rows)
-        view = (k * b,) + (1,) * (rows.ndim - 1)
+        return self.rows(rows, t.repeat_interleave(b)).reshape(xs.shape)
+
+    def rows(self, x: Tensor, t: Tensor, label: Tensor | None = None) -> Tensor:
+        """Per-row outputs for ``x[M, *shape]`` at times ``t[M]``.
+
+        With ``label`` (``[M]`` ints) each row is denoised under the class-conditional data
+        ``N(mu_c, s_c^2 I)`` with ``c = label % M``: an exact class-conditional model.
+        """
+        alpha, sigma = self.noise_levels(t)
+        if label is None:
+            x0, eps = self.x0_eps(x, alpha, sigma)
+        else:
+            x0, eps = self.x0_eps(x, alpha, sigma, components=label.long() % len(self.weights))
+        view = (x.shape[0],) + (1,) * (x.ndim - 1)
         out = from_x0_eps(
             x0,
             eps,
-            alpha_rows.view(view),  # type: ignore[arg-type]
-            sigma_rows.view(view),  # type: ignore[arg-type]
+            alpha.view(view),  # type: ignore[arg-type]
+            sigma.view(view),  # type: ignore[arg-type]
             self.prediction_type,
         )
-        return out.reshape(xs.shape).to(xs.dtype)
+        return out.to(device=x.device, dtype=x.dtype)
 
     def sample_data(self, n: int, seed: int = 0) -> Tensor:
         """``n`` exact draws from the data distribution (float64)."""

@@ -1,0 +1,87 @@
+"""Samplers by name, so that recipes, modules and benchmarks pick them from a string."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import Tensor
+
+from driffusion.core.model import Model, SampleResult
+from driffusion.core.samplers._common import Callback
+from driffusion.core.samplers.driffusion import Mode, sample_driffusion
+from driffusion.core.samplers.serial import sample_serial
+from driffusion.core.samplers.srds import sample_srds
+from driffusion.core.schedule import Schedule
+
+SAMPLER_NAMES: tuple[str, ...] = (
+    "serial",
+    "aggressive",
+    "conservative",
+    "srds",
+    "srds_pipelined",
+)
+
+
+@dataclass(frozen=True)
+class SamplerSpec:
+    """A sampler and its knobs, as plain data.
+
+    Attributes:
+        name: one of :data:`SAMPLER_NAMES`.
+        drafts: DRiffusion drafts per round (``k``).
+        blocks: SRDS blocks (``None``: ``round(sqrt(N))``).
+        tol: SRDS stopping tolerance.
+        max_iters: SRDS iteration cap (``None``: ``blocks``).
+    """
+
+    name: str = "serial"
+    drafts: int = 2
+    blocks: int | None = None
+    tol: float = 1e-3
+    max_iters: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in SAMPLER_NAMES:
+            raise ValueError(f"unknown sampler {self.name!r}; choose one of {SAMPLER_NAMES}")
+
+    def label(self) -> str:
+        """A short human-readable label, e.g. ``aggressive(k=4)``."""
+        if self.name in ("aggressive", "conservative"):
+            return f"{self.name}(k={self.drafts})"
+        if self.name.startswith("srds"):
+            return f"{self.name}(B={self.blocks or 'sqrtN'},tol={self.tol:g})"
+        return self.name
+
+
+def run_sampler(
+    spec: SamplerSpec,
+    model: Model,
+    x: Tensor,
+    schedule: Schedule,
+    *,
+    callback: Callback | None = None,
+    noise: Tensor | None = None,
+    check_finite: bool = True,
+) -> SampleResult:
+    """Run the sampler ``spec`` names with the shared signature."""
+    common: dict[str, Any] = {"callback": callback, "check_finite": check_finite}
+    if spec.name == "serial":
+        return sample_serial(model, x, schedule, noise=noise, **common)
+    if spec.name in ("aggressive", "conservative"):
+        mode: Mode = "aggressive" if spec.name == "aggressive" else "conservative"
+        return sample_driffusion(
+            model, x, schedule, drafts=spec.drafts, mode=mode, noise=noise, **common
+        )
+    if noise is not None:
+        raise ValueError("SRDS is deterministic: DDPM noise is not supported")
+    return sample_srds(
+        model,
+        x,
+        schedule,
+        blocks=spec.blocks,
+        tol=spec.tol,
+        max_iters=spec.max_iters,
+        pipelined=spec.name == "srds_pipelined",
+        **common,
+    )

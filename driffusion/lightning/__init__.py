@@ -1,0 +1,19 @@
+"""Lightning layer: a LightningModule whose ``predict_step`` runs a core sampler, and a Fabric
+predict loop that spreads the drafts of each round across the ranks of a draft group."""
+
+from driffusion.lightning.callbacks import LatentWriter, PredictCallback, ProgressBar
+from driffusion.lightning.launch import add_fabric_args, build_fabric, finish
+from driffusion.lightning.loop import PredictOutput, run_predict
+from driffusion.lightning.module import DiffusionSamplerModule
+
+__all__ = [
+    "DiffusionSamplerModule",
+    "LatentWriter",
+    "PredictCallback",
+    "PredictOutput",
+    "ProgressBar",
+    "add_fabric_args",
+    "build_fabric",
+    "finish",
+    "run_predict",
+]

@@ -1,0 +1,88 @@
+"""Plain callback classes for the predict loop, dispatched with ``fabric.call``.
+
+A callback implements any of ``on_predict_start(loop)``, ``on_predict_batch_end(loop, output,
+batch_idx)`` and ``on_predict_end(loop, outputs)``; ``loop`` is the
+:class:`~driffusion.lightning.loop.PredictLoopState` (fabric, module, layout).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from driffusion.lightning.loop import PredictLoopState, PredictOutput
+
+
+class PredictCallback:
+    """Base class (optional: any object with the hook methods works)."""
+
+    def on_predict_start(self, loop: PredictLoopState) -> None:
+        """Called once on every rank before the first batch."""
+
+    def on_predict_batch_end(
+        self, loop: PredictLoopState, output: PredictOutput, batch_idx: int
+    ) -> None:
+        """Called on every rank after each batch."""
+
+    def on_predict_end(self, loop: PredictLoopState, outputs: list[PredictOutput]) -> None:
+        """Called on every rank with all replicas' outputs, in dataset order."""
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same folder and rename: never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class LatentWriter(PredictCallback):
+    """Save each sample's final state as ``<out>/<id>.pt`` (group leaders only, atomically)."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out_dir = Path(out_dir)
+
+    def on_predict_batch_end(
+        self, loop: PredictLoopState, output: PredictOutput, batch_idx: int
+    ) -> None:
+        if not loop.layout.is_group_leader:
+            return
+        for sample_id, x in zip(output.ids, output.x, strict=True):
+            atomic_write(self.out_dir / f"{sample_id}.pt", lambda p, x=x: torch.save(x.clone(), p))
+
+
+class ProgressBar(PredictCallback):
+    """A tqdm bar over the batches of replica 0, on global rank 0 only."""
+
+    def __init__(self, desc: str = "sampling") -> None:
+        self.desc = desc
+        self.bar: Any = None
+
+    def on_predict_start(self, loop: PredictLoopState) -> None:
+        if loop.fabric.global_rank == 0:
+            self.bar = tqdm(
+                total=loop.num_batches, desc=self.desc, unit="batch", dynamic_ncols=True
+            )
+
+    def on_predict_batch_end(
+        self, loop: PredictLoopState, output: PredictOutput, batch_idx: int
+    ) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(rounds=output.stats.rounds, evals=output.stats.evaluations)
+
+    def on_predict_end(self, loop: PredictLoopState, outputs: list[PredictOutput]) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

@@ -1,0 +1,65 @@
+"""Start Fabric either under ``fabric run`` or from code, with the same flags.
+
+Under ``fabric run`` (which sets ``LT_CLI_USED=1``) the CLI owns accelerator, devices, strategy,
+nodes and precision: the script passes none of them and must not call ``launch()``. Launched as
+``python script.py --devices 2 ...`` the same flags go to ``Fabric(...)`` and ``launch()``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import torch.distributed as dist
+from lightning.fabric import Fabric
+
+FABRIC_FLAGS = ("accelerator", "devices", "strategy", "num_nodes", "precision")
+
+
+def under_fabric_cli() -> bool:
+    """True when the process was started by ``fabric run``."""
+    return os.environ.get("LT_CLI_USED") == "1"
+
+
+def add_fabric_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--accelerator --devices --strategy --num-nodes --precision`` (as ``fabric run``)."""
+    group = parser.add_argument_group("launch (ignored under `fabric run`, which sets them)")
+    group.add_argument("--accelerator", default="auto", help="cpu, cuda, mps, auto")
+    group.add_argument("--devices", default="1", help="devices per node (int, list or 'auto')")
+    group.add_argument("--strategy", default="auto", help="ddp, auto, ...")
+    group.add_argument("--num-nodes", type=int, default=1, dest="num_nodes")
+    group.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ...")
+    return parser
+
+
+def build_fabric(args: argparse.Namespace | None = None, callbacks: Sequence[Any] = ()) -> Fabric:
+    """A launched Fabric: from the CLI's environment, or from ``args`` and ``launch()``.
+
+    ``callbacks`` are plain objects with ``on_predict_*`` hooks, dispatched with ``fabric.call``.
+    """
+    if under_fabric_cli():
+        if args is not None:
+            ignored = [
+                f for f in FABRIC_FLAGS if getattr(args, f, None) not in (None, "auto", "1", 1)
+            ]
+            if ignored:
+                warnings.warn(
+                    f"under `fabric run` the CLI sets {ignored}; the script's values are ignored",
+                    stacklevel=2,
+                )
+        return Fabric(callbacks=list(callbacks))
+    kwargs = {} if args is None else {f: getattr(args, f) for f in FABRIC_FLAGS if hasattr(args, f)}
+    if "devices" in kwargs and isinstance(kwargs["devices"], str) and kwargs["devices"].isdigit():
+        kwargs["devices"] = int(kwargs["devices"])
+    fabric = Fabric(**kwargs, callbacks=list(callbacks))
+    fabric.launch()
+    return fabric
+
+
+def finish() -> None:
+    """Tear the process group down (runs that skip this sometimes abort at exit)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

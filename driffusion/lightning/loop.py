@@ -1,0 +1,141 @@
+"""The Fabric predict loop: data-parallel replicas x draft-parallel groups.
+
+Read it top to bottom, like a Fabric example:
+
+1. build the :class:`~driffusion.adapters.distributed.ParallelLayout` (``world = g x r``);
+2. move the frozen module to the device with ``fabric.to_device`` (not ``fabric.setup``: DDP
+   refuses modules without trainable parameters) and give it a distributed executor;
+3. each replica takes every ``r``-th item; all ranks of a draft group run the same batches;
+4. after each batch, ``fabric.call`` runs the callbacks given to ``Fabric(callbacks=...)`` on
+   every rank (writers act on group leaders only);
+5. the leaders' outputs are gathered so every rank sees each item exactly once, in order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from lightning.fabric import Fabric
+from torch import Tensor
+
+from driffusion.adapters.distributed import (
+    DEFAULT_TIMEOUT_S,
+    DistributedExecutor,
+    ParallelLayout,
+    barrier,
+    gather_objects,
+    make_layout,
+)
+from driffusion.core.model import NetworkFn, SamplerStats
+from driffusion.lightning.module import DiffusionSamplerModule
+
+
+@dataclass
+class PredictOutput:
+    """One batch's results, on the CPU."""
+
+    ids: list[Any]
+    seeds: list[int]
+    x: Tensor
+    images: Tensor | None
+    stats: SamplerStats
+    wall_s: float
+    replica: int
+
+
+@dataclass
+class PredictLoopState:
+    """What callbacks see."""
+
+    fabric: Fabric
+    module: DiffusionSamplerModule
+    layout: ParallelLayout
+    num_batches: int
+    outputs: list[PredictOutput] = field(default_factory=list)
+
+
+def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Stack a list of items ``{"id", "seed", "cond": {name: tensor}}`` into a batch."""
+    batch: dict[str, Any] = {
+        "id": [item["id"] for item in items],
+        "seed": [int(item["seed"]) for item in items],
+    }
+    cond_names = set(items[0].get("cond", {}))
+    if cond_names:
+        batch["cond"] = {
+            name: torch.stack([torch.as_tensor(item["cond"][name]) for item in items])
+            for name in sorted(cond_names)
+        }
+    return batch
+
+
+def run_predict(
+    fabric: Fabric,
+    module: DiffusionSamplerModule,
+    items: Sequence[Mapping[str, Any]],
+    *,
+    batch_size: int = 8,
+    draft_devices: int | None = None,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    verify: bool = False,
+    layout: ParallelLayout | None = None,
+) -> list[PredictOutput]:
+    """Generate every item exactly once across ``world = draft_devices x replicas`` ranks.
+
+    Args:
+        fabric: a launched Fabric (under ``fabric run`` or after ``fabric.launch()``).
+        module: the sampler module; moved to the device here.
+        items: ``{"id": key, "seed": int, "cond": {name: tensor}}`` per sample; ids must be
+            unique.
+        batch_size: samples per ``predict_step`` call.
+        draft_devices: ranks per draft group (default: all ranks in one group).
+        timeout_s: collective timeout; a dead or hung peer raises ``CollectiveError``.
+        verify: checksum the states of each round across the group (debug).
+        layout: reuse a layout made earlier (process groups are costly to create).
+
+    Returns:
+        All replicas' outputs (every item once), ordered by item index, on every rank.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    ids = [item["id"] for item in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError("item ids must be unique")
+    layout = layout or make_layout(draft_devices, timeout_s)
+    fabric.to_device(module)  # in place; frozen weights need no fabric.setup
+
+    def executor(network: NetworkFn) -> DistributedExecutor:
+        return DistributedExecutor(network, layout, verify=verify)
+
+    module.executor_factory = executor
+    mine = layout.shard(len(items))
+    batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    state = PredictLoopState(fabric, module, layout, len(batches))
+    fabric.call("on_predict_start", state)
+    local: list[tuple[int, PredictOutput]] = []
+    for batch_idx, indices in enumerate(batches):
+        batch = collate([items[i] for i in indices])
+        start = time.perf_counter()
+        result = module.predict_step(batch, batch_idx)
+        output = PredictOutput(
+            ids=result["id"],
+            seeds=result["seed"],
+            x=result["x"].cpu(),
+            images=None if result["images"] is None else result["images"].cpu(),
+            stats=SamplerStats(**result["stats"]),
+            wall_s=time.perf_counter() - start,
+            replica=layout.replica,
+        )
+        fabric.call("on_predict_batch_end", state, output, batch_idx)
+        if layout.is_group_leader:
+            local.append((indices[0], output))
+    gathered = [pair for part in gather_objects(layout, local) for pair in part]
+    outputs = [output for _, output in sorted(gathered, key=lambda pair: pair[0])]
+    state.outputs = outputs
+    fabric.call("on_predict_end", state, outputs)
+    barrier(layout, "end of prediction")
+    return outputs

@@ -1,0 +1,83 @@
+"""``DiffusionSamplerModule``: sampling as a LightningModule ``predict_step``."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+
+from driffusion.core.model import BatchedExecutor, Model, NetworkFn, RowwiseModel
+from driffusion.core.noise import initial_noise
+from driffusion.core.samplers._common import Callback
+from driffusion.core.samplers.registry import SamplerSpec, run_sampler
+from driffusion.core.schedule import Schedule
+
+ExecutorFactory = Callable[[NetworkFn], Model]
+
+
+class DiffusionSamplerModule(L.LightningModule):
+    """Run a core sampler on a batch of conditions and seeds.
+
+    A batch is a mapping with ``"seed"`` (ints, one per sample), ``"id"`` (any per-sample key)
+    and optionally ``"cond"``: a mapping of ``[B, ...]`` tensors passed to the network as keyword
+    arguments (class labels, text embeddings, ...). ``predict_step`` draws each sample's initial
+    noise from its own CPU generator, so outputs do not depend on the batch or the world size.
+
+    Args:
+        network: ``network(x[M, ...], t[M], **cond) -> out`` in the schedule's parameterisation.
+            Its weights are frozen here (sampling never trains).
+        schedule: the sampling grid.
+        sample_shape: shape of one sample's state, e.g. ``(4, 64, 64)``.
+        sampler: which sampler to run and its knobs.
+        decode: optional ``decode(x) -> images`` applied to the final states.
+        executor_factory: wraps the per-round network into the model the sampler calls;
+            the Fabric loop installs a distributed executor here. Default: batched.
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        schedule: Schedule,
+        sample_shape: Sequence[int],
+        sampler: SamplerSpec,
+        *,
+        decode: Callable[[Tensor], Tensor] | None = None,
+        executor_factory: ExecutorFactory | None = None,
+    ) -> None:
+        super().__init__()
+        self.network = network.eval().requires_grad_(False)
+        self.schedule = schedule
+        self.sample_shape = tuple(sample_shape)
+        self.sampler = sampler
+        self.decode = decode
+        self.executor_factory: ExecutorFactory = executor_factory or BatchedExecutor
+        self.step_callback: Callback | None = None
+
+    def conditioning(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """The network's keyword conditioning for this batch, on this module's device."""
+        cond = batch.get("cond") or {}
+        return {name: torch.as_tensor(value).to(self.device) for name, value in cond.items()}
+
+    def predict_step(self, batch: Mapping[str, Any], batch_idx: int = 0) -> dict[str, Any]:
+        """Sample the batch; return ids, seeds, final states, images (if decoding) and stats.
+
+        ``stats`` is :class:`~driffusion.core.model.SamplerStats` as a dict.
+        """
+        seeds = [int(seed) for seed in batch["seed"]]
+        x = initial_noise(seeds, self.sample_shape, device=self.device)
+        model = self.executor_factory(RowwiseModel(self.network, self.conditioning(batch)))
+        with torch.inference_mode():
+            result = run_sampler(self.sampler, model, x, self.schedule, callback=self.step_callback)
+            images = self.decode(result.x) if self.decode is not None else None
+        return {
+            "id": list(batch["id"]),
+            "seed": seeds,
+            "x": result.x,
+            "images": images,
+            # a plain dict: Lightning's collection utilities refuse frozen dataclasses
+            "stats": dataclasses.asdict(result.stats),
+        }

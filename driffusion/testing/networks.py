@@ -1,0 +1,82 @@
+"""Small ``nn.Module`` networks with the per-row contract ``net(x[M, ...], t[M], **cond)``.
+
+- :class:`OracleNetwork`: the exact Gaussian-mixture denoiser as a module (optionally class-
+  conditional through a ``label`` keyword), for tests that need real sampler trajectories.
+- :class:`ConvStackNetwork`: a synthetic denoiser whose cost per evaluation is set by its depth,
+  doing real tensor work, for speed benchmarks (its outputs are meaningless).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import Tensor, nn
+
+from driffusion.testing.oracle import GaussianMixtureDenoiser
+
+
+class OracleNetwork(nn.Module):
+    """:class:`GaussianMixtureDenoiser` behind the per-row network contract."""
+
+    def __init__(self, oracle: GaussianMixtureDenoiser) -> None:
+        super().__init__()
+        self.oracle = oracle
+        # a buffer so that .to(device) has something to move and .device can be read
+        self.register_buffer("anchor", torch.zeros(()), persistent=False)
+
+    def forward(self, x: Tensor, t: Tensor, label: Tensor | None = None) -> Tensor:
+        return self.oracle.rows(x, t, label)
+
+
+class ConvStackNetwork(nn.Module):
+    """``depth`` 3x3 convolutions of ``width`` channels with a time embedding; cost ~ depth.
+
+    Args:
+        channels: input/output channels.
+        width: hidden channels.
+        depth: number of hidden conv layers.
+        seed: weight initialisation seed (identical replicas on every rank).
+    """
+
+    def __init__(self, channels: int = 4, width: int = 64, depth: int = 4, seed: int = 0) -> None:
+        super().__init__()
+        gen_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        self.inp = nn.Conv2d(channels, width, 3, padding=1)
+        self.time = nn.Linear(1, width)
+        self.hidden = nn.ModuleList(nn.Conv2d(width, width, 3, padding=1) for _ in range(depth))
+        self.out = nn.Conv2d(width, channels, 3, padding=1)
+        torch.random.set_rng_state(gen_state)
+
+    def forward(self, x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
+        h = self.inp(x) + self.time(t.to(x.dtype)[:, None] / 1000.0)[:, :, None, None]
+        for layer in self.hidden:
+            h = h + torch.tanh(layer(h))
+        return 0.1 * self.out(h)
+
+
+def time_per_row(network: nn.Module, shape: tuple[int, ...], repeats: int = 5) -> float:
+    """Median seconds of one evaluation of one row of ``shape``."""
+    x = torch.randn(1, *shape)
+    t = torch.full((1,), 500.0)
+    times = []
+    with torch.inference_mode():
+        network(x, t)  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            network(x, t)
+            times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2]
+
+
+def calibrated_conv_stack(
+    eval_ms: float, shape: tuple[int, int, int] = (4, 32, 32), width: int = 64, seed: int = 0
+) -> ConvStackNetwork:
+    """A :class:`ConvStackNetwork` whose one-row evaluation takes about ``eval_ms`` here."""
+    if eval_ms <= 0:
+        raise ValueError(f"eval_ms must be positive, got {eval_ms}")
+    probe = ConvStackNetwork(shape[0], width, depth=8, seed=seed)
+    per_layer = time_per_row(probe, shape) / 9  # hidden layers plus the in/out convs
+    depth = max(1, round(eval_ms / 1000.0 / per_layer) - 1)
+    return ConvStackNetwork(shape[0], width, depth=depth, seed=seed)

@@ -151,3 +151,30 @@ def test_module_runs_in_trainer_predict(tmp_path: Path) -> None:
     assert predictions is not None
     xs = torch.cat([p["x"] for p in predictions])  # type: ignore[index]
     assert torch.equal(xs, module.predict_step(collate(items))["x"])
+
+
+def test_speedup_benchmark_runs_under_fabric(tmp_path: Path) -> None:
+    out = tmp_path / "speedup.json"
+    cmd = [str(FABRIC), "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    script = str(Path(__file__).parents[1] / "benchmarks" / "speedup.py")
+    args = ["--eval-ms", "2", "--steps", "6", "--repeats", "1", "--json", str(out)]
+    result = run_script([*cmd, script, *args], timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    rows = json.loads(out.read_text())
+    keys = {"sampler", "devices", "steps", "rounds", "wall_s", "serial_wall_s", "speedup"}
+    keys |= {"speedup_ideal", "efficiency"}
+    assert [r["sampler"] for r in rows] == [
+        "serial",
+        "aggressive",
+        "conservative",
+        "srds",
+        "srds_pipelined",
+    ]
+    for row in rows:
+        assert keys <= row.keys()
+        assert row["wall_s"] > 0 and row["speedup"] == pytest.approx(
+            row["serial_wall_s"] / row["wall_s"]
+        )
+    aggressive = rows[1]
+    assert (aggressive["devices"], aggressive["rounds"]) == (2, 1 + 3)  # 1 + ceil(5 / 2)
+    assert aggressive["speedup_ideal"] == pytest.approx(6 / 4)

@@ -7,13 +7,14 @@ batch_idx)`` and ``on_predict_end(loop, outputs)``; ``loop`` is the
 
 from __future__ import annotations
 
-import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from tqdm.auto import tqdm
+
+from driffusion.images import atomic_write
 
 if TYPE_CHECKING:
     from driffusion.lightning.loop import PredictLoopState, PredictOutput
@@ -34,19 +35,6 @@ class PredictCallback:
         """Called on every rank with all replicas' outputs, in dataset order."""
 
 
-def atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same folder and rename: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class LatentWriter(PredictCallback):
     """Save each sample's final state as ``<out>/<id>.pt`` (group leaders only, atomically)."""
 
@@ -59,7 +47,7 @@ class LatentWriter(PredictCallback):
         if not loop.layout.is_group_leader:
             return
         for sample_id, x in zip(output.ids, output.x, strict=True):
-            atomic_write(self.out_dir / f"{sample_id}.pt", lambda p, x=x: torch.save(x.clone(), p))
+            atomic_write(self.out_dir / f"{sample_id}.pt", _tensor_saver(x))
 
 
 class ProgressBar(PredictCallback):
@@ -86,3 +74,10 @@ class ProgressBar(PredictCallback):
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _tensor_saver(x: torch.Tensor) -> Callable[[Path], None]:
+    def save(path: Path) -> None:
+        torch.save(x.clone(), path)
+
+    return save

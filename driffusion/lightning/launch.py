@@ -24,14 +24,22 @@ def under_fabric_cli() -> bool:
     return os.environ.get("LT_CLI_USED") == "1"
 
 
-def add_fabric_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add ``--accelerator --devices --strategy --num-nodes --precision`` (as ``fabric run``)."""
+def add_fabric_args(
+    parser: argparse.ArgumentParser, precision: bool = True
+) -> argparse.ArgumentParser:
+    """Add ``--accelerator --devices --strategy --num-nodes [--precision]`` (as ``fabric run``).
+
+    ``precision=False`` leaves ``--precision`` to the script (e.g. a weight dtype).
+    """
     group = parser.add_argument_group("launch (ignored under `fabric run`, which sets them)")
     group.add_argument("--accelerator", default="auto", help="cpu, cuda, mps, auto")
     group.add_argument("--devices", default="1", help="devices per node (int, list or 'auto')")
     group.add_argument("--strategy", default="auto", help="ddp, auto, ...")
     group.add_argument("--num-nodes", type=int, default=1, dest="num_nodes")
-    group.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ...")
+    if precision:
+        group.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ...")
+    # remember which flags are Fabric's: build_fabric passes exactly these
+    parser.set_defaults(fabric_flags=[f for f in FABRIC_FLAGS if precision or f != "precision"])
     return parser
 
 
@@ -40,21 +48,20 @@ def build_fabric(args: argparse.Namespace | None = None, callbacks: Sequence[Any
 
     ``callbacks`` are plain objects with ``on_predict_*`` hooks, dispatched with ``fabric.call``.
     """
+    flags: list[str] = list(getattr(args, "fabric_flags", ()))
+    values = {f: getattr(args, f) for f in flags}
     if under_fabric_cli():
-        if args is not None:
-            ignored = [
-                f for f in FABRIC_FLAGS if getattr(args, f, None) not in (None, "auto", "1", 1)
-            ]
-            if ignored:
-                warnings.warn(
-                    f"under `fabric run` the CLI sets {ignored}; the script's values are ignored",
-                    stacklevel=2,
-                )
+        ignored = [f for f, v in values.items() if v not in (None, "auto", "1", 1)]
+        if ignored:
+            warnings.warn(
+                f"under `fabric run` the CLI sets {ignored}; the script's values are ignored",
+                stacklevel=2,
+            )
         return Fabric(callbacks=list(callbacks))
-    kwargs = {} if args is None else {f: getattr(args, f) for f in FABRIC_FLAGS if hasattr(args, f)}
-    if "devices" in kwargs and isinstance(kwargs["devices"], str) and kwargs["devices"].isdigit():
-        kwargs["devices"] = int(kwargs["devices"])
-    fabric = Fabric(**kwargs, callbacks=list(callbacks))
+    devices = values.get("devices")
+    if isinstance(devices, str) and devices.isdigit():
+        values["devices"] = int(devices)
+    fabric = Fabric(**values, callbacks=list(callbacks))
     fabric.launch()
     return fabric
 

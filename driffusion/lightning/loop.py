@@ -14,7 +14,7 @@ Read it top to bottom, like a Fabric example:
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,6 +83,7 @@ def run_predict(
     timeout_s: float = DEFAULT_TIMEOUT_S,
     verify: bool = False,
     layout: ParallelLayout | None = None,
+    collate_fn: Callable[[list[Mapping[str, Any]]], dict[str, Any]] | None = None,
 ) -> list[PredictOutput]:
     """Generate every item exactly once across ``world = draft_devices x replicas`` ranks.
 
@@ -96,6 +97,7 @@ def run_predict(
         timeout_s: collective timeout; a dead or hung peer raises ``CollectiveError``.
         verify: checksum the states of each round across the group (debug).
         layout: reuse a layout made earlier (process groups are costly to create).
+        collate_fn: turns a list of items into a batch (default: :func:`collate`).
 
     Returns:
         All replicas' outputs (every item once), ordered by item index, on every rank.
@@ -118,7 +120,7 @@ def run_predict(
     fabric.call("on_predict_start", state)
     local: list[tuple[int, PredictOutput]] = []
     for batch_idx, indices in enumerate(batches):
-        batch = collate([items[i] for i in indices])
+        batch = (collate_fn or collate)([items[i] for i in indices])
         start = time.perf_counter()
         result = module.predict_step(batch, batch_idx)
         output = PredictOutput(

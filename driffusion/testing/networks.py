@@ -56,27 +56,46 @@ class ConvStackNetwork(nn.Module):
         return 0.1 * self.out(h)
 
 
-def time_per_row(network: nn.Module, shape: tuple[int, ...], repeats: int = 5) -> float:
-    """Median seconds of one evaluation of one row of ``shape``."""
-    x = torch.randn(1, *shape)
-    t = torch.full((1,), 500.0)
+def time_per_row(
+    network: nn.Module, shape: tuple[int, ...], repeats: int = 5, device: str | torch.device = "cpu"
+) -> float:
+    """Median seconds of one evaluation of one row of ``shape`` on ``device``."""
+    x = torch.randn(1, *shape, device=device)
+    t = torch.full((1,), 500.0, device=device)
     times = []
     with torch.inference_mode():
         network(x, t)  # warm-up
         for _ in range(repeats):
+            _synchronize(device)
             start = time.perf_counter()
             network(x, t)
+            _synchronize(device)
             times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
+
+
+def _synchronize(device: str | torch.device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def conv_stack_depth(
+    eval_ms: float,
+    shape: tuple[int, int, int] = (4, 32, 32),
+    width: int = 64,
+    device: str | torch.device = "cpu",
+) -> int:
+    """The depth at which a :class:`ConvStackNetwork` row costs about ``eval_ms`` on ``device``."""
+    if eval_ms <= 0:
+        raise ValueError(f"eval_ms must be positive, got {eval_ms}")
+    probe = ConvStackNetwork(shape[0], width, depth=8).to(device)
+    per_layer = time_per_row(probe, shape, device=device) / 9  # hidden layers + in/out convs
+    return max(1, round(eval_ms / 1000.0 / per_layer) - 1)
 
 
 def calibrated_conv_stack(
     eval_ms: float, shape: tuple[int, int, int] = (4, 32, 32), width: int = 64, seed: int = 0
 ) -> ConvStackNetwork:
-    """A :class:`ConvStackNetwork` whose one-row evaluation takes about ``eval_ms`` here."""
-    if eval_ms <= 0:
-        raise ValueError(f"eval_ms must be positive, got {eval_ms}")
-    probe = ConvStackNetwork(shape[0], width, depth=8, seed=seed)
-    per_layer = time_per_row(probe, shape) / 9  # hidden layers plus the in/out convs
-    depth = max(1, round(eval_ms / 1000.0 / per_layer) - 1)
+    """A :class:`ConvStackNetwork` whose one-row evaluation takes about ``eval_ms`` on the CPU."""
+    depth = conv_stack_depth(eval_ms, shape, width)
     return ConvStackNetwork(shape[0], width, depth=depth, seed=seed)

@@ -1,0 +1,304 @@
+"""Turn a loaded diffusers pipeline into the core's pieces: network, schedule, conditioning,
+decoder. Uses the pipeline's own parts (``encode_prompt``, the UNet / transformer, the VAE),
+never its ``__call__``; reads the scheduler once and never steps it.
+
+Supported: ``StableDiffusionPipeline`` (SD 2.1; epsilon or v-prediction, read from the
+scheduler config), ``StableDiffusionXLPipeline`` (two text encoders, pooled embeddings,
+``add_time_ids``) and ``StableDiffusion3Pipeline`` (MMDiT transformer, flow matching with shift,
+three text encoders, T5 optional).
+
+Classifier-free guidance is one batched call of the network on the unconditional and conditional
+rows; the samplers only see the guided prediction. Latents stay float32 while the network runs in
+its own dtype.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from driffusion.core.schedule import Schedule, flow_schedule, vp_schedule
+
+FAMILIES = {
+    "StableDiffusionPipeline": "sd21",
+    "StableDiffusionXLPipeline": "sdxl",
+    "StableDiffusion3Pipeline": "sd3",
+}
+
+
+class ModelNotAvailableError(RuntimeError):
+    """The requested weights are neither in the local cache nor reachable."""
+
+
+def pipeline_family(pipe: Any) -> str:
+    """``sd21``, ``sdxl`` or ``sd3`` for a supported pipeline; ``ValueError`` otherwise."""
+    name = type(pipe).__name__
+    if name not in FAMILIES:
+        raise ValueError(f"unsupported pipeline {name}; supported: {', '.join(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def read_schedule(scheduler: Any, steps: int, *, mu: float | None = None) -> Schedule:
+    """The sampling grid a scheduler would use for ``steps`` steps (on a copy: never mutated).
+
+    VP schedulers (DDIM, DDPM, Euler, ...) give ``vp_schedule(alphas_cumprod, timesteps,
+    final_alpha_cumprod, prediction_type)`` on the scheduler's actual timesteps; flow-matching
+    schedulers give ``flow_schedule(sigmas)`` (after shift, or dynamic shift ``mu``).
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    sched = copy.deepcopy(scheduler)
+    if type(sched).__name__.startswith("FlowMatch"):
+        sched.set_timesteps(steps, **({"mu": mu} if mu is not None else {}))
+        return flow_schedule(sched.sigmas.cpu(), sched.config.num_train_timesteps)
+    sched.set_timesteps(steps)
+    timesteps = sched.timesteps.cpu()
+    if not torch.equal(timesteps, timesteps.round()):
+        raise ValueError(
+            f"{type(sched).__name__} uses non-integer timesteps (e.g. Karras sigmas); use a "
+            "scheduler on the training timesteps (DDIM, DDPM, Euler with default sigmas)"
+        )
+    final = float(getattr(sched, "final_alpha_cumprod", torch.tensor(1.0)))
+    prediction = sched.config.prediction_type
+    return vp_schedule(sched.alphas_cumprod.cpu(), timesteps.long(), final, prediction)
+
+
+def _dtype(module: nn.Module) -> torch.dtype:
+    return next(module.parameters()).dtype
+
+
+def _guide(out: Tensor, guidance: float) -> Tensor:
+    unconditional, conditional = out.chunk(2)
+    return unconditional + guidance * (conditional - unconditional)
+
+
+class GuidedUNet(nn.Module):
+    """SD / SDXL UNet behind the per-row contract, with classifier-free guidance.
+
+    ``forward(x, t, prompt_embeds, negative_prompt_embeds, [text_embeds, negative_text_embeds,
+    time_ids])``: one UNet call on ``[uncond; cond]`` rows when ``guidance > 1`` (as diffusers).
+    """
+
+    def __init__(self, unet: nn.Module, guidance: float) -> None:
+        super().__init__()
+        self.unet = unet
+        self.guidance = guidance
+
+    def forward(self, x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
+        dtype = _dtype(self.unet)
+        guided = self.guidance > 1.0
+        embeds = cond["prompt_embeds"]
+        added = None
+        if "text_embeds" in cond:
+            added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}
+        if guided:
+            x = torch.cat([x, x])
+            t = torch.cat([t, t])
+            embeds = torch.cat([cond["negative_prompt_embeds"], embeds])
+            if added is not None:
+                added = {
+                    "text_embeds": torch.cat([cond["negative_text_embeds"], added["text_embeds"]]),
+                    "time_ids": torch.cat([added["time_ids"], added["time_ids"]]),
+                }
+        out = self.unet(
+            x.to(dtype), t, encoder_hidden_states=embeds.to(dtype), added_cond_kwargs=added
+        ).sample.float()
+        return _guide(out, self.guidance) if guided else out
+
+
+class GuidedSD3Transformer(nn.Module):
+    """SD3's transformer behind the per-row contract, with classifier-free guidance.
+
+    ``forward(x, t, prompt_embeds, negative_prompt_embeds, pooled, negative_pooled)``; ``t`` is
+    the network time ``1000 * sigma``.
+    """
+
+    def __init__(self, transformer: nn.Module, guidance: float) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.guidance = guidance
+
+    def forward(self, x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
+        dtype = _dtype(self.transformer)
+        embeds, pooled = cond["prompt_embeds"], cond["pooled"]
+        guided = self.guidance > 1.0
+        if guided:
+            x, t = torch.cat([x, x]), torch.cat([t, t])
+            embeds = torch.cat([cond["negative_prompt_embeds"], embeds])
+            pooled = torch.cat([cond["negative_pooled"], pooled])
+        out = self.transformer(
+            hidden_states=x.to(dtype),
+            timestep=t,
+            encoder_hidden_states=embeds.to(dtype),
+            pooled_projections=pooled.to(dtype),
+            return_dict=False,
+        )[0].float()
+        return _guide(out, self.guidance) if guided else out
+
+
+@dataclass
+class PipelineAdapter:
+    """The core's view of a pipeline.
+
+    Attributes:
+        pipe: the diffusers pipeline (its parts are used; ``__call__`` never is).
+        family: ``sd21``, ``sdxl`` or ``sd3``.
+        network: guided per-row network ``net(x, t, **cond)``.
+        schedule: the sampling grid.
+        latent_shape: ``(C, H / f, W / f)``.
+        height, width: image size in pixels.
+    """
+
+    pipe: Any
+    family: str
+    network: nn.Module
+    schedule: Schedule
+    latent_shape: tuple[int, int, int]
+    height: int
+    width: int
+    guidance: float
+
+    @torch.no_grad()
+    def encode(
+        self, prompts: Sequence[str], negative_prompts: Sequence[str] | None = None
+    ) -> dict[str, Tensor]:
+        """Conditioning tensors ``[B, ...]`` for the network, one row per prompt."""
+        pipe, device = self.pipe, self.pipe.device
+        prompts = list(prompts)
+        negative = list(negative_prompts) if negative_prompts is not None else None
+        guided = self.guidance > 1.0
+        if self.family == "sd21":
+            embeds, negative_embeds = pipe.encode_prompt(
+                prompts, device, 1, guided, negative_prompt=negative
+            )
+            cond = {"prompt_embeds": embeds}
+            if guided:
+                cond["negative_prompt_embeds"] = negative_embeds
+            return cond
+        if self.family == "sdxl":
+            embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
+                prompts, device=device, do_classifier_free_guidance=guided, negative_prompt=negative
+            )
+            projection = (
+                pipe.text_encoder_2.config.projection_dim
+                if pipe.text_encoder_2 is not None
+                else int(pooled.shape[-1])
+            )
+            size = (self.height, self.width)
+            time_ids = pipe._get_add_time_ids(
+                size, (0, 0), size, dtype=embeds.dtype, text_encoder_projection_dim=projection
+            ).to(device)
+            cond = {
+                "prompt_embeds": embeds,
+                "text_embeds": pooled,
+                "time_ids": time_ids.repeat(len(prompts), 1),
+            }
+            if guided:
+                cond["negative_prompt_embeds"] = negative_embeds
+                cond["negative_text_embeds"] = negative_pooled
+            return cond
+        embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
+            prompts,
+            None,
+            None,
+            device=device,
+            do_classifier_free_guidance=guided,
+            negative_prompt=negative,
+        )
+        cond = {"prompt_embeds": embeds, "pooled": pooled}
+        if guided:
+            cond["negative_prompt_embeds"] = negative_embeds
+            cond["negative_pooled"] = negative_pooled
+        return cond
+
+    @torch.no_grad()
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents to images ``[B, 3, H, W]`` in ``[-1, 1]`` (float32) with the VAE."""
+        vae = self.pipe.vae
+        scaling = vae.config.scaling_factor
+        shift = getattr(vae.config, "shift_factor", None) or 0.0
+        latents = latents / scaling + shift
+        return vae.decode(latents.to(vae.dtype)).sample.float().clamp(-1, 1)
+
+
+def adapt_pipeline(
+    pipe: Any, steps: int, *, height: int | None = None, width: int | None = None, guidance: float
+) -> PipelineAdapter:
+    """Build the :class:`PipelineAdapter` of a loaded pipeline."""
+    family = pipeline_family(pipe)
+    factor = pipe.vae_scale_factor
+    if family == "sd3":
+        denoiser: nn.Module = pipe.transformer
+        default = pipe.default_sample_size * factor
+        channels = pipe.transformer.config.in_channels
+        multiple = factor * pipe.transformer.config.patch_size
+    else:
+        denoiser = pipe.unet
+        default = pipe.unet.config.sample_size * factor
+        channels = pipe.unet.config.in_channels
+        multiple = factor
+    height, width = height or default, width or default
+    for name, value in (("height", height), ("width", width)):
+        if value < multiple or value % multiple:
+            raise ValueError(f"{name} must be a positive multiple of {multiple}, got {value}")
+    mu = None
+    if family == "sd3" and pipe.scheduler.config.get("use_dynamic_shifting", False):
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
+            calculate_shift,
+        )
+
+        patch = pipe.transformer.config.patch_size
+        config = pipe.scheduler.config
+        mu = calculate_shift(
+            (height // factor // patch) * (width // factor // patch),
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.16),
+        )
+    schedule = read_schedule(pipe.scheduler, steps, mu=mu)
+    network: nn.Module = (
+        GuidedSD3Transformer(denoiser, guidance)
+        if family == "sd3"
+        else GuidedUNet(denoiser, guidance)
+    )
+    shape = (channels, height // factor, width // factor)
+    return PipelineAdapter(pipe, family, network, schedule, shape, height, width, guidance)
+
+
+PIPELINE_CLASSES = {"sd21": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
+PIPELINE_CLASSES["sd3"] = "StableDiffusion3Pipeline"
+
+
+def load_pipeline(family: str, model: str, dtype: torch.dtype = torch.float32) -> Any:
+    """``from_pretrained`` with a clear error when the weights cannot be had (e.g. offline).
+
+    Args:
+        family: ``sd21``, ``sdxl`` or ``sd3``.
+        model: a hub id or a local folder written by ``save_pretrained``.
+        dtype: weight dtype (latents stay float32 regardless).
+    """
+    import diffusers
+
+    if family not in PIPELINE_CLASSES:
+        raise ValueError(f"unknown family {family!r}; choose one of {sorted(PIPELINE_CLASSES)}")
+    cls = getattr(diffusers, PIPELINE_CLASSES[family])
+    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    if family == "sd21":
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        return cls.from_pretrained(model, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelNotAvailableError(
+            f"could not load the {family} model {model!r}: {error.__class__.__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else ''}\n"
+            "The weights are not in the local Hugging Face cache and cannot be downloaded here. "
+            "Download them on a machine with network access (e.g. `huggingface-cli download "
+            f"{model}`) or pass a local folder: --model /path/to/folder (a diffusers "
+            "`save_pretrained` directory). For a quick offline run, use --tiny."
+        ) from error

@@ -1,0 +1,1 @@
+"""Evaluation at the edge: torch-fidelity metrics, classifier accuracy, deviation from serial."""

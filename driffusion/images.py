@@ -1,0 +1,64 @@
+"""Image output at the edge: atomic PNG writes with text metadata, and labelled grids."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw, PngImagePlugin
+from torch import Tensor
+
+
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+    """Write through a temporary file in the same folder and rename: never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_pil(image: Tensor) -> Image.Image:
+    """A ``[C, H, W]`` image in ``[-1, 1]`` (C = 1 or 3) as a PIL image."""
+    array = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    if array.shape[0] == 1:
+        return Image.fromarray(array[0].numpy(), mode="L")
+    return Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
+
+
+def save_png(path: str | Path, image: Tensor | Image.Image, metadata: Mapping[str, object]) -> None:
+    """Save atomically with every ``metadata`` item as a PNG text chunk."""
+    pil = image if isinstance(image, Image.Image) else to_pil(image)
+    info = PngImagePlugin.PngInfo()
+    for key, value in metadata.items():
+        info.add_text(str(key), str(value))
+    atomic_write(Path(path), lambda tmp: pil.save(tmp, format="PNG", pnginfo=info))
+
+
+def labelled_grid(
+    rows: Sequence[tuple[str, Sequence[Tensor]]], scale: int = 4, label_width: int = 150
+) -> Image.Image:
+    """One row per label: the label text, then the row's images (``[C, H, W]`` in ``[-1, 1]``)."""
+    if not rows or not rows[0][1]:
+        raise ValueError("a grid needs at least one row with one image")
+    first = to_pil(rows[0][1][0])
+    cell_w, cell_h = first.width * scale, first.height * scale
+    columns = max(len(images) for _, images in rows)
+    grid = Image.new(
+        "RGB", (label_width + columns * (cell_w + 2), len(rows) * (cell_h + 2)), "white"
+    )
+    draw = ImageDraw.Draw(grid)
+    for r, (label, images) in enumerate(rows):
+        top = r * (cell_h + 2)
+        draw.text((4, top + cell_h // 2 - 6), label, fill="black")
+        for c, image in enumerate(images):
+            cell = to_pil(image).convert("RGB").resize((cell_w, cell_h), Image.Resampling.NEAREST)
+            grid.paste(cell, (label_width + c * (cell_w + 2), top))
+    return grid

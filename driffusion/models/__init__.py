@@ -1,0 +1,1 @@
+"""Models the project ships and trains itself (weights inside the package)."""

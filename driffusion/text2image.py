@@ -1,0 +1,223 @@
+"""The text-to-image job behind ``recipes/sd21.py``, ``recipes/sdxl.py`` and ``recipes/sd3.py``.
+
+One CLI shape for all three: ``--model --prompt/--prompts-file --negative-prompt --steps
+--guidance --height --width --seed --sampler --drafts --precision --out --tiny``, plus the launch
+flags of ``fabric run`` (ignored under it). Every rank of a draft group holds the pipeline; the
+evaluations of each parallel round are split across the group; data-parallel replicas take
+different prompts. Outputs (written only by group leaders, atomically): one PNG per image with
+its prompt, negative prompt, seed, sampler, steps and guidance in PNG text metadata, a grid, and
+``report.json`` with per-image wall time, rounds and evaluations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from driffusion.adapters.diffusers import PipelineAdapter, adapt_pipeline, load_pipeline
+from driffusion.adapters.distributed import gather_objects, make_layout
+from driffusion.core import SAMPLER_NAMES, SamplerSpec
+from driffusion.images import atomic_write, labelled_grid, save_png
+from driffusion.lightning import (
+    DiffusionSamplerModule,
+    ProgressBar,
+    add_fabric_args,
+    build_fabric,
+    finish,
+    run_predict,
+)
+
+
+@dataclass(frozen=True)
+class Family:
+    """Defaults of one model family."""
+
+    name: str
+    model: str
+    steps: int
+    guidance: float
+    size: int
+
+
+FAMILIES = {
+    "sd21": Family("sd21", "stabilityai/stable-diffusion-2-1", 50, 7.5, 768),
+    "sdxl": Family("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", 50, 5.0, 1024),
+    "sd3": Family("sd3", "stabilityai/stable-diffusion-3-medium-diffusers", 28, 7.0, 1024),
+}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=f"{family.name}: text to image with driffusion")
+    parser.add_argument("--model", default=family.model, help="hub id or local folder")
+    parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    parser.add_argument("--prompts-file", type=Path, help="one prompt per line")
+    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument("--steps", type=int, default=family.steps)
+    parser.add_argument("--guidance", type=float, default=family.guidance)
+    parser.add_argument("--height", type=int, default=None)
+    parser.add_argument("--width", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0, help="image k uses seed + k")
+    parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="aggressive")
+    parser.add_argument("--drafts", type=int, default=None, help="default: draft-group size")
+    parser.add_argument("--blocks", type=int, default=None, help="SRDS blocks")
+    parser.add_argument("--srds-tol", type=float, default=1e-3)
+    parser.add_argument("--precision", choices=sorted(DTYPES), default="fp32", help="weights")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--draft-devices", type=int, default=None)
+    parser.add_argument("--timeout", type=float, default=600.0, help="collective timeout (s)")
+    parser.add_argument("--out", type=Path, default=Path(f"outputs/{family.name}"))
+    parser.add_argument("--tiny", action="store_true", help="random tiny model built in code")
+    add_fabric_args(parser, precision=False)
+    args = parser.parse_args(argv)
+    prompts = list(args.prompt or [])
+    if args.prompts_file:
+        if not args.prompts_file.is_file():
+            parser.error(f"--prompts-file {args.prompts_file} does not exist")
+        prompts += [p.strip() for p in args.prompts_file.read_text().splitlines() if p.strip()]
+    if not prompts:
+        parser.error("give at least one --prompt or a --prompts-file")
+    args.prompts = prompts
+    if args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.drafts is not None and args.drafts < 1:
+        parser.error(f"--drafts must be >= 1, got {args.drafts}")
+    if args.batch_size < 1:
+        parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    return args
+
+
+class PromptSamplerModule(DiffusionSamplerModule):
+    """Encodes the batch's prompts with the pipeline's own text encoders."""
+
+    def __init__(self, adapter: PipelineAdapter, sampler: SamplerSpec) -> None:
+        super().__init__(
+            adapter.network, adapter.schedule, adapter.latent_shape, sampler, decode=adapter.decode
+        )
+        self.adapter = adapter
+
+    def conditioning(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        return self.adapter.encode(batch["prompt"], batch["negative_prompt"])
+
+
+def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
+    family = FAMILIES[family_name]
+    args = parse_args(family, argv)
+    if args.tiny:
+        from driffusion.adapters.tiny import build_tiny_pipeline
+
+        pipe = build_tiny_pipeline(family.name)
+        size = 32
+    else:
+        pipe = load_pipeline(family.name, args.model, DTYPES[args.precision])  # fails early
+        size = family.size
+    fabric = build_fabric(args, callbacks=[ProgressBar(family.name)])
+    layout = make_layout(args.draft_devices, timeout_s=args.timeout)
+    pipe = pipe.to(fabric.device)
+    adapter = adapt_pipeline(
+        pipe,
+        args.steps,
+        height=args.height or size,
+        width=args.width or size,
+        guidance=args.guidance,
+    )
+    spec = SamplerSpec(
+        args.sampler,
+        drafts=args.drafts or layout.draft_devices,
+        blocks=args.blocks,
+        tol=args.srds_tol,
+    )
+    module = PromptSamplerModule(adapter, spec)
+    items = [
+        {
+            "id": f"{k:05d}",
+            "seed": args.seed + k,
+            "prompt": p,
+            "negative_prompt": args.negative_prompt,
+        }
+        for k, p in enumerate(args.prompts)
+    ]
+    outputs = run_predict(
+        fabric, module, items, batch_size=args.batch_size, layout=layout, collate_fn=collate_prompts
+    )
+    rows = []
+    if fabric.global_rank == 0:
+        rows = write_outputs(args, family, spec, items, outputs, layout.draft_devices)
+    gather_objects(layout, None)  # keep ranks together until rank 0 has written
+    finish()
+    return rows
+
+
+def collate_prompts(items: list[Mapping[str, Any]]) -> dict[str, Any]:
+    return {
+        "id": [i["id"] for i in items],
+        "seed": [i["seed"] for i in items],
+        "prompt": [i["prompt"] for i in items],
+        "negative_prompt": [i["negative_prompt"] for i in items],
+    }
+
+
+def write_outputs(
+    args: argparse.Namespace,
+    family: Family,
+    spec: SamplerSpec,
+    items: list[dict],
+    outputs: list,
+    devices: int,
+) -> list[dict]:
+    by_id = {item["id"]: item for item in items}
+    rows, images = [], []
+    for output in outputs:
+        assert output.images is not None
+        for sample_id, image in zip(output.ids, output.images, strict=True):
+            item = by_id[sample_id]
+            meta = {
+                "prompt": item["prompt"],
+                "negative_prompt": item["negative_prompt"],
+                "seed": item["seed"],
+                "sampler": spec.label(),
+                "steps": args.steps,
+                "guidance": args.guidance,
+                "model": "tiny" if args.tiny else args.model,
+            }
+            save_png(args.out / f"{sample_id}.png", image, meta)
+            images.append(image)
+            rows.append(
+                {
+                    "id": sample_id,
+                    **meta,
+                    "devices": devices,
+                    "wall_s": output.wall_s / len(output.ids),
+                    "batch_wall_s": output.wall_s,
+                    "rounds": output.stats.rounds,
+                    "evaluations": output.stats.evaluations,
+                }
+            )
+    grid = labelled_grid([(spec.label(), images)], scale=1)
+    atomic_write(args.out / "grid.png", lambda p: grid.save(p, format="PNG"))
+    report = {"family": family.name, "command": " ".join(sys.argv), "images": rows}
+    atomic_write(args.out / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
+    print(f"{family.name}: wrote {len(rows)} image(s), grid.png and report.json to {args.out}")
+    for row in rows:
+        rounds, evaluations = row["rounds"], row["evaluations"]
+        print(f"  {row['id']}: {row['wall_s']:.2f}s, {rounds} rounds, {evaluations} evaluations")
+    return rows
+
+
+def run_recipe(family_name: str) -> None:
+    """Entry point of a recipe script; a missing model exits with one clear message."""
+    from driffusion.adapters.diffusers import ModelNotAvailableError
+
+    try:
+        main(family_name)
+    except ModelNotAvailableError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,139 @@
+"""The embedded digits model: shipped weights load and reproduce their checksum, samples are
+recognisable, parallel samplers keep the quality, and the main job runs on 1 and 2 processes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from driffusion.core import BatchedExecutor, RowwiseModel, SamplerSpec, initial_noise, run_sampler
+from driffusion.eval.digits_fid import digits_fid
+from driffusion.models.digits import (
+    NUM_CLASSES,
+    MissingWeightsError,
+    checksum,
+    digits_dataset,
+    load_digits,
+    reference_sample,
+)
+
+from .test_distributed import FABRIC, run_script
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def model():  # type: ignore[no-untyped-def]
+    return load_digits()
+
+
+@pytest.fixture(scope="module")
+def samples(model):  # type: ignore[no-untyped-def]
+    """10 samples of every digit at 50 steps, guidance 2, for each sampler."""
+    labels = torch.arange(NUM_CLASSES).repeat(10)
+    network = RowwiseModel(model.denoiser(2.0), {"label": labels})
+    x = initial_noise(list(range(len(labels))), (1, 16, 16))
+    schedule = model.schedule(50)
+    specs = {
+        "serial": SamplerSpec("serial"),
+        "aggressive": SamplerSpec("aggressive", drafts=2),
+        "conservative": SamplerSpec("conservative", drafts=2),
+        "srds": SamplerSpec("srds", tol=1e-3),
+    }
+    with torch.inference_mode():
+        return labels, {
+            name: run_sampler(spec, BatchedExecutor(network), x, schedule).x
+            for name, spec in specs.items()
+        }
+
+
+def test_shipped_weights_reproduce_their_checksum(model) -> None:  # type: ignore[no-untyped-def]
+    stored = model.training["reference_sample"]
+    measured = checksum(reference_sample(model))
+    for key in ("sum", "abs_sum", "max"):
+        assert measured[key] == pytest.approx(stored[key], rel=1e-4, abs=1e-4), key
+    assert model.prediction_type == "epsilon" and len(model.alphas_cumprod) == 1000
+    assert "recipes/train_digits.py" in model.training["command"]
+
+
+def test_missing_weights_give_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(MissingWeightsError, match="train it with"):
+        load_digits(tmp_path)
+
+
+def test_classifier_is_accurate_on_held_out_digits(model) -> None:  # type: ignore[no-untyped-def]
+    images, labels = digits_dataset("test")
+    assert float((model.classify(images) == labels).float().mean()) >= 0.93
+
+
+def test_serial_samples_are_recognisable(model, samples) -> None:  # type: ignore[no-untyped-def]
+    labels, xs = samples
+    accuracy = float((model.classify(xs["serial"]) == labels).float().mean())
+    assert accuracy >= 0.9
+
+
+@pytest.mark.parametrize("sampler", ["aggressive", "conservative", "srds"])
+def test_parallel_samplers_keep_the_accuracy(model, samples, sampler: str) -> None:  # type: ignore[no-untyped-def]
+    labels, xs = samples
+    serial = float((model.classify(xs["serial"]) == labels).float().mean())
+    parallel = float((model.classify(xs[sampler]) == labels).float().mean())
+    assert parallel >= serial - 0.05, (sampler, parallel, serial)
+    assert not torch.equal(xs[sampler], xs["serial"]) or sampler == "srds"
+
+
+def test_digits_fid_separates_real_from_noise() -> None:
+    real_a, _ = digits_dataset("test")
+    real_b, _ = digits_dataset("train")
+    noise = torch.rand_like(real_a) * 2 - 1
+    same = digits_fid(real_a, real_b[:360])["frechet_inception_distance"]
+    different = digits_fid(noise, real_b[:360])["frechet_inception_distance"]
+    assert 0 <= same < different / 10
+
+
+def check_outputs(out: Path, samplers: list[str], steps: int, devices: int) -> list[dict]:
+    report = json.loads((out / "report.json").read_text())
+    rows = report["rows"]
+    keys = {"sampler", "devices", "steps", "rounds", "wall_s", "speedup", "max_abs_dev"}
+    keys |= {"mean_abs_dev", "accuracy", "fid"}
+    assert [r["sampler"] for r in rows] == samplers
+    for row in rows:
+        assert keys <= row.keys() and row["steps"] == steps
+    assert rows[0]["max_abs_dev"] == 0.0 and rows[0]["rounds"] == steps
+    assert {r["devices"] for r in rows[1:]} == {devices}
+    grid = Image.open(out / "grid.png")
+    assert grid.height >= 16 * 4 * len(samplers)
+    png = Image.open(out / samplers[-1] / "digit7_seed0.png")
+    assert png.text["digit"] == "7" and png.text["steps"] == str(steps)
+    assert png.text["sampler"].startswith(samplers[-1]) and png.text["seed"] == "700"
+    assert len(list((out / samplers[-1]).glob("*.png"))) == NUM_CLASSES
+    assert not list(out.rglob("*.tmp"))
+    return rows
+
+
+def test_main_job_on_one_process(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "recipes" / "digits.py"), "--accelerator", "cpu"]
+    cmd += ["--steps", "8", "--n-per-class", "1", "--samplers", "serial,aggressive,srds"]
+    result = run_script([*cmd, "--out", str(tmp_path)], timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    rows = check_outputs(tmp_path, ["serial", "aggressive", "srds"], 8, devices=1)
+    assert rows[1]["rounds"] == 1 + 7  # one device: drafts=1, the serial sampler itself
+    assert rows[1]["max_abs_dev"] == 0.0
+    assert all(r["fid"] >= 0 for r in rows)
+    assert "| sampler | devices |" in result.stdout
+
+
+def test_main_job_on_two_processes(tmp_path: Path) -> None:
+    cmd = [str(FABRIC), "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    cmd += [str(ROOT / "recipes" / "digits.py"), "--steps", "8", "--n-per-class", "1"]
+    cmd += ["--samplers", "serial,aggressive,conservative", "--no-fid", "--out", str(tmp_path)]
+    result = run_script(cmd, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    rows = check_outputs(tmp_path, ["serial", "aggressive", "conservative"], 8, devices=2)
+    assert rows[1]["rounds"] == 1 + 4  # 1 + ceil(7 / 2)
+    assert rows[2]["rounds"] == 2 * (8 // 3) + min(8 % 3, 2)
+    assert rows[1]["max_abs_dev"] > 0

@@ -22,11 +22,11 @@ $(STAMP): pyproject.toml Makefile
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) benchmarks/rounds.py --json $(OUT)/rounds.json
+	$(VENV)/bin/fabric run --accelerator cpu --devices 2 --strategy ddp recipes/digits.py --out $(OUT)/digits
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check driffusion tests benchmarks
-	$(VENV)/bin/ruff format --check driffusion tests benchmarks
+	$(VENV)/bin/ruff check driffusion tests benchmarks recipes
+	$(VENV)/bin/ruff format --check driffusion tests benchmarks recipes
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

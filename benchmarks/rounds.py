@@ -24,7 +24,9 @@ from driffusion.core import (
     alphas_cumprod_from_betas,
     default_blocks,
     sample_driffusion,
+    sample_paradigms,
     sample_serial,
+    sample_serial_reduced,
     sample_srds,
     vp_schedule,
     vp_timesteps,
@@ -50,7 +52,9 @@ def deviation(x: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
     return float(diff.abs().max()), float(diff.norm() / reference.to(torch.float64).norm())
 
 
-def run(steps: list[int], ks: list[int], srds_tol: float, batch: int, seed: int) -> list[dict]:
+def run(
+    steps: list[int], ks: list[int], srds_tol: float, paradigms_tol: float, batch: int, seed: int
+) -> list[dict]:
     abar = alphas_cumprod_from_betas()
     oracle = GaussianMixtureDenoiser.random(
         (4, 8, 8), components=8, noise_levels=VPNoiseLevels(abar), seed=seed
@@ -59,7 +63,7 @@ def run(steps: list[int], ks: list[int], srds_tol: float, batch: int, seed: int)
     rows: list[dict[str, Any]] = []
     for n in steps:
         schedule = vp_schedule(abar, vp_timesteps(n, spacing="trailing"))
-        rows.extend(rows_for_schedule(oracle, x, schedule, ks, srds_tol))
+        rows.extend(rows_for_schedule(oracle, x, schedule, ks, srds_tol, paradigms_tol))
     return rows
 
 
@@ -69,6 +73,7 @@ def rows_for_schedule(
     schedule: Schedule,
     ks: list[int],
     srds_tol: float,
+    paradigms_tol: float,
 ) -> list[dict[str, Any]]:
     n = schedule.num_steps
     serial = sample_serial(model, x, schedule)
@@ -82,6 +87,11 @@ def rows_for_schedule(
         "srds_pipelined": lambda k: sample_srds(
             model, x, schedule, blocks=k, tol=srds_tol, pipelined=True
         ),
+        "paradigms": lambda k: sample_paradigms(model, x, schedule, window=k, tol=paradigms_tol),
+        # step reduction at the latency of aggressive DRiffusion with k drafts
+        "serial_reduced": lambda k: sample_serial_reduced(
+            model, x, schedule, rounds=min(n, 1 + math.ceil((n - 1) / k))
+        ),
     }
     rows = []
     for name, sample in samplers.items():
@@ -89,6 +99,8 @@ def rows_for_schedule(
             settings = [1]
         elif name.startswith("srds"):
             settings = sorted({*ks, default_blocks(n)})
+        elif name == "paradigms":
+            settings = sorted({*ks, 8, 16})
         else:
             settings = ks
         for k in settings:
@@ -133,16 +145,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, nargs="+", default=[25, 50, 100])
     parser.add_argument("--k", type=int, nargs="+", default=[2, 3, 4], help="drafts / blocks")
     parser.add_argument("--srds-tol", type=float, default=1e-3, help="SRDS stopping tolerance")
+    parser.add_argument("--paradigms-tol", type=float, default=1e-3, help="ParaDiGMS tolerance")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     for value in [*args.steps, *args.k]:
         if value < 1:
             parser.error(f"--steps and --k take integers >= 1, got {value}")
-    rows = run(args.steps, args.k, args.srds_tol, args.batch, args.seed)
+    rows = run(args.steps, args.k, args.srds_tol, args.paradigms_tol, args.batch, args.seed)
     print(
         f"Rounds on the exact Gaussian-mixture oracle (DDIM, trailing spacing, "
-        f"SRDS tol={args.srds_tol:g}; k = drafts or SRDS blocks)\n"
+        f"SRDS tol={args.srds_tol:g}, ParaDiGMS tol={args.paradigms_tol:g}; k = drafts, SRDS "
+        "blocks, ParaDiGMS window, or for serial_reduced the drafts whose latency it matches)\n"
     )
     print(markdown(rows))
     if args.json:

@@ -4,11 +4,13 @@
         [--json PATH] [--eval-ms MS] [--steps N]
     fabric run --accelerator cuda --devices 4 --strategy ddp benchmarks/speedup.py --eval-ms 50
 
-The denoiser is synthetic: a stack of 3x3 convolutions sized so that one evaluation costs about
-``--eval-ms`` on this machine (real tensor work, not a sleep). Serial runs on rank 0 alone with
-the same per-process thread count as the parallel runs (``serial_wall_s``), and again with every
-core (``serial_all_cores_wall_s``, CPU only). ``speedup_ideal`` is ``N / sum_r ceil(width_r / g)``:
-the speedup if communication and sampler math were free; ``efficiency = speedup / ideal``.
+With ``--model synthetic`` (default) the denoiser is a stack of 3x3 convolutions sized so that one
+evaluation costs about ``--eval-ms`` on this machine (real tensor work, not a sleep); with
+``--model digits`` it is the embedded digits model (one sample of each digit per batch, guided).
+Serial runs on rank 0 alone with the same per-process thread count as the parallel runs
+(``serial_wall_s``), and again with every core (``serial_all_cores_wall_s``, CPU only).
+``speedup_ideal`` is ``N / sum_r ceil(width_r / g)``: the speedup if communication and sampler
+math were free; ``efficiency = speedup / ideal``.
 """
 
 from __future__ import annotations
@@ -81,7 +83,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3, help="median of this many runs")
     parser.add_argument("--srds-tol", type=float, default=1e-3)
+    parser.add_argument("--paradigms-tol", type=float, default=1e-3)
+    parser.add_argument("--window", type=int, default=None, help="ParaDiGMS window (default: g)")
     parser.add_argument("--shape", type=int, nargs=3, default=[4, 32, 32])
+    parser.add_argument("--model", choices=["synthetic", "digits"], default="synthetic")
+    parser.add_argument("--guidance", type=float, default=2.0, help="digits model only")
     args = parser.parse_args()
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
@@ -96,13 +102,23 @@ def main() -> None:
     torch.set_num_threads(threads)
     shape = tuple(args.shape)
 
-    # One depth for every rank (calibrated on rank 0), identical weights from one seed.
-    depth = gather_objects(layout, conv_stack_depth(args.eval_ms, shape, device=device))[0]
-    network = ConvStackNetwork(shape[0], depth=depth, seed=0).to(device).eval()
-    schedule = vp_schedule(
-        alphas_cumprod_from_betas(), vp_timesteps(args.steps, spacing="trailing")
-    )
-    x = initial_noise([0], shape, device=device)
+    if args.model == "digits":
+        from driffusion.models.digits import load_digits
+
+        digits = load_digits()
+        network: torch.nn.Module = digits.denoiser(args.guidance).to(device).eval()
+        schedule = digits.schedule(args.steps)
+        cond = {"label": torch.arange(10, device=device)}
+        x = initial_noise(list(range(10)), (1, 16, 16), device=device)
+    else:
+        # One depth for every rank (calibrated on rank 0), identical weights from one seed.
+        depth = gather_objects(layout, conv_stack_depth(args.eval_ms, shape, device=device))[0]
+        network = ConvStackNetwork(shape[0], depth=depth, seed=0).to(device).eval()
+        schedule = vp_schedule(
+            alphas_cumprod_from_betas(), vp_timesteps(args.steps, spacing="trailing")
+        )
+        cond = {}
+        x = initial_noise([0], shape, device=device)
 
     def sample(spec: SamplerSpec, model: Model) -> Callable[[], SampleResult]:
         def run() -> SampleResult:
@@ -111,26 +127,33 @@ def main() -> None:
 
         return run
 
-    local = BatchedExecutor(RowwiseModel(network))
+    local = BatchedExecutor(RowwiseModel(network, cond))
     serial_spec = SamplerSpec("serial")
-    serial_wall = serial_all_cores = float("nan")
+    # step reduction to the latency of aggressive DRiffusion on g devices, on one device
+    reduced_spec = SamplerSpec(
+        "serial_reduced", rounds=min(args.steps, 1 + -(-(args.steps - 1) // g))
+    )
+    serial_wall = serial_all_cores = reduced_wall = float("nan")
     if rank == 0:  # the others wait at the barrier below
         sample(serial_spec, local)()  # warm-up
         serial_wall, _ = timed(sample(serial_spec, local), device, args.repeats)
+        reduced_wall, _ = timed(sample(reduced_spec, local), device, args.repeats)
         if device.type == "cpu" and cores > threads:
             torch.set_num_threads(cores)
             serial_all_cores, _ = timed(sample(serial_spec, local), device, args.repeats)
             torch.set_num_threads(threads)
     barrier(layout, "serial baseline")
-    serial_wall = gather_objects(layout, serial_wall)[0]
-    serial_all_cores = gather_objects(layout, serial_all_cores)[0]
+    serial_wall, serial_all_cores, reduced_wall = gather_objects(
+        layout, (serial_wall, serial_all_cores, reduced_wall)
+    )[0]
 
-    distributed = DistributedExecutor(RowwiseModel(network), layout)
+    distributed = DistributedExecutor(RowwiseModel(network, cond), layout)
     specs = [
         SamplerSpec("aggressive", drafts=g),
         SamplerSpec("conservative", drafts=g),
         SamplerSpec("srds", blocks=default_blocks(args.steps), tol=args.srds_tol),
         SamplerSpec("srds_pipelined", blocks=default_blocks(args.steps), tol=args.srds_tol),
+        SamplerSpec("paradigms", window=args.window or g, tol=args.paradigms_tol),
     ]
     rows: list[dict[str, Any]] = [
         {
@@ -147,6 +170,18 @@ def main() -> None:
             "setting": "threads/process",
         }
     ]
+    rows.append(
+        {
+            **rows[0],
+            "sampler": "serial_reduced",
+            "rounds": reduced_spec.rounds,
+            "wall_s": reduced_wall,
+            "speedup": serial_wall / reduced_wall,
+            "speedup_ideal": args.steps / reduced_spec.rounds,
+            "efficiency": serial_wall / reduced_wall / (args.steps / reduced_spec.rounds),
+            "setting": reduced_spec.label(),
+        }
+    )
     for spec in specs:
         sample(spec, distributed)()  # warm-up (and identical on every rank)
         wall, result = timed(sample(spec, distributed), device, args.repeats)
@@ -171,9 +206,10 @@ def main() -> None:
 
     if rank == 0:
         per_eval = serial_wall / args.steps * 1000
+        cost = f"--eval-ms {args.eval_ms:g}, " if args.model == "synthetic" else ""
         print(
-            f"\nspeedup on {g} x {device.type} processes ({threads} threads each), {args.steps} "
-            f"steps, --eval-ms {args.eval_ms:g} (measured {per_eval:.1f} ms/step serial); "
+            f"\n{args.model} denoiser: speedup on {g} x {device.type} processes ({threads} "
+            f"threads each), {args.steps} steps, {cost}measured {per_eval:.1f} ms/step serial; "
             f"serial on all {cores} cores: {serial_all_cores:.2f}s\n"
         )
         print("| " + " | ".join([*KEYS, "setting"]) + " |")

@@ -56,7 +56,13 @@ def parse_args() -> argparse.Namespace:
         "--blocks", type=int, default=None, help="SRDS blocks (default: sqrt(steps))"
     )
     parser.add_argument("--srds-tol", type=float, default=1e-3)
-    parser.add_argument("--samplers", default="serial,aggressive,conservative,srds")
+    parser.add_argument(
+        "--samplers", default="serial,aggressive,conservative,srds,paradigms,serial_reduced"
+    )
+    parser.add_argument(
+        "--window", type=int, default=None, help="ParaDiGMS window (default: drafts)"
+    )
+    parser.add_argument("--paradigms-tol", type=float, default=1e-3)
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-per-class", type=int, default=10)
@@ -99,7 +105,15 @@ def main() -> None:
     drafts = args.drafts or layout.draft_devices
     results: dict[str, dict[str, Any]] = {}
     for name in args.samplers:
-        spec = SamplerSpec(name, drafts=drafts, blocks=args.blocks, tol=args.srds_tol)
+        spec = SamplerSpec(
+            name,
+            drafts=drafts,
+            blocks=args.blocks,
+            tol=args.paradigms_tol if name == "paradigms" else args.srds_tol,
+            window=args.window or drafts,
+            # step reduction to the serial rounds of aggressive DRiffusion with these drafts
+            rounds=min(args.steps, 1 + -(-(args.steps - 1) // drafts)),
+        )
         module = DiffusionSamplerModule(denoiser, schedule, (1, 16, 16), spec)
         barrier(layout, f"start of {name}")
         start = time.perf_counter()
@@ -142,7 +156,7 @@ def report(
         rows.append(
             {
                 "sampler": name,
-                "devices": 1 if name == "serial" else devices,
+                "devices": 1 if name in ("serial", "serial_reduced") else devices,
                 "steps": args.steps,
                 "rounds": res["rounds"],
                 "wall_s": res["wall_s"],

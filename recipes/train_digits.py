@@ -43,7 +43,7 @@ from driffusion.models.digits import (
 def parse_args() -> argparse.Namespace:
     parser = add_fabric_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--out", type=Path, default=SHIPPED)
-    parser.add_argument("--steps", type=int, default=3000, help="UNet optimisation steps")
+    parser.add_argument("--steps", type=int, default=4000, help="UNet optimisation steps")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--ema", type=float, default=0.999)
@@ -51,10 +51,23 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--classifier-epochs", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--write-reference",
+        action="store_true",
+        help="only (re)compute the reference-sample checksum of the model at --out",
+    )
     args = parser.parse_args()
     if args.steps < 1 or args.batch_size < 1:
         parser.error("--steps and --batch-size must be >= 1")
     return args
+
+
+def random_shift(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Translate the batch by up to one pixel, filling with background (-1), never wrapping:
+    light augmentation that keeps 1437 images from being memorised."""
+    dy, dx = (torch.randint(-1, 2, (2,), generator=gen) + 1).tolist()
+    padded = F.pad(images, (1, 1, 1, 1), value=-1.0)
+    return padded[:, :, dy : dy + images.shape[2], dx : dx + images.shape[3]]
 
 
 def train_unet(
@@ -87,9 +100,7 @@ def train_unet(
     for step in range(args.steps):
         index = torch.randint(0, n, (args.batch_size,), generator=gen)
         x0 = images[index].to(fabric.device)
-        # light augmentation: one-pixel random shifts keep 1437 images from being memorised
-        shift = torch.randint(-1, 2, (2,), generator=gen).tolist()
-        x0 = torch.roll(x0, shifts=shift, dims=(2, 3))
+        x0 = random_shift(x0, gen)
         label = labels[index].clone()
         drop = torch.rand(args.batch_size, generator=gen) < args.label_dropout
         label[drop] = NULL_LABEL
@@ -128,8 +139,7 @@ def train_classifier(
         order = torch.randperm(images.shape[0], generator=gen)
         for start in range(0, len(order), 64):
             index = order[start : start + 64]
-            shift = torch.randint(-1, 2, (2,), generator=gen).tolist()
-            x = torch.roll(images[index], shifts=shift, dims=(2, 3))
+            x = random_shift(images[index], gen)
             loss = F.cross_entropy(model(x), labels[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -144,9 +154,22 @@ def train_classifier(
     return model, accuracy
 
 
+def write_reference(out: Path) -> dict:
+    """Store the checksum of the reference sample in ``training.json`` (the test compares it)."""
+    trained = load_digits(out)
+    meta = dict(trained.training)
+    meta["reference_sample"] = {**REFERENCE, **checksum(reference_sample(trained))}
+    text = json.dumps(meta, indent=2) + "\n"
+    atomic_write(out / "training.json", lambda p: p.write_text(text))
+    return meta
+
+
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
+    if args.write_reference:
+        print(json.dumps(write_reference(args.out)["reference_sample"], indent=2))
+        return
     fabric = build_fabric(args)
     fabric.seed_everything(args.seed)
     images, labels = digits_dataset("train")
@@ -196,11 +219,7 @@ def main() -> None:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        trained = load_digits(args.out)
-        meta["reference_sample"] = {**REFERENCE, **checksum(reference_sample(trained))}
-        atomic_write(
-            args.out / "training.json", lambda p: p.write_text(json.dumps(meta, indent=2) + "\n")
-        )
+        meta = write_reference(args.out)
         print(json.dumps(meta, indent=2))
         print(f"wrote {args.out}")
     finish()

@@ -165,16 +165,19 @@ def test_speedup_benchmark_runs_under_fabric(tmp_path: Path) -> None:
     keys |= {"speedup_ideal", "efficiency"}
     assert [r["sampler"] for r in rows] == [
         "serial",
+        "serial_reduced",
         "aggressive",
         "conservative",
         "srds",
         "srds_pipelined",
+        "paradigms",
     ]
     for row in rows:
         assert keys <= row.keys()
         assert row["wall_s"] > 0 and row["speedup"] == pytest.approx(
             row["serial_wall_s"] / row["wall_s"]
         )
-    aggressive = rows[1]
+    assert rows[1]["rounds"] == 4  # step reduction to aggressive's latency: 1 + ceil(5 / 2)
+    aggressive = rows[2]
     assert (aggressive["devices"], aggressive["rounds"]) == (2, 1 + 3)  # 1 + ceil(5 / 2)
     assert aggressive["speedup_ideal"] == pytest.approx(6 / 4)

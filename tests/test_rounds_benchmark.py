@@ -21,6 +21,8 @@ def test_rounds_benchmark_json(tmp_path: Path) -> None:
         "conservative",
         "srds",
         "srds_pipelined",
+        "paradigms",
+        "serial_reduced",
     }
     for row in rows:
         assert row.keys() >= KEYS
@@ -32,5 +34,8 @@ def test_rounds_benchmark_json(tmp_path: Path) -> None:
             assert row["rounds"] == 1 + math.ceil((n - 1) / k)
             assert row["evaluations"] == n
             assert row["max_abs_dev"] > 0
+    reduced = [r for r in rows if r["sampler"] == "serial_reduced"]
+    assert all(r["rounds"] == 1 + math.ceil((r["steps"] - 1) / r["k"]) for r in reduced)
+    assert all(r["max_abs_dev"] > 0 for r in reduced)
     srds_k = {(r["steps"], r["k"]) for r in rows if r["sampler"] == "srds"}
     assert (16, 4) in srds_k  # sqrt(N) blocks are included

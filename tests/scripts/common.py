@@ -25,6 +25,9 @@ SPECS = {
     "srds_exact": SamplerSpec("srds", blocks=4, tol=0.0),
     "srds_tol": SamplerSpec("srds", blocks=4, tol=1e-3),
     "srds_pipelined": SamplerSpec("srds_pipelined", blocks=5, tol=0.0),
+    "paradigms_exact": SamplerSpec("paradigms", window=5, tol=0.0),
+    "paradigms_tol": SamplerSpec("paradigms", window=3, tol=1e-3),
+    "serial_reduced": SamplerSpec("serial_reduced", rounds=7),
 }
 
 

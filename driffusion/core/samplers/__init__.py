@@ -1,6 +1,11 @@
 """Samplers sharing one leading signature: ``sample_X(model, x, schedule, *, ..., callback)``."""
 
 from driffusion.core.samplers.driffusion import draft, refine, sample_driffusion
+from driffusion.core.samplers.paradigms import (
+    reduced_grid,
+    sample_paradigms,
+    sample_serial_reduced,
+)
 from driffusion.core.samplers.serial import sample_serial
 from driffusion.core.samplers.srds import block_boundaries, default_blocks, sample_srds
 
@@ -8,8 +13,11 @@ __all__ = [
     "block_boundaries",
     "default_blocks",
     "draft",
+    "reduced_grid",
     "refine",
     "sample_driffusion",
+    "sample_paradigms",
     "sample_serial",
+    "sample_serial_reduced",
     "sample_srds",
 ]

@@ -10,6 +10,7 @@ from torch import Tensor
 from driffusion.core.model import Model, SampleResult
 from driffusion.core.samplers._common import Callback
 from driffusion.core.samplers.driffusion import Mode, sample_driffusion
+from driffusion.core.samplers.paradigms import sample_paradigms, sample_serial_reduced
 from driffusion.core.samplers.serial import sample_serial
 from driffusion.core.samplers.srds import sample_srds
 from driffusion.core.schedule import Schedule
@@ -20,6 +21,8 @@ SAMPLER_NAMES: tuple[str, ...] = (
     "conservative",
     "srds",
     "srds_pipelined",
+    "paradigms",
+    "serial_reduced",
 )
 
 
@@ -33,6 +36,8 @@ class SamplerSpec:
         blocks: SRDS blocks (``None``: ``round(sqrt(N))``).
         tol: SRDS stopping tolerance.
         max_iters: SRDS iteration cap (``None``: ``blocks``).
+        window: ParaDiGMS window (points per round).
+        rounds: serial rounds of the step-reduced baseline.
     """
 
     name: str = "serial"
@@ -40,6 +45,8 @@ class SamplerSpec:
     blocks: int | None = None
     tol: float = 1e-3
     max_iters: int | None = None
+    window: int = 8
+    rounds: int = 10
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLER_NAMES:
@@ -51,6 +58,10 @@ class SamplerSpec:
             return f"{self.name}(k={self.drafts})"
         if self.name.startswith("srds"):
             return f"{self.name}(B={self.blocks or 'sqrtN'},tol={self.tol:g})"
+        if self.name == "paradigms":
+            return f"paradigms(window={self.window},tol={self.tol:g})"
+        if self.name == "serial_reduced":
+            return f"serial_reduced(steps={self.rounds})"
         return self.name
 
 
@@ -73,8 +84,14 @@ def run_sampler(
         return sample_driffusion(
             model, x, schedule, drafts=spec.drafts, mode=mode, noise=noise, **common
         )
+    if spec.name == "paradigms":
+        return sample_paradigms(
+            model, x, schedule, window=spec.window, tol=spec.tol, noise=noise, **common
+        )
     if noise is not None:
-        raise ValueError("SRDS is deterministic: DDPM noise is not supported")
+        raise ValueError(f"{spec.name} is deterministic: DDPM noise is not supported")
+    if spec.name == "serial_reduced":
+        return sample_serial_reduced(model, x, schedule, rounds=spec.rounds, **common)
     return sample_srds(
         model,
         x,

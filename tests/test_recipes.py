@@ -1,0 +1,183 @@
+"""The diffusers adapter and the SD2.1 / SDXL / SD3 recipes on tiny random models built in code."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from driffusion.adapters.diffusers import (
+    ModelNotAvailableError,
+    adapt_pipeline,
+    load_pipeline,
+    read_schedule,
+)
+from driffusion.adapters.tiny import build_tiny_pipeline
+from driffusion.core import (
+    RowwiseModel,
+    SamplerSpec,
+    initial_noise,
+    run_sampler,
+    sample_driffusion,
+    sample_serial,
+)
+
+from .test_distributed import FABRIC, run_script
+
+ROOT = Path(__file__).resolve().parents[1]
+CASES = [("sd21", "epsilon"), ("sd21", "v_prediction"), ("sdxl", "epsilon"), ("sd3", "epsilon")]
+
+
+@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+def tiny(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    family, prediction = request.param
+    pipe = build_tiny_pipeline(family, prediction_type=prediction)
+    adapter = adapt_pipeline(pipe, 6, height=32, width=32, guidance=3.0)
+    prompts, negative = ["a red cat", "two dogs"], ["blurry", ""]
+    cond = adapter.encode(prompts, negative)
+    x = initial_noise([11, 12], adapter.latent_shape)
+    return pipe, adapter, prompts, negative, cond, x
+
+
+def test_schedule_is_read_from_the_scheduler(tiny) -> None:  # type: ignore[no-untyped-def]
+    pipe, adapter = tiny[0], tiny[1]
+    expected = "flow" if adapter.family == "sd3" else pipe.scheduler.config.prediction_type
+    assert adapter.schedule.prediction_type == expected
+    assert adapter.schedule.num_steps == 6
+    assert pipe.scheduler.num_inference_steps is None  # read from a copy, never stepped
+
+
+def test_serial_through_the_adapter_reproduces_the_pipeline(tiny) -> None:  # type: ignore[no-untyped-def]
+    pipe, adapter, prompts, negative, cond, x = tiny
+    with torch.no_grad():
+        ours = sample_serial(RowwiseModel(adapter.network, cond), x, adapter.schedule).x
+        reference = pipe(
+            prompts,
+            negative_prompt=negative,
+            num_inference_steps=6,
+            guidance_scale=3.0,
+            height=32,
+            width=32,
+            latents=x.clone(),
+            output_type="latent",
+        ).images
+    scale = float(reference.abs().max())
+    torch.testing.assert_close(ours, reference.float(), rtol=0, atol=1e-5 * max(1.0, scale))
+
+
+@pytest.mark.parametrize("mode", ["aggressive", "conservative"])
+def test_one_draft_equals_serial_through_the_adapter(tiny, mode: str) -> None:  # type: ignore[no-untyped-def]
+    _, adapter, _, _, cond, x = tiny
+    model = RowwiseModel(adapter.network, cond)
+    with torch.no_grad():
+        serial = sample_serial(model, x, adapter.schedule).x
+        drafted = sample_driffusion(model, x, adapter.schedule, drafts=1, mode=mode).x  # type: ignore[arg-type]
+        parallel = run_sampler(SamplerSpec(mode, drafts=3), model, x, adapter.schedule)
+    assert torch.equal(drafted, serial)
+    assert parallel.stats.evaluations == 6 and not torch.equal(parallel.x, serial)
+
+
+def test_guidance_is_one_batched_call(tiny) -> None:  # type: ignore[no-untyped-def]
+    _, adapter, _, _, cond, x = tiny
+    calls: list[int] = []
+    inner = adapter.network.unet if adapter.family != "sd3" else adapter.network.transformer
+    handle = inner.register_forward_hook(lambda m, args, out: calls.append(1))
+    try:
+        with torch.no_grad():
+            adapter.network(x, torch.full((2,), 500.0), **cond)
+    finally:
+        handle.remove()
+    assert calls == [1]
+
+
+def test_decode_gives_images(tiny) -> None:  # type: ignore[no-untyped-def]
+    _, adapter, _, _, _, x = tiny
+    images = adapter.decode(x)
+    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
+    assert float(images.abs().max()) <= 1.0
+
+
+def test_read_schedule_rejects_bad_steps() -> None:
+    pipe = build_tiny_pipeline("sd21")
+    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
+        read_schedule(pipe.scheduler, 0)
+    with pytest.raises(ValueError, match="multiple of 2, got 33"):
+        adapt_pipeline(pipe, 4, height=33, width=32, guidance=1.0)
+
+
+def test_missing_model_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelNotAvailableError, match="--model /path/to/folder"):
+        load_pipeline("sdxl", "stabilityai/stable-diffusion-xl-base-1.0")
+
+
+def test_save_pretrained_round_trip_loads_through_the_real_path(tmp_path: Path) -> None:
+    pipe = build_tiny_pipeline("sd21")
+    pipe.save_pretrained(tmp_path / "tiny-sd21")
+    loaded = load_pipeline("sd21", str(tmp_path / "tiny-sd21"))
+    assert type(loaded).__name__ == "StableDiffusionPipeline"
+    for a, b in zip(pipe.unet.parameters(), loaded.unet.parameters(), strict=True):
+        assert torch.equal(a, b)
+
+
+def check_recipe_outputs(out: Path, prompts: list[str], steps: int, sampler: str) -> dict:
+    report = json.loads((out / "report.json").read_text())
+    rows = report["images"]
+    assert [r["prompt"] for r in rows] == prompts
+    for k, row in enumerate(rows):
+        image = Image.open(out / f"{row['id']}.png")
+        assert image.text["prompt"] == prompts[k] and image.text["seed"] == str(7 + k)
+        assert image.text["negative_prompt"] == "ugly" and image.text["steps"] == str(steps)
+        assert image.text["sampler"].startswith(sampler) and image.text["guidance"] == "4.0"
+        assert row["wall_s"] > 0 and row["evaluations"] == steps
+    assert (out / "grid.png").is_file() and not list(out.glob("*.tmp"))
+    return report
+
+
+@pytest.mark.parametrize("family", ["sd21", "sdxl", "sd3"])
+def test_recipe_end_to_end_tiny(tmp_path: Path, family: str) -> None:
+    prompts = ["a red cat", "a blue dog"]
+    cmd = [sys.executable, str(ROOT / "recipes" / f"{family}.py"), "--tiny", "--steps", "5"]
+    cmd += [
+        "--sampler",
+        "aggressive",
+        "--seed",
+        "7",
+        "--guidance",
+        "4",
+        "--negative-prompt",
+        "ugly",
+    ]
+    cmd += ["--prompt", prompts[0], "--prompt", prompts[1], "--out", str(tmp_path)]
+    result = run_script([*cmd, "--accelerator", "cpu"], timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    report = check_recipe_outputs(tmp_path, prompts, 5, "aggressive")
+    assert all(row["rounds"] == 5 for row in report["images"])  # one device: drafts = 1
+
+
+def test_sdxl_recipe_on_two_processes(tmp_path: Path) -> None:
+    prompts = ["a red cat", "a blue dog", "a green bird"]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    cmd = [str(FABRIC), "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    cmd += [str(ROOT / "recipes" / "sdxl.py"), "--tiny", "--steps", "5", "--seed", "7"]
+    cmd += ["--guidance", "4", "--negative-prompt", "ugly", "--sampler", "conservative"]
+    cmd += ["--prompts-file", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "out")]
+    result = run_script(cmd, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    report = check_recipe_outputs(tmp_path / "out", prompts, 5, "conservative")
+    assert all(row["devices"] == 2 for row in report["images"])
+    assert all(row["rounds"] == 2 * (5 // 3) + min(5 % 3, 2) for row in report["images"])
+
+
+def test_recipe_without_weights_fails_cleanly(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "recipes" / "sd3.py"), "--prompt", "a cat"]
+    cmd += ["--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]
+    result = run_script(cmd, timeout=120)
+    assert result.returncode == 2
+    assert "could not load the sd3 model" in result.stdout and "--tiny" in result.stdout
+    assert "Traceback" not in result.stdout
+    assert not (tmp_path / "out").exists()

@@ -1,6 +1,6 @@
 # Two entry points, each doing its own set-up on a fresh machine:
 #   make demo   - create .venv if missing, install, run the main job
-#   make test   - same set-up, then lint, type check and the whole test suite
+#   make test   - same set-up, then lint, type check, docs build and the whole test suite
 # Override the torch pin for another machine: make test TORCH="torch==X torchvision==Y"
 
 PYTHON ?= python3
@@ -10,11 +10,10 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.driffusion-installed
 OUT ?= outputs
 
-.PHONY: install demo test lint typecheck pytest clean
+.PHONY: install demo test lint typecheck docs pytest clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
 	$(PY) -m pip install --quiet $(TORCH) -e ".[all,dev,docs]"
 	touch $(STAMP)
@@ -31,10 +30,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+
 pytest: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
-test: lint typecheck pytest
+test: lint typecheck docs pytest
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache

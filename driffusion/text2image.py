@@ -56,6 +56,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namespace:
+    """The recipes' shared command line, with ``family``'s defaults."""
     parser = argparse.ArgumentParser(description=f"{family.name}: text to image with driffusion")
     parser.add_argument("--model", default=family.model, help="hub id or local folder")
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
@@ -109,6 +110,10 @@ class PromptSamplerModule(DiffusionSamplerModule):
 
 
 def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
+    """Load (or build, with ``--tiny``) the pipeline, sample every prompt, write the outputs.
+
+    Returns the per-image report rows on rank 0 (an empty list elsewhere).
+    """
     family = FAMILIES[family_name]
     args = parse_args(family, argv)
     if args.tiny:
@@ -157,6 +162,7 @@ def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
 
 
 def collate_prompts(items: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """Batch prompt items: lists of ids, seeds, prompts and negative prompts."""
     return {
         "id": [i["id"] for i in items],
         "seed": [i["seed"] for i in items],
@@ -173,6 +179,7 @@ def write_outputs(
     outputs: list,
     devices: int,
 ) -> list[dict]:
+    """Write one PNG per image (with metadata), the grid and ``report.json``; return the rows."""
     by_id = {item["id"]: item for item in items}
     rows, images = [], []
     for output in outputs:

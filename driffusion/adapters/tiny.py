@@ -49,6 +49,7 @@ def tiny_clip(projection_dim: int | None = None, hidden: int = 32, seed: int = 0
 
 
 def tiny_vae(latent_channels: int = 4, seed: int = 0, **config: Any) -> Any:
+    """A 2-block ``AutoencoderKL`` (downscale 2) with ``latent_channels`` latent channels."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(seed)

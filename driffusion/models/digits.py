@@ -89,6 +89,7 @@ class DigitsClassifier(nn.Module):
         self.head = nn.Linear(self.feature_dim, NUM_CLASSES)
 
     def features(self, x: Tensor) -> Tensor:
+        """The 64-d penultimate features (the FID feature space)."""
         return self.trunk(x)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -136,6 +137,7 @@ class DigitsModel:
         return vp_schedule(self.alphas_cumprod, timesteps, 1.0, self.prediction_type)  # type: ignore[arg-type]
 
     def denoiser(self, guidance: float = 1.0) -> GuidedDigitsDenoiser:
+        """The guided per-row network ``net(x, t, label)`` with guidance scale ``guidance``."""
         return GuidedDigitsDenoiser(self.unet, guidance)
 
     @torch.no_grad()

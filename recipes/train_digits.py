@@ -202,6 +202,7 @@ def main() -> None:
         # write everything into a temporary sibling folder, then swap it in: never half a model
         args.out.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=args.out.parent, prefix=f".{args.out.name}."))
+        staging.chmod(0o755)
         try:
             ema.save_pretrained(staging / "unet")  # type: ignore[attr-defined]
             scheduler.save_pretrained(staging / "scheduler")  # type: ignore[attr-defined]

@@ -48,7 +48,7 @@ def test_schedule_is_read_from_the_scheduler(tiny) -> None:  # type: ignore[no-u
     expected = "flow" if adapter.family == "sd3" else pipe.scheduler.config.prediction_type
     assert adapter.schedule.prediction_type == expected
     assert adapter.schedule.num_steps == 6
-    assert pipe.scheduler.num_inference_steps is None  # read from a copy, never stepped
+    assert getattr(pipe.scheduler, "num_inference_steps", None) is None  # a copy was stepped
 
 
 def test_serial_through_the_adapter_reproduces_the_pipeline(tiny) -> None:  # type: ignore[no-untyped-def]

@@ -107,6 +107,7 @@ def digits_fid(generated: Tensor, reference: Tensor, kid: bool = False) -> dict[
         cuda=False,
         cache=False,
         verbose=False,
+        save_cpu_ram=True,  # no DataLoader worker processes
         batch_size=256,
     )
     return {key: float(value) for key, value in metrics.items()}

@@ -1,0 +1,202 @@
+"""Pieces of the resumable COCO-style evaluation (``recipes/eval_coco.py``): captions, an
+atomic per-image writer, scoring of every sampler side by side, and the metrics table."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from driffusion.core.samplers.registry import SamplerSpec
+from driffusion.eval.scores import (
+    ClipScorer,
+    HPSv21Scorer,
+    deviation_from_serial,
+    fidelity_metrics,
+    load_png_folder,
+)
+from driffusion.images import atomic_write, save_png
+from driffusion.lightning.callbacks import PredictCallback
+
+COLUMNS = [
+    "sampler",
+    "setting",
+    "images",
+    "latency_s",
+    "speedup",
+    "rounds",
+    "evaluations",
+    "fid",
+    "clip_score",
+    "pickscore",
+    "hpsv21",
+    "psnr",
+    "max_abs_dev",
+]
+
+
+def first_captions(path: str | Path, limit: int) -> list[tuple[str, str, dict]]:
+    """``(id, caption, {})`` for the first caption of each image of a COCO captions file.
+
+    Images are taken in increasing ``image_id`` order; a caption is "first" in file order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"captions file {path} not found (captions_val2017.json)")
+    data = json.loads(path.read_text())
+    first: dict[int, str] = {}
+    for annotation in data["annotations"]:
+        first.setdefault(int(annotation["image_id"]), annotation["caption"].strip())
+    return [(f"{image_id:012d}", first[image_id], {}) for image_id in sorted(first)[:limit]]
+
+
+def digits_captions(limit: int) -> list[tuple[str, str, dict]]:
+    """The digits protocol's captions: ``"a handwritten digit D"``, cycling 0..9."""
+    return [
+        (f"{k:06d}", f"a handwritten digit {k % 10}", {"cond": {"label": torch.tensor(k % 10)}})
+        for k in range(limit)
+    ]
+
+
+class ImageWriter(PredictCallback):
+    """Write each finished image atomically: ``<id>.json`` (timing) first, then ``<id>.png``.
+
+    A PNG on disk therefore means a complete image with its sidecar; reruns skip it. Group
+    leaders write; the other ranks of a draft group hold the same image.
+    """
+
+    def __init__(self, items: Mapping[str, Mapping[str, Any]]) -> None:
+        self.items = items
+        self.folder: Path | None = None
+        self.spec: SamplerSpec | None = None
+        self.steps = 0
+
+    def target(self, folder: Path, spec: SamplerSpec, steps: int) -> None:
+        """Where (and for which sampler and step count) the next images go."""
+        self.folder, self.spec, self.steps = folder, spec, steps
+
+    def on_predict_batch_end(self, loop: Any, output: Any, batch_idx: int) -> None:
+        if not loop.layout.is_group_leader:
+            return
+        if self.folder is None or self.spec is None:
+            raise RuntimeError("ImageWriter.target(folder, spec, steps) was not called")
+        images = output.images if output.images is not None else output.x
+        for sample_id, image in zip(output.ids, images, strict=True):
+            item = self.items[sample_id]
+            sidecar = {
+                "wall_s": output.wall_s / len(output.ids),
+                "rounds": output.stats.rounds,
+                "evaluations": output.stats.evaluations,
+            }
+            atomic_write(self.folder / f"{sample_id}.json", _text_writer(json.dumps(sidecar)))
+            meta = {
+                "prompt": item["prompt"],
+                "seed": item["seed"],
+                "sampler": self.spec.label(),
+                "steps": self.steps,
+            }
+            save_png(self.folder / f"{sample_id}.png", image, meta)
+
+
+def _text_writer(text: str) -> Any:
+    def write(path: Path) -> None:
+        path.write_text(text)
+
+    return write
+
+
+def _reference(args: Any) -> Path:
+    if args.reference is not None:
+        return Path(args.reference)
+    if args.recipe != "digits":
+        raise ValueError("--reference (a folder of real images) is required for FID")
+    from driffusion.models.digits import digits_dataset
+
+    folder = args.out / "reference"
+    images, labels = digits_dataset("test")
+    for k, (image, label) in enumerate(zip(images, labels, strict=True)):
+        path = folder / f"{k:04d}.png"
+        if not path.exists():
+            save_png(path, image, {"digit": int(label), "split": "test"})
+    return folder
+
+
+def score_samplers(args: Any, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row of metrics per sampler folder under ``args.out``."""
+    ids = [item["id"] for item in items]
+    prompts = [item["prompt"] for item in items]
+    reference = _reference(args)
+    extractor = args.fid_extractor or ("driffusion-digits" if args.recipe == "digits" else None)
+    scorers: dict[str, Any] = {}
+    if args.clip_model:
+        scorers["clip_score"] = ClipScorer(args.clip_model)
+    if args.pickscore_model:
+        scorers["pickscore"] = ClipScorer(
+            args.pickscore_model, args.pickscore_processor, "pickscore"
+        )
+    if args.hps_checkpoint:
+        scorers["hpsv21"] = HPSv21Scorer(args.hps_checkpoint)
+    _, serial_images = load_png_folder(args.out / "serial", ids)
+    rows = []
+    for name in args.samplers:
+        folder = args.out / name
+        _, images = load_png_folder(folder, ids)
+        sidecars = [json.loads((folder / f"{i}.json").read_text()) for i in ids]
+        row: dict[str, Any] = {
+            "sampler": name,
+            "images": len(ids),
+            "latency_s": sum(s["wall_s"] for s in sidecars) / len(ids),
+            "rounds": sum(s["rounds"] for s in sidecars) / len(ids),
+            "evaluations": sum(s["evaluations"] for s in sidecars) / len(ids),
+        }
+        fid = fidelity_metrics(
+            folder,
+            reference,
+            feature_extractor=extractor,
+            feature_extractor_weights_path=args.fid_weights,
+        )
+        row["fid"] = fid["frechet_inception_distance"]
+        for key, scorer in scorers.items():
+            row[key] = float(scorer(images, prompts).mean())
+        row.update(deviation_from_serial(images, serial_images))
+        with_setting = json.loads(json.dumps(row))
+        rows.append(with_setting)
+    serial_latency = rows[0]["latency_s"]
+    for row in rows:
+        row["speedup"] = serial_latency / row["latency_s"]
+        row["setting"] = _setting(args, row["sampler"])
+    return rows
+
+
+def _setting(args: Any, name: str) -> str:
+    folder = args.out / name
+    first = next(iter(sorted(folder.glob("*.png"))), None)
+    if first is None:
+        return name
+    from PIL import Image
+
+    with Image.open(first) as image:
+        return str(image.text.get("sampler", name))
+
+
+def write_metrics(out: Path, rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> None:
+    """``metrics.json`` (rows + meta) and ``metrics.md`` (the side-by-side table)."""
+    payload = {**meta, "rows": rows}
+    text = json.dumps(payload, indent=2)
+    atomic_write(out / "metrics.json", lambda p: p.write_text(text))
+    columns = [c for c in COLUMNS if any(c in row for row in rows)]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for column in columns:
+            value = row.get(column, "")
+            if isinstance(value, float):
+                value = "inf" if math.isinf(value) else f"{value:.4g}"
+            cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    table = "\n".join(lines) + "\n"
+    atomic_write(out / "metrics.md", lambda p: p.write_text(table))

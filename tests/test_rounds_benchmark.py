@@ -39,3 +39,28 @@ def test_rounds_benchmark_json(tmp_path: Path) -> None:
     assert all(r["max_abs_dev"] > 0 for r in reduced)
     srds_k = {(r["steps"], r["k"]) for r in rows if r["sampler"] == "srds"}
     assert (16, 4) in srds_k  # sqrt(N) blocks are included
+
+
+def test_frontier_benchmark_quick(tmp_path: Path) -> None:
+    from benchmarks import frontier
+
+    rows = frontier.main(
+        ["--models", "oracle", "--steps", "10", "--quick", "--json", str(tmp_path / "f.json")]
+        + ["--plot", str(tmp_path / "f.png")]
+    )
+    assert (tmp_path / "f.png").stat().st_size > 10_000
+    saved = json.loads((tmp_path / "f.json").read_text())
+    assert saved == json.loads(json.dumps(rows))
+    keys = {"sampler", "setting", "steps", "rounds", "evaluations", "rel_dev", "fid", "accuracy"}
+    assert all(keys <= row.keys() for row in saved)
+    by_line = {row["sampler"] for row in saved}
+    assert {
+        "serial",
+        "serial_reduced",
+        "aggressive",
+        "conservative",
+        "picard_driffusion",
+    } <= by_line
+    assert {"aggressive_order2", "aggressive_adaptive", "paradigms", "srds_pipelined"} <= by_line
+    serial = next(r for r in saved if r["sampler"] == "serial")
+    assert (serial["rounds"], serial["rel_dev"]) == (10, 0.0)

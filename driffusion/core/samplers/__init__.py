@@ -6,6 +6,7 @@ from driffusion.core.samplers.paradigms import (
     sample_paradigms,
     sample_serial_reduced,
 )
+from driffusion.core.samplers.picard_driffusion import sample_picard_driffusion
 from driffusion.core.samplers.serial import sample_serial
 from driffusion.core.samplers.srds import block_boundaries, default_blocks, sample_srds
 
@@ -17,6 +18,7 @@ __all__ = [
     "refine",
     "sample_driffusion",
     "sample_paradigms",
+    "sample_picard_driffusion",
     "sample_serial",
     "sample_serial_reduced",
     "sample_srds",

@@ -11,6 +11,7 @@ from driffusion.core.model import Model, SampleResult
 from driffusion.core.samplers._common import Callback
 from driffusion.core.samplers.driffusion import Mode, sample_driffusion
 from driffusion.core.samplers.paradigms import sample_paradigms, sample_serial_reduced
+from driffusion.core.samplers.picard_driffusion import sample_picard_driffusion
 from driffusion.core.samplers.serial import sample_serial
 from driffusion.core.samplers.srds import sample_srds
 from driffusion.core.schedule import Schedule
@@ -23,6 +24,7 @@ SAMPLER_NAMES: tuple[str, ...] = (
     "srds_pipelined",
     "paradigms",
     "serial_reduced",
+    "picard_driffusion",
 )
 
 
@@ -38,6 +40,8 @@ class SamplerSpec:
         max_iters: SRDS iteration cap (``None``: ``blocks``).
         window: ParaDiGMS window (points per round).
         rounds: serial rounds of the step-reduced baseline.
+        order: DRiffusion draft order (1 or 2).
+        adaptive_tol: DRiffusion adaptive drafting target (``None``: fixed drafts).
     """
 
     name: str = "serial"
@@ -47,6 +51,8 @@ class SamplerSpec:
     max_iters: int | None = None
     window: int = 8
     rounds: int = 10
+    order: int = 1
+    adaptive_tol: float | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLER_NAMES:
@@ -55,7 +61,11 @@ class SamplerSpec:
     def label(self) -> str:
         """A short human-readable label, e.g. ``aggressive(k=4)``."""
         if self.name in ("aggressive", "conservative"):
-            return f"{self.name}(k={self.drafts})"
+            extra = f",order={self.order}" if self.order != 1 else ""
+            extra += f",adaptive={self.adaptive_tol:g}" if self.adaptive_tol is not None else ""
+            return f"{self.name}(k={self.drafts}{extra})"
+        if self.name == "picard_driffusion":
+            return f"picard_driffusion(k={self.drafts},tol={self.tol:g})"
         if self.name.startswith("srds"):
             return f"{self.name}(B={self.blocks or 'sqrtN'},tol={self.tol:g})"
         if self.name == "paradigms":
@@ -82,7 +92,15 @@ def run_sampler(
     if spec.name in ("aggressive", "conservative"):
         mode: Mode = "aggressive" if spec.name == "aggressive" else "conservative"
         return sample_driffusion(
-            model, x, schedule, drafts=spec.drafts, mode=mode, noise=noise, **common
+            model,
+            x,
+            schedule,
+            drafts=spec.drafts,
+            mode=mode,
+            order=spec.order,
+            adaptive_tol=spec.adaptive_tol,
+            noise=noise,
+            **common,
         )
     if spec.name == "paradigms":
         return sample_paradigms(
@@ -90,6 +108,10 @@ def run_sampler(
         )
     if noise is not None:
         raise ValueError(f"{spec.name} is deterministic: DDPM noise is not supported")
+    if spec.name == "picard_driffusion":
+        return sample_picard_driffusion(
+            model, x, schedule, drafts=spec.drafts, tol=spec.tol, max_iters=spec.max_iters, **common
+        )
     if spec.name == "serial_reduced":
         return sample_serial_reduced(model, x, schedule, rounds=spec.rounds, **common)
     return sample_srds(

@@ -1,0 +1,149 @@
+"""Beyond the paper: second-order drafts, convergent (Picard) draft-refine, adaptive drafting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from driffusion.core import (
+    SamplerSpec,
+    draft,
+    run_sampler,
+    sample_driffusion,
+    sample_paradigms,
+    sample_picard_driffusion,
+    sample_serial,
+    skip_transition,
+)
+
+from .conftest import FAMILIES, make_family, make_noise, make_oracle
+
+MODES = ["aggressive", "conservative"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_new_modes_reduce_to_serial_with_one_draft(family: str, mode: str) -> None:
+    sched = make_family(17, family)
+    oracle = make_oracle(sched)
+    x = make_noise()
+    serial = sample_serial(oracle, x, sched).x
+    second = sample_driffusion(oracle, x, sched, drafts=1, mode=mode, order=2)  # type: ignore[arg-type]
+    adaptive = sample_driffusion(oracle, x, sched, drafts=1, mode=mode, adaptive_tol=1e-3)  # type: ignore[arg-type]
+    assert torch.equal(second.x, serial) and torch.equal(adaptive.x, serial)
+    assert torch.equal(sample_picard_driffusion(oracle, x, sched, drafts=1, tol=0.5).x, serial)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 9, 30])
+def test_picard_driffusion_at_zero_tolerance_is_serial(family: str, steps: int) -> None:
+    sched = make_family(steps, family)
+    oracle = make_oracle(sched)
+    x = make_noise()
+    serial = sample_serial(oracle, x, sched)
+    for k in (2, 4, 7):
+        result = sample_picard_driffusion(oracle, x, sched, drafts=k, tol=0.0)
+        assert torch.equal(result.x, serial.x)
+        assert result.stats.rounds <= steps and result.stats.width <= k
+
+
+def test_picard_driffusion_with_one_pass_is_plain_driffusion() -> None:
+    for family in FAMILIES:
+        for steps in (1, 5, 13, 40):
+            sched = make_family(steps, family)
+            oracle = make_oracle(sched)
+            x = make_noise()
+            for k in (1, 2, 3, 5):
+                picard = sample_picard_driffusion(oracle, x, sched, drafts=k, max_iters=1)
+                plain = sample_driffusion(oracle, x, sched, drafts=k)
+                assert torch.equal(picard.x, plain.x), (family, steps, k)
+                assert picard.stats.rounds == plain.stats.rounds
+                assert picard.stats.evaluations == plain.stats.evaluations
+
+
+@pytest.mark.parametrize("tol", [1e-2, 1e-3, 1e-4])
+def test_picard_driffusion_beats_paradigms_at_equal_tolerance(tol: float) -> None:
+    for family in ("epsilon", "flow"):
+        sched = make_family(50, family)
+        oracle = make_oracle(sched)
+        x = make_noise(8)
+        ours = sample_picard_driffusion(oracle, x, sched, drafts=4, tol=tol)
+        theirs = sample_paradigms(oracle, x, sched, window=4, tol=tol)
+        assert ours.stats.rounds < theirs.stats.rounds, (family, tol)
+        assert ours.stats.evaluations < theirs.stats.evaluations, (family, tol)
+    serial = sample_serial(oracle, x, sched).x
+    assert (
+        float(
+            (sample_picard_driffusion(oracle, x, sched, drafts=4, tol=1e-4).x - serial).abs().max()
+        )
+        < 1e-4
+    )
+
+
+def test_second_order_drafts_are_closer_at_equal_rounds() -> None:
+    """At 50 steps with 4 drafts (aggressive), order 2 deviates less from serial, same rounds."""
+    for family in ("epsilon", "v_prediction", "flow"):
+        sched = make_family(50, family)
+        oracle = make_oracle(sched)
+        x = make_noise(8)
+        serial = sample_serial(oracle, x, sched).x
+        first = sample_driffusion(oracle, x, sched, drafts=4)
+        second = sample_driffusion(oracle, x, sched, drafts=4, order=2)
+        assert first.stats.rounds == second.stats.rounds
+        dev1 = float((first.x - serial).pow(2).mean().sqrt())
+        dev2 = float((second.x - serial).pow(2).mean().sqrt())
+        assert dev2 < 0.7 * dev1, (family, dev1, dev2)
+
+
+def test_second_order_draft_without_history_is_first_order() -> None:
+    sched = make_family(10, "epsilon")
+    oracle = make_oracle(sched)
+    x = make_noise()
+    out = oracle(x[None], sched.times([2]))[0]
+    x0 = (x - sched.sigma(2) * out) / sched.alpha(2)
+    second = draft(x, out, sched, 2, 3, previous=(x0, 1))  # same estimate: no curvature
+    for j in range(3):
+        expected = skip_transition(x, out, sched, 2, 3 + j)
+        torch.testing.assert_close(second[j], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_adaptive_drafting_trades_rounds_for_accuracy() -> None:
+    sched = make_family(25, "epsilon")
+    oracle = make_oracle(sched)
+    x = make_noise(8)
+    serial = sample_serial(oracle, x, sched).x
+    fixed = sample_driffusion(oracle, x, sched, drafts=4)
+    adaptive = sample_driffusion(oracle, x, sched, drafts=4, adaptive_tol=0.02)
+    assert fixed.stats.rounds < adaptive.stats.rounds < sample_serial(oracle, x, sched).stats.rounds
+    assert float((adaptive.x - serial).abs().max()) < float((fixed.x - serial).abs().max())
+    assert adaptive.stats.evaluations == 25
+
+
+def test_registry_runs_the_new_modes() -> None:
+    sched = make_family(12, "epsilon")
+    oracle = make_oracle(sched)
+    x = make_noise()
+    exact = run_sampler(SamplerSpec("picard_driffusion", drafts=3, tol=0.0), oracle, x, sched)
+    assert torch.equal(exact.x, sample_serial(oracle, x, sched).x)
+    second = run_sampler(SamplerSpec("aggressive", drafts=3, order=2), oracle, x, sched)
+    assert torch.equal(second.x, sample_driffusion(oracle, x, sched, drafts=3, order=2).x)
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda s, o, x: sample_driffusion(o, x, s, order=3), "order must be 1 or 2, got 3"),
+        (lambda s, o, x: sample_driffusion(o, x, s, adaptive_tol=0.0), "adaptive_tol"),
+        (
+            lambda s, o, x: sample_picard_driffusion(o, x, s, drafts=0),
+            "drafts must be an integer >= 1, got 0",
+        ),
+        (lambda s, o, x: sample_picard_driffusion(o, x, s, tol=-1.0), "got -1.0"),
+        (
+            lambda s, o, x: sample_picard_driffusion(o, x, s, max_iters=0),
+            "max_iters must be an integer >= 1, got 0",
+        ),
+    ],
+)
+def test_bad_arguments(call, message: str) -> None:  # type: ignore[no-untyped-def]
+    sched = make_family(10, "epsilon")
+    with pytest.raises(ValueError, match=message):
+        call(sched, make_oracle(sched), make_noise())

@@ -44,10 +44,8 @@ def test_rounds_benchmark_json(tmp_path: Path) -> None:
 def test_frontier_benchmark_quick(tmp_path: Path) -> None:
     from benchmarks import frontier
 
-    rows = frontier.main(
-        ["--models", "oracle", "--steps", "10", "--quick", "--json", str(tmp_path / "f.json")]
-        + ["--plot", str(tmp_path / "f.png")]
-    )
+    args = ["--models", "oracle", "--steps", "10", "--quick", "--json", str(tmp_path / "f.json")]
+    rows = frontier.main([*args, "--plot", str(tmp_path / "f.png")])
     assert (tmp_path / "f.png").stat().st_size > 10_000
     saved = json.loads((tmp_path / "f.json").read_text())
     assert saved == json.loads(json.dumps(rows))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,6 +51,23 @@ def check_positive_int(value: object, name: str, upper: int | None = None) -> in
     if upper is not None and value > upper:
         raise ValueError(f"{name} must be at most {upper}, got {value!r}")
     return value
+
+
+def check_tolerance(tol: object) -> float:
+    """``tol`` as a finite float ``>= 0``, or ``ValueError`` naming it."""
+    if (
+        isinstance(tol, bool)
+        or not isinstance(tol, (int, float))
+        or not math.isfinite(tol)
+        or tol < 0
+    ):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    return float(tol)
+
+
+def max_rms(a: Tensor, b: Tensor) -> float:
+    """The largest per-sample root-mean-square difference of two ``[B, ...]`` states."""
+    return float((a - b).flatten(1).double().pow(2).mean(dim=1).sqrt().max())
 
 
 def evaluate(

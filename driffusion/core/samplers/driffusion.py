@@ -28,6 +28,7 @@ from driffusion.core.samplers._common import (
     check_positive_int,
     check_state,
     evaluate,
+    max_rms,
 )
 from driffusion.core.schedule import Schedule
 from driffusion.core.transitions import (
@@ -262,7 +263,6 @@ def _largest_change(new: Tensor, old: Tensor, schedule: Schedule, first: int) ->
     """``max_j RMS(new_j - old_j) / sigma_{first + j}`` (largest over the batch)."""
     worst = 0.0
     for j in range(new.shape[0]):
-        diff = (new[j] - old[j]).flatten(1).double().pow(2).mean(dim=1).sqrt().max()
-        sigma = schedule.sigma(first + j)
-        worst = max(worst, float(diff) / sigma if sigma > 0 else float(diff))
+        diff, sigma = max_rms(new[j], old[j]), schedule.sigma(first + j)
+        worst = max(worst, diff / sigma if sigma > 0 else diff)
     return worst

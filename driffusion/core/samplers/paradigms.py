@@ -20,8 +20,6 @@ sample up to float rounding, on any grid.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -32,7 +30,9 @@ from driffusion.core.samplers._common import (
     check_noise,
     check_positive_int,
     check_state,
+    check_tolerance,
     evaluate,
+    max_rms,
 )
 from driffusion.core.samplers.serial import sample_serial
 from driffusion.core.schedule import Schedule
@@ -70,8 +70,7 @@ def sample_paradigms(
     check_state(x, schedule)
     check_noise(noise, x, schedule)
     width = check_positive_int(window, "window")
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    check_tolerance(tol)
     counter = CountingModel(model, check_finite=check_finite)
     n = schedule.num_steps
     guesses: list[Tensor] = [x] * (n + 1)  # initial guess: the start state everywhere
@@ -90,8 +89,7 @@ def sample_paradigms(
         new[1] = base_step(guesses[t], outs[0], schedule, t, noise)
         stride = 1
         for m in range(t + 1, end):  # accept leading steps whose change is within tolerance
-            change = (new[m + 1 - t] - guesses[m + 1]).flatten(1).double().pow(2).mean(dim=1)
-            if float(change.max()) > tol**2 * schedule.sigma(m) ** 2:
+            if max_rms(new[m + 1 - t], guesses[m + 1]) > tol * schedule.sigma(m):
                 break
             stride += 1
         for m in range(t + 1, end + 1):

@@ -17,8 +17,6 @@ anchor evaluated in the same round as its drafts (``ceil(N / k)`` rounds).
 
 from __future__ import annotations
 
-import math
-
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
@@ -27,7 +25,9 @@ from driffusion.core.samplers._common import (
     base_step,
     check_positive_int,
     check_state,
+    check_tolerance,
     evaluate,
+    max_rms,
 )
 from driffusion.core.schedule import Schedule
 from driffusion.core.transitions import skip_transition
@@ -64,8 +64,7 @@ def sample_picard_driffusion(
     k = check_positive_int(drafts, "drafts")
     if max_iters is not None:
         check_positive_int(max_iters, "max_iters")
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    check_tolerance(tol)
     counter = CountingModel(model, check_finite=check_finite)
     n = schedule.num_steps
     guesses: dict[int, Tensor] = {0: x}  # current guesses; guesses[t] is final
@@ -94,8 +93,7 @@ def sample_picard_driffusion(
             if not capped:
                 if old is None:
                     break
-                change = (new[p + 1] - old).flatten(1).double().pow(2).mean(dim=1).sqrt().max()
-                if float(change) > tol * schedule.sigma(p):
+                if max_rms(new[p + 1], old) > tol * schedule.sigma(p):
                     break
             stride += 1
         most = max(most, *(refinements.get(p, 1) for p in range(t + 1, t + stride + 1)))

@@ -26,7 +26,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-import torch
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
@@ -35,7 +34,9 @@ from driffusion.core.samplers._common import (
     base_step,
     check_positive_int,
     check_state,
+    check_tolerance,
     evaluate,
+    max_rms,
 )
 from driffusion.core.schedule import Schedule
 from driffusion.core.transitions import skip_transition
@@ -69,12 +70,6 @@ class _FineSolve:
     point: int
     end: int
     state: Tensor
-
-
-def _rms(a: Tensor, b: Tensor) -> float:
-    """Largest per-sample root-mean-square difference."""
-    diff = (a - b).flatten(1).to(torch.float64)
-    return float(diff.pow(2).mean(dim=1).sqrt().max())
 
 
 def sample_srds(
@@ -112,8 +107,7 @@ def sample_srds(
     num_blocks = default_blocks(n) if blocks is None else check_positive_int(blocks, "blocks", n)
     iters = num_blocks if max_iters is None else check_positive_int(max_iters, "max_iters")
     iters = min(iters, num_blocks)
-    if not (isinstance(tol, (int, float)) and math.isfinite(tol) and tol >= 0):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    check_tolerance(tol)
     bounds = block_boundaries(n, num_blocks)
     counter = CountingModel(model, check_finite=check_finite)
 
@@ -203,7 +197,7 @@ def sample_srds(
         while next_check <= iters and X[next_check][num_blocks] is not None:
             final, previous = X[next_check][num_blocks], X[next_check - 1][num_blocks]
             assert final is not None and previous is not None
-            change = 0.0 if final is previous else _rms(final, previous)
+            change = 0.0 if final is previous else max_rms(final, previous)
             if callback is not None:
                 callback(
                     {

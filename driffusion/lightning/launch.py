@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 import torch.distributed as dist
 from lightning.fabric import Fabric
 
@@ -57,12 +58,21 @@ def build_fabric(args: argparse.Namespace | None = None, callbacks: Sequence[Any
                 f"under `fabric run` the CLI sets {ignored}; the script's values are ignored",
                 stacklevel=2,
             )
-        return Fabric(callbacks=list(callbacks))
+        return _share_cpu_cores(Fabric(callbacks=list(callbacks)))
     devices = values.get("devices")
     if isinstance(devices, str) and devices.isdigit():
         values["devices"] = int(devices)
     fabric = Fabric(**values, callbacks=list(callbacks))
     fabric.launch()
+    return _share_cpu_cores(fabric)
+
+
+def _share_cpu_cores(fabric: Fabric) -> Fabric:
+    """On CPU, give each local process its share of the cores: torch's default (all cores per
+    process) oversubscribes them and costs multi-process runs much of their speedup."""
+    local_processes = max(1, fabric.world_size // max(1, getattr(fabric.strategy, "num_nodes", 1)))
+    if fabric.device.type == "cpu" and local_processes > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // local_processes))
     return fabric
 
 

@@ -50,7 +50,7 @@ def save_png(path: str | Path, image: Tensor | Image.Image, metadata: Mapping[st
 
 
 def labelled_grid(
-    rows: Sequence[tuple[str, Sequence[Tensor]]], scale: int = 4, label_width: int = 150
+    rows: Sequence[tuple[str, Sequence[Tensor]]], scale: int = 4, label_width: int = 200
 ) -> Image.Image:
     """One row per label: the label text, then the row's images (``[C, H, W]`` in ``[-1, 1]``)."""
     if not rows or not rows[0][1]:

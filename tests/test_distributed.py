@@ -26,7 +26,17 @@ SCRIPTS = Path(__file__).parent / "scripts"
 FABRIC = Path(sys.executable).with_name("fabric")
 
 
-def run_script(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[str]:
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def run_script(
+    cmd: list[str], timeout: float, leftovers: list[bool] | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run in a new session; wait for the launching process (rank 0), then kill the whole group,
     since a hung rank must not leak. Output goes to a file: a hung child would hold a pipe open."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
@@ -36,6 +46,9 @@ def run_script(cmd: list[str], timeout: float) -> subprocess.CompletedProcess[st
         )
         try:
             proc.wait(timeout=timeout)
+            if leftovers is not None:  # did the launching process leave any child behind?
+                time.sleep(1.0)
+                leftovers.append(group_alive(proc.pid))
         except subprocess.TimeoutExpired:
             pass
         finally:
@@ -106,8 +119,10 @@ def test_a_dead_or_hung_rank_stops_the_others_with_a_clear_error(
     cmd = [sys.executable, str(SCRIPTS / "fault_check.py"), "--accelerator", "cpu"]
     cmd += ["--devices", "2", "--strategy", "ddp", "--fault", fault, "--timeout", "5"]
     start = time.monotonic()
-    result = run_script([*cmd, "--out", str(out)], timeout=120)
+    leftovers: list[bool] = []
+    result = run_script([*cmd, "--out", str(out)], timeout=120, leftovers=leftovers)
     assert time.monotonic() - start < 90
+    assert leftovers == [False]  # the hung or dead rank does not outlive the launcher
     assert result.returncode != 0
     assert "UNEXPECTED" not in result.stdout
     assert "CollectiveError: rank 0" in result.stdout

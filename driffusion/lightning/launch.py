@@ -8,7 +8,10 @@ nodes and precision: the script passes none of them and must not call ``launch()
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import subprocess
+import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -64,7 +67,28 @@ def build_fabric(args: argparse.Namespace | None = None, callbacks: Sequence[Any
         values["devices"] = int(devices)
     fabric = Fabric(**values, callbacks=list(callbacks))
     fabric.launch()
+    _reap_children_at_exit(fabric)
     return _share_cpu_cores(fabric)
+
+
+def _reap_children_at_exit(fabric: Fabric, grace_s: float = 10.0) -> None:
+    """When launched from code, the first process starts the others; if it exits (say, after a
+    ``CollectiveError`` because a peer hung), a hung child would live on. At exit, wait up to
+    ``grace_s`` for the children, then kill the ones still running."""
+    procs = getattr(getattr(fabric.strategy, "launcher", None), "procs", None)
+    if not procs:
+        return
+
+    def reap() -> None:
+        deadline = time.monotonic() + grace_s
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    atexit.register(reap)
 
 
 def _share_cpu_cores(fabric: Fabric) -> Fabric:

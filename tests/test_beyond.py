@@ -147,3 +147,17 @@ def test_bad_arguments(call, message: str) -> None:  # type: ignore[no-untyped-d
     sched = make_family(10, "epsilon")
     with pytest.raises(ValueError, match=message):
         call(sched, make_oracle(sched), make_noise())
+
+
+def test_picard_driffusion_max_iters_caps_refinements() -> None:
+    sched = make_family(40, "epsilon")
+    oracle = make_oracle(sched)
+    x = make_noise()
+    serial = sample_serial(oracle, x, sched).x
+    one = sample_picard_driffusion(oracle, x, sched, drafts=4, max_iters=1, tol=0.0)
+    two = sample_picard_driffusion(oracle, x, sched, drafts=4, max_iters=2, tol=0.0)
+    exact = sample_picard_driffusion(oracle, x, sched, drafts=4, tol=0.0)
+    assert one.stats.iterations == 1 and two.stats.iterations <= 2 < exact.stats.iterations
+    assert one.stats.rounds < two.stats.rounds < exact.stats.rounds
+    dev = [float((r.x - serial).abs().max()) for r in (one, two, exact)]
+    assert dev[0] > dev[1] > dev[2] == 0.0, dev

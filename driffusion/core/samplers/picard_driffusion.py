@@ -85,9 +85,10 @@ def sample_picard_driffusion(
         new = {t: guesses[t]}
         for j, p in enumerate(points):
             new[p + 1] = base_step(new[p], outs[j], schedule, p)
+        for p in points[1:]:  # every step of the window was refined once more
+            refinements[p + 1] = refinements.get(p + 1, 0) + 1
         stride = 1  # the first step starts from a final state: exact
         for p in points[1:]:
-            refinements[p + 1] = refinements.get(p + 1, 0) + 1
             capped = max_iters is not None and refinements[p + 1] >= max_iters
             old = guesses.get(p + 1)
             if not capped:

@@ -21,6 +21,7 @@ import torch
 from driffusion.core import (
     SampleResult,
     Schedule,
+    aggressive_rounds,
     alphas_cumprod_from_betas,
     default_blocks,
     sample_driffusion,
@@ -90,7 +91,7 @@ def rows_for_schedule(
         "paradigms": lambda k: sample_paradigms(model, x, schedule, window=k, tol=paradigms_tol),
         # step reduction at the latency of aggressive DRiffusion with k drafts
         "serial_reduced": lambda k: sample_serial_reduced(
-            model, x, schedule, rounds=min(n, 1 + math.ceil((n - 1) / k))
+            model, x, schedule, rounds=aggressive_rounds(n, k)
         ),
     }
     rows = []

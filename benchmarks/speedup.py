@@ -39,6 +39,7 @@ from driffusion.core import (
     RowwiseModel,
     SampleResult,
     SamplerSpec,
+    aggressive_rounds,
     alphas_cumprod_from_betas,
     default_blocks,
     initial_noise,
@@ -130,9 +131,7 @@ def main() -> None:
     local = BatchedExecutor(RowwiseModel(network, cond))
     serial_spec = SamplerSpec("serial")
     # step reduction to the latency of aggressive DRiffusion on g devices, on one device
-    reduced_spec = SamplerSpec(
-        "serial_reduced", rounds=min(args.steps, 1 + -(-(args.steps - 1) // g))
-    )
+    reduced_spec = SamplerSpec("serial_reduced", rounds=aggressive_rounds(args.steps, g))
     serial_wall = serial_all_cores = reduced_wall = float("nan")
     if rank == 0:  # the others wait at the barrier below
         sample(serial_spec, local)()  # warm-up

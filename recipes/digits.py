@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from driffusion.adapters.distributed import barrier, gather_objects, make_layout
-from driffusion.core import SAMPLER_NAMES, SamplerSpec
+from driffusion.core import SAMPLER_NAMES, SamplerSpec, aggressive_rounds
 from driffusion.images import atomic_write, labelled_grid, save_png
 from driffusion.lightning import (
     DiffusionSamplerModule,
@@ -112,7 +112,7 @@ def main() -> None:
             tol=args.paradigms_tol if name == "paradigms" else args.srds_tol,
             window=args.window or drafts,
             # step reduction to the serial rounds of aggressive DRiffusion with these drafts
-            rounds=min(args.steps, 1 + -(-(args.steps - 1) // drafts)),
+            rounds=aggressive_rounds(args.steps, drafts),
         )
         module = DiffusionSamplerModule(denoiser, schedule, (1, 16, 16), spec)
         barrier(layout, f"start of {name}")

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from driffusion.adapters.distributed import barrier, gather_objects, make_layout
-from driffusion.core import SAMPLER_NAMES, SamplerSpec
+from driffusion.core import SAMPLER_NAMES, SamplerSpec, aggressive_rounds
 from driffusion.eval.coco import (
     ImageWriter,
     digits_captions,
@@ -144,7 +144,7 @@ def main() -> None:
         spec = SamplerSpec(
             name,
             drafts=args.drafts,
-            rounds=min(steps, 1 + -(-(steps - 1) // args.drafts)),
+            rounds=aggressive_rounds(steps, args.drafts),
             window=args.drafts,
         )
         folder = args.out / name

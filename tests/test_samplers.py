@@ -19,6 +19,9 @@ from driffusion.core import (
     sample_serial,
     sample_srds,
 )
+from driffusion.core import (
+    aggressive_rounds as core_aggressive_rounds,
+)
 from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
 
 from .conftest import ABAR, FAMILIES, make_family, make_noise, make_oracle, make_vp
@@ -78,6 +81,8 @@ def test_round_and_evaluation_counts_match_the_closed_forms() -> None:
                 counter = CountingModel(linear_model)
                 stats = sample_driffusion(counter, x, sched, drafts=k, mode=mode).stats  # type: ignore[arg-type]
                 assert stats.rounds == closed_form(n, k), (mode, n, k)
+                if mode == "aggressive":
+                    assert core_aggressive_rounds(n, k) == stats.rounds
                 assert stats.evaluations == n, (mode, n, k)
                 assert stats.width == max(1, min(k, n - 1)), (mode, n, k)
                 # the sampler's own count agrees with an outside counter

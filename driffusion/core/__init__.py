@@ -21,6 +21,7 @@ from driffusion.core.parameterization import (
     to_x0_eps,
 )
 from driffusion.core.samplers import (
+    aggressive_rounds,
     block_boundaries,
     default_blocks,
     draft,
@@ -63,6 +64,7 @@ __all__ = [
     "SamplerSpec",
     "SamplerStats",
     "Schedule",
+    "aggressive_rounds",
     "alphas_cumprod_from_betas",
     "block_boundaries",
     "ddpm_noise",

@@ -1,6 +1,11 @@
 """Samplers sharing one leading signature: ``sample_X(model, x, schedule, *, ..., callback)``."""
 
-from driffusion.core.samplers.driffusion import draft, refine, sample_driffusion
+from driffusion.core.samplers.driffusion import (
+    aggressive_rounds,
+    draft,
+    refine,
+    sample_driffusion,
+)
 from driffusion.core.samplers.paradigms import (
     reduced_grid,
     sample_paradigms,
@@ -11,6 +16,7 @@ from driffusion.core.samplers.serial import sample_serial
 from driffusion.core.samplers.srds import block_boundaries, default_blocks, sample_srds
 
 __all__ = [
+    "aggressive_rounds",
     "block_boundaries",
     "default_blocks",
     "draft",

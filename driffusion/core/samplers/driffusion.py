@@ -149,6 +149,16 @@ def refine(
     return torch.stack(states)
 
 
+def aggressive_rounds(num_steps: int, drafts: int) -> int:
+    """Serial rounds of aggressive DRiffusion: ``1 + ceil((N - 1) / k)`` (at most ``N``).
+
+    Also the step count that gives the step-reduced serial baseline the same latency.
+    """
+    check_positive_int(num_steps, "num_steps")
+    check_positive_int(drafts, "drafts")
+    return 1 + -(-(num_steps - 1) // drafts)
+
+
 def sample_driffusion(
     model: Model,
     x: Tensor,

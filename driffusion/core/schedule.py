@@ -316,3 +316,122 @@ def flow_schedule(sigmas: Tensor, num_train_timesteps: int = 1000) -> Schedule:
     # Network times as the scheduler makes them: from the float32 sigmas it stores.
     times = (s.to(torch.float32) * num_train_timesteps).to(torch.float64)
     return Schedule(1.0 - s, s, times, "flow", "flow")
+
+
+def sigma_schedule(
+    sigmas: Tensor,
+    timesteps: Tensor,
+    prediction_type: PredictionType = "epsilon",
+) -> Schedule:
+    """A VP schedule from variance-exploding sigmas ``s = sigma / alpha`` (k-diffusion's and
+    diffusers' Euler / DPM-Solver / UniPC ``sigmas``), last one usually 0.
+
+    ``alpha_i = 1 / sqrt(1 + s_i^2)``, ``sigma_i = s_i alpha_i``; ``timesteps`` are the ``N``
+    network times (possibly non-integer, see :func:`sigma_to_t`).
+    """
+    s = torch.as_tensor(sigmas).to(torch.float64).flatten()
+    t = torch.as_tensor(timesteps).to(torch.float64).flatten()
+    if s.numel() < 2 or t.numel() != s.numel() - 1:
+        raise ValueError(
+            f"need N + 1 sigmas and N timesteps, got {s.numel()} sigmas and {t.numel()} timesteps"
+        )
+    if (s < 0).any() or not torch.isfinite(s).all():
+        raise ValueError("sigmas must be finite and non-negative")
+    if (s[1:] >= s[:-1]).any():
+        raise ValueError("sigmas must be strictly decreasing (noisiest first)")
+    alphas = 1.0 / (s**2 + 1.0).sqrt()
+    times = torch.cat([t, torch.tensor([math.nan], dtype=torch.float64)])
+    return Schedule(alphas, s * alphas, times, prediction_type, "vp")
+
+
+def training_sigmas(alphas_cumprod: Tensor) -> Tensor:
+    """The training grid in VE sigmas, ``s_t = sqrt((1 - abar_t) / abar_t)`` (ascending in t)."""
+    abar = torch.as_tensor(alphas_cumprod).to(torch.float64)
+    return ((1.0 - abar) / abar).sqrt()
+
+
+def sigma_to_t(sigmas: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """Network times of VE sigmas by linear interpolation in ``log sigma`` between training
+    timesteps (diffusers' ``_sigma_to_t``): an integer where ``sigma`` is on the training grid."""
+    log_train = training_sigmas(alphas_cumprod).log()
+    log_s = torch.as_tensor(sigmas).to(torch.float64).clamp_min(1e-10).log().flatten()
+    dists = log_s[None, :] - log_train[:, None]
+    low = (dists >= 0).to(torch.int64).cumsum(0).argmax(0).clamp(max=log_train.numel() - 2)
+    high = low + 1
+    lo, hi = log_train[low], log_train[high]
+    w = ((lo - log_s) / (lo - hi)).clamp(0, 1)
+    return (1 - w) * low + w * high
+
+
+def karras_sigmas(sigma_min: float, sigma_max: float, num_steps: int, rho: float = 7.0) -> Tensor:
+    """Karras et al. (2022): ``(s_max^(1/rho) + u (s_min^(1/rho) - s_max^(1/rho)))^rho``,
+    ``u = 0..1`` in ``num_steps`` points (no final 0)."""
+    _check_steps(num_steps)
+    ramp = _linspace_like_numpy(0.0, 1.0, num_steps)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return (hi + ramp * (lo - hi)) ** rho
+
+
+def exponential_sigmas(sigma_min: float, sigma_max: float, num_steps: int) -> Tensor:
+    """Sigmas evenly spaced in ``log sigma`` from ``sigma_max`` to ``sigma_min``."""
+    _check_steps(num_steps)
+    return _linspace_like_numpy(math.log(sigma_max), math.log(sigma_min), num_steps).exp()
+
+
+def beta_sigmas(
+    sigma_min: float, sigma_max: float, num_steps: int, alpha: float = 0.6, beta: float = 0.6
+) -> Tensor:
+    """ "Beta sampling" (Lee et al., 2024): ``s_min + F^{-1}(1 - u) (s_max - s_min)`` with
+    ``F`` the Beta(alpha, beta) distribution function, ``u = 0..1`` in ``num_steps`` points."""
+    _check_steps(num_steps)
+    u = _linspace_like_numpy(0.0, 1.0, num_steps)
+    ppf = torch.tensor([_beta_ppf(1.0 - float(v), alpha, beta) for v in u], dtype=torch.float64)
+    return sigma_min + ppf * (sigma_max - sigma_min)
+
+
+def _beta_ppf(q: float, a: float, b: float) -> float:
+    """The inverse of the regularised incomplete beta function, by bisection to 1e-15."""
+    if q <= 0.0:
+        return 0.0
+    if q >= 1.0:
+        return 1.0
+    lo, hi = 0.0, 1.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if _beta_cdf(mid, a, b) < q:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-16:
+            break
+    return 0.5 * (lo + hi)
+
+
+def _beta_cdf(x: float, a: float, b: float) -> float:
+    """The regularised incomplete beta ``I_x(a, b)`` by Lentz's continued fraction."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    log_front = (
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
+    if x > (a + 1.0) / (a + b + 2.0):
+        return 1.0 - _beta_cdf(1.0 - x, b, a)
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1.0)
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    f = d
+    for m in range(1, 500):
+        for numerator in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1.0 + numerator * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + numerator / c
+            c = c if abs(c) > tiny else tiny
+            f *= c * d
+        if abs(c * d - 1.0) < 1e-16:
+            break
+    return math.exp(log_front) * f / a

@@ -24,13 +24,24 @@ from driffusion.core.parameterization import PredictionType, check_prediction_ty
 
 @dataclass(frozen=True)
 class VPNoiseLevels:
-    """Map a VP network time ``t`` (an integer training timestep) to ``(alpha, sigma)``."""
+    """Map a VP network time ``t`` to ``(alpha, sigma)``.
+
+    At an integer training timestep ``abar[t]`` exactly; between two, the VE sigma
+    ``s = sqrt((1 - abar) / abar)`` is interpolated linearly in ``log s`` (the inverse of
+    diffusers' ``_sigma_to_t``, so Karras / exponential grids land on their own sigmas).
+    """
 
     alphas_cumprod: Tensor
 
     def __call__(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        index = t.round().long().cpu()
-        abar = self.alphas_cumprod.to(torch.float64)[index]
+        abar_train = self.alphas_cumprod.to(torch.float64)
+        times = t.detach().cpu().to(torch.float64)
+        low = times.floor().long().clamp(0, abar_train.numel() - 1)
+        high = (low + 1).clamp(max=abar_train.numel() - 1)
+        w = (times - low).clamp(0, 1)
+        log_s = 0.5 * ((1.0 - abar_train) / abar_train).log()
+        s = ((1 - w) * log_s[low] + w * log_s[high]).exp()
+        abar = torch.where(w == 0, abar_train[low], 1.0 / (1.0 + s**2))
         return abar.sqrt(), (1.0 - abar).sqrt()
 
 

@@ -222,6 +222,11 @@ def draft_states(
     drafts = [first]
     if k == 1:
         return first[None]
+    if not solver.multistep and not solver.stochastic:
+        # first order: the skip from the anchor (the solver's own extrapolation is the same)
+        for j in range(2, k + 1):
+            drafts.append(skip_transition(x, out, schedule, i, i + j))
+        return torch.stack(drafts)
     if rule == "solver" and not solver.stochastic:
         for j in range(2, k + 1):
             drafts.append(solver.step(x, out, schedule, i, state, target=i + j)[0])
@@ -234,6 +239,36 @@ def draft_states(
         for j in range(2, k + 1):
             drafts.append(solver.first_order(first, x0, schedule, i + 1, i + j, state))
     return torch.stack(drafts)
+
+
+def solve_steps(
+    solver: Solver,
+    x: Tensor,
+    outs: Tensor,
+    schedule: Schedule,
+    i: int,
+    state: SolverState,
+) -> tuple[Tensor, SolverState]:
+    r"""Apply the solver along the grid from point ``i`` with the given outputs, in order:
+
+    $$x_{i+1}, s_{i+1} = \mathrm{step}(x_i, o_0, i, s_i), \quad
+      x_{i+j+1}, s_{i+j+1} = \mathrm{step}(x_{i+j}, o_j, i + j, s_{i+j}).$$
+
+    Each output (computed at a draft) is applied at the *refined* state: the refine of
+    draft-and-refine, for any solver.
+
+    Returns:
+        ``[m, B, *shape]`` states of points ``i + 1..i + m`` and the solver state at ``i + m``.
+    """
+    if i + outs.shape[0] > schedule.num_steps:
+        raise ValueError(
+            f"cannot refine {outs.shape[0]} steps from point {i} of {schedule.num_steps}"
+        )
+    states = []
+    for j in range(outs.shape[0]):
+        x, state = solver.step(x, outs[j], schedule, i + j, state)
+        states.append(x)
+    return torch.stack(states), state
 
 
 # --- first-order solvers ---------------------------------------------------------------------

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from driffusion.core.model import CountingModel
 from driffusion.core.schedule import Schedule
+from driffusion.core.solvers import DDPM, Solver, SolverState, get_solver
 from driffusion.core.transitions import ddpm_transition, skip_transition
 
 Callback = Callable[[dict[str, Any]], None]
@@ -86,3 +87,15 @@ def base_step(
     if noise is None:
         return skip_transition(x, out, schedule, i, i + 1)
     return ddpm_transition(x, out, schedule, i, i + 1, noise[i])
+
+
+def setup_solver(
+    solver: Solver | str | None, x: Tensor, schedule: Schedule, noise: Tensor | None
+) -> tuple[Solver, Schedule, SolverState]:
+    """Check the inputs and return the solver, the grid it runs on and its initial state."""
+    check_state(x, schedule)
+    resolved = get_solver(solver, noise)
+    if isinstance(resolved, DDPM) or (noise is not None and not resolved.stochastic):
+        check_noise(noise, x, schedule)
+    grid = resolved.prepare(schedule)
+    return resolved, grid, resolved.init(x, grid, noise)

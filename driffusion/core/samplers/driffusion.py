@@ -23,14 +23,21 @@ from torch import Tensor
 from driffusion.core.model import CountingModel, Model, SampleResult
 from driffusion.core.samplers._common import (
     Callback,
-    base_step,
-    check_noise,
     check_positive_int,
-    check_state,
     evaluate,
     max_rms,
+    setup_solver,
 )
 from driffusion.core.schedule import Schedule
+from driffusion.core.solvers import (
+    DraftRule,
+    Solver,
+    SolverState,
+    draft_states,
+    get_solver,
+    solve_steps,
+)
+from driffusion.core.solvers import log_snr as log_snr
 from driffusion.core.transitions import (
     ddpm_transition_from_x0,
     predict_x0_eps,
@@ -103,19 +110,6 @@ def draft(
     return torch.stack(drafts)
 
 
-def log_snr(schedule: Schedule, i: int) -> float:
-    """The log signal-to-noise ratio ``lambda_i = log(alpha_i / sigma_i)``.
-
-    ``-inf`` where ``alpha = 0`` (pure noise), ``+inf`` where ``sigma = 0`` (clean data).
-    """
-    alpha, sigma = schedule.alpha(i), schedule.sigma(i)
-    if alpha == 0:
-        return -math.inf
-    if sigma == 0:
-        return math.inf
-    return math.log(alpha / sigma)
-
-
 def refine(
     x: Tensor,
     outs: Tensor,
@@ -123,10 +117,12 @@ def refine(
     i: int,
     *,
     noise: Tensor | None = None,
+    solver: Solver | str | None = None,
+    state: SolverState | None = None,
 ) -> Tensor:
-    """Apply the base step along the grid with the given outputs, starting at point ``i``.
+    r"""Apply the solver's step along the grid with the given outputs, starting at point ``i``.
 
-    $$x_{i+1} = \\mathrm{Step}(x_i, o_0, i), \\quad x_{i+j+1} = \\mathrm{Step}(x_{i+j}, o_j, i+j)$$
+    $$x_{i+1} = \mathrm{Step}(x_i, o_0, i), \quad x_{i+j+1} = \mathrm{Step}(x_{i+j}, o_j, i+j)$$
 
     Args:
         x: refined state at point ``i``.
@@ -134,19 +130,17 @@ def refine(
         schedule: the grid.
         i: start point.
         noise: pre-drawn DDPM noise ``[N, B, ...]``, or ``None`` for DDIM / flow Euler.
+        solver: the solver (default: DDIM, or DDPM with ``noise``); multistep solvers need the
+            ``state`` at point ``i`` (see :func:`~driffusion.core.solvers.solve_steps`, which
+            also returns the state after the last step).
+        state: the solver state at point ``i`` (default: a fresh one holding ``noise``).
 
     Returns:
         ``[m, B, *shape]``: the refined states of points ``i + 1..i + m``.
     """
-    if i + outs.shape[0] > schedule.num_steps:
-        raise ValueError(
-            f"cannot refine {outs.shape[0]} steps from point {i} of {schedule.num_steps}"
-        )
-    states = []
-    for j in range(outs.shape[0]):
-        x = base_step(x, outs[j], schedule, i + j, noise)
-        states.append(x)
-    return torch.stack(states)
+    resolved = get_solver(solver, noise)
+    start = SolverState(noise=noise) if state is None else state
+    return solve_steps(resolved, x, outs, schedule, i, start)[0]
 
 
 def aggressive_rounds(num_steps: int, drafts: int) -> int:
@@ -166,6 +160,8 @@ def sample_driffusion(
     *,
     drafts: int = 2,
     mode: Mode = "aggressive",
+    solver: Solver | str | None = None,
+    draft_rule: DraftRule | None = None,
     order: int = 1,
     adaptive_tol: float | None = None,
     noise: Tensor | None = None,
@@ -185,11 +181,20 @@ def sample_driffusion(
 
     Both modes spend exactly ``N`` evaluations.
 
+    **Any solver.** The refine walks the block in order through the solver
+    (:func:`~driffusion.core.solvers.solve_steps`): each draft's output is converted at the
+    refined state and enters the solver's history exactly as a serial run's own evaluation would,
+    so a multistep solver (DPM-Solver++, UniPC, PLMS) keeps its order along the refined
+    trajectory. Drafts come from the anchor by ``draft_rule`` (see
+    :func:`~driffusion.core.solvers.draft_states`): ``"skip"``, first order from the solver's
+    own first step, or ``"solver"``, the solver's multistep extrapolation over the span.
+
     Beyond the paper (off by default, so the defaults are plain DRiffusion; the convergent mode
     is :func:`~driffusion.core.samplers.picard_driffusion.sample_picard_driffusion`):
 
-    - ``order=2``: second-order drafts (see :func:`draft`) from the current and the previous
-      clean estimates; the refine step stays the base step, so ``drafts=1`` is still serial.
+    - ``order=2`` (first-order solvers): second-order drafts (see :func:`draft`) from the
+      current and the previous clean estimates; the refine step stays the solver's step, so
+      ``drafts=1`` is still serial. With a multistep solver use ``draft_rule="solver"``.
     - ``adaptive_tol``: adapt each block's draft length within ``1..k`` from the observed
       draft error ``max_j RMS(d_j - x_{i+j}) / sigma_{i+j}`` of the previous block: halve it
       above ``adaptive_tol``, grow it by one below ``adaptive_tol / 2``.
@@ -200,21 +205,26 @@ def sample_driffusion(
         schedule: the grid.
         drafts: ``k >= 1``, evaluations per parallel round (the draft-group size).
         mode: ``"aggressive"`` or ``"conservative"``.
-        order: draft order, 1 (skip transition) or 2 (log-SNR multistep extrapolation).
+        solver: the solver or its name (default: DDIM / flow Euler, or DDPM with ``noise``).
+        draft_rule: ``"skip"`` or ``"solver"`` (default: the solver's
+            ``default_draft_rule``).
+        order: draft order of first-order solvers, 1 (skip) or 2 (log-SNR extrapolation).
         adaptive_tol: target draft error of adaptive drafting (``None``: fixed ``k``).
-        noise: pre-drawn DDPM noise ``[N, B, *shape]``, or ``None`` for DDIM / flow Euler.
+        noise: pre-drawn noise ``[N, B, *shape]`` of a stochastic solver, else ``None``.
         callback: ``callback({"i": i, "x": x_i, "rounds": r})`` for each refined state.
         check_finite: raise ``ValueError`` on a non-finite network output.
     """
-    check_state(x, schedule)
-    check_noise(noise, x, schedule)
+    solver, schedule, state = setup_solver(solver, x, schedule, noise)
     k_max = check_positive_int(drafts, "drafts")
     if mode not in ("aggressive", "conservative"):
         raise ValueError(f"mode must be 'aggressive' or 'conservative', got {mode!r}")
     if order not in (1, 2):
         raise ValueError(f"order must be 1 or 2, got {order!r}")
-    if order == 2 and noise is not None:
-        raise ValueError("order=2 drafts are deterministic: DDPM noise is not supported")
+    if order == 2 and (solver.stochastic or solver.multistep):
+        raise ValueError(
+            f"order=2 drafts extend first-order deterministic solvers; solver {solver.name!r} "
+            "drafts with its own extrapolation: use draft_rule='solver'"
+        )
     if adaptive_tol is not None and not (math.isfinite(adaptive_tol) and adaptive_tol > 0):
         raise ValueError(f"adaptive_tol must be a positive number, got {adaptive_tol!r}")
     counter = CountingModel(model, check_finite=check_finite)
@@ -234,20 +244,17 @@ def sample_driffusion(
         assert anchor_out is not None
         k_block = min(k, n - 1 - i)
         if k_block == 0:
-            x = base_step(x, anchor_out, schedule, i, noise)
+            x, state = solver.step(x, anchor_out, schedule, i, state)
             emit(x[None], i + 1)
             break
-        draft_states = draft(
-            x,
-            anchor_out,
-            schedule,
-            i,
-            k_block,
-            noise=noise,
-            previous=previous if order == 2 else None,
-        )
+        if order == 2:
+            draft_states_ = draft(x, anchor_out, schedule, i, k_block, previous=previous)
+        else:
+            draft_states_ = draft_states(
+                solver, x, anchor_out, schedule, i, k_block, state, draft_rule
+            )
         draft_outs = evaluate(
-            counter, list(draft_states), list(range(i + 1, i + k_block + 1)), schedule
+            counter, list(draft_states_), list(range(i + 1, i + k_block + 1)), schedule
         )
         if mode == "aggressive":
             # Refine k' steps; the last draft's output is cached as the next anchor's.
@@ -255,14 +262,15 @@ def sample_driffusion(
             anchor_out = draft_outs[-1]
         else:
             outs = torch.cat([anchor_out[None], draft_outs])
-        refined = refine(x, outs, schedule, i, noise=noise)
+        refined, state = solve_steps(solver, x, outs, schedule, i, state)
         if adaptive_tol is not None:
-            error = _largest_change(draft_states, refined[:k_block], schedule, i + 1)
+            error = _largest_change(draft_states_, refined[:k_block], schedule, i + 1)
             k = max(1, k // 2) if error > adaptive_tol else k
             k = min(k_max, k + 1) if error < adaptive_tol / 2 else k
-        last = refined.shape[0] - 1  # the step into the next anchor used outs[last]
-        state_before = x if last == 0 else refined[last - 1]
-        previous = (predict_x0_eps(outs[last], state_before, schedule, i + last)[0], i + last)
+        if order == 2:
+            last = refined.shape[0] - 1  # the step into the next anchor used outs[last]
+            state_before = x if last == 0 else refined[last - 1]
+            previous = (predict_x0_eps(outs[last], state_before, schedule, i + last)[0], i + last)
         emit(refined, i + 1)
         x = refined[-1]
         i += refined.shape[0]

@@ -26,16 +26,15 @@ from torch import Tensor
 from driffusion.core.model import CountingModel, Model, SampleResult
 from driffusion.core.samplers._common import (
     Callback,
-    base_step,
-    check_noise,
     check_positive_int,
-    check_state,
     check_tolerance,
     evaluate,
     max_rms,
+    setup_solver,
 )
 from driffusion.core.samplers.serial import sample_serial
 from driffusion.core.schedule import Schedule
+from driffusion.core.solvers import Solver, SolverState
 
 
 def sample_paradigms(
@@ -45,11 +44,15 @@ def sample_paradigms(
     *,
     window: int = 8,
     tol: float = 1e-3,
+    solver: Solver | str | None = None,
     noise: Tensor | None = None,
     callback: Callback | None = None,
     check_finite: bool = True,
 ) -> SampleResult:
     """ParaDiGMS sampling: Picard iterations on a sliding window of ``window`` points.
+
+    With a multistep solver the increments ``Step(x_m) - x_m`` thread the solver state through
+    the window from the final point, so the fixed point is the serial run of the same solver.
 
     Args:
         model: ``model(xs[K, B, ...], t[K]) -> out``.
@@ -58,8 +61,9 @@ def sample_paradigms(
         window: points evaluated per round (the parallel width), ``>= 1``; 1 is serial.
         tol: per-step tolerance on the RMS change relative to the step's noise level ``sigma_m``
             (largest over the batch); ``0`` reproduces the serial sample.
-        noise: pre-drawn DDPM noise ``[N, B, *shape]`` (the Picard map uses the same noise), or
-            ``None`` for DDIM / flow Euler.
+        solver: the solver or its name (default: DDIM / flow Euler, or DDPM with ``noise``).
+        noise: pre-drawn noise ``[N, B, *shape]`` of a stochastic solver (the Picard map uses
+            the same noise), or ``None``.
         callback: ``callback({"i": t, "x": x_t, "rounds": r})`` each time the window moves to
             point ``t`` (``x_t`` is final).
         check_finite: raise ``ValueError`` on a non-finite network output.
@@ -67,26 +71,31 @@ def sample_paradigms(
     Returns:
         The final state; stats with ``iterations`` = rounds (Picard sweeps).
     """
-    check_state(x, schedule)
-    check_noise(noise, x, schedule)
+    solver, schedule, start = setup_solver(solver, x, schedule, noise)
     width = check_positive_int(window, "window")
     check_tolerance(tol)
     counter = CountingModel(model, check_finite=check_finite)
     n = schedule.num_steps
     guesses: list[Tensor] = [x] * (n + 1)  # initial guess: the start state everywhere
+    state_at_t: SolverState = start  # the solver state at the final point t
     t = 0
     while t < n:
         end = min(t + width, n)
         outs = evaluate(counter, guesses[t:end], list(range(t, end)), schedule)
-        increments = [
-            base_step(guesses[m], outs[m - t], schedule, m, noise) - guesses[m]
-            for m in range(t, end)
-        ]
+        increments, steps_states = [], [state_at_t]
+        first = guesses[t]
+        for m in range(t, end):
+            stepped, next_state = solver.step(
+                guesses[m], outs[m - t], schedule, m, steps_states[-1]
+            )
+            first = stepped if m == t else first
+            increments.append(stepped - guesses[m])
+            steps_states.append(next_state)
         new = [guesses[t]]
         for increment in increments:
             new.append(new[-1] + increment)
         # the first step starts from a final state: exact, so the window always moves
-        new[1] = base_step(guesses[t], outs[0], schedule, t, noise)
+        new[1] = first
         stride = 1
         for m in range(t + 1, end):  # accept leading steps whose change is within tolerance
             if max_rms(new[m + 1 - t], guesses[m + 1]) > tol * schedule.sigma(m):
@@ -96,6 +105,7 @@ def sample_paradigms(
             guesses[m] = new[m - t]
         for m in range(end + 1, min(end + stride, n) + 1):
             guesses[m] = guesses[end]  # points entering the window start at the latest guess
+        state_at_t = steps_states[stride]
         t += stride
         if callback is not None:
             callback({"i": t, "x": guesses[t], "rounds": counter.rounds})
@@ -115,6 +125,7 @@ def sample_serial_reduced(
     schedule: Schedule,
     *,
     rounds: int,
+    solver: Solver | str | None = None,
     callback: Callback | None = None,
     check_finite: bool = True,
 ) -> SampleResult:
@@ -124,5 +135,10 @@ def sample_serial_reduced(
     with fewer steps, on one device.
     """
     return sample_serial(
-        model, x, reduced_grid(schedule, rounds), callback=callback, check_finite=check_finite
+        model,
+        x,
+        reduced_grid(schedule, rounds),
+        solver=solver,
+        callback=callback,
+        check_finite=check_finite,
     )

@@ -22,15 +22,14 @@ from torch import Tensor
 from driffusion.core.model import CountingModel, Model, SampleResult
 from driffusion.core.samplers._common import (
     Callback,
-    base_step,
     check_positive_int,
-    check_state,
     check_tolerance,
     evaluate,
     max_rms,
+    setup_solver,
 )
 from driffusion.core.schedule import Schedule
-from driffusion.core.transitions import skip_transition
+from driffusion.core.solvers import DraftRule, Solver, SolverState, draft_states
 
 
 def sample_picard_driffusion(
@@ -41,10 +40,16 @@ def sample_picard_driffusion(
     drafts: int = 4,
     tol: float = 1e-3,
     max_iters: int | None = None,
+    solver: Solver | str | None = None,
+    draft_rule: DraftRule | None = None,
+    noise: Tensor | None = None,
     callback: Callback | None = None,
     check_finite: bool = True,
 ) -> SampleResult:
     """Convergent draft-and-refine on a sliding window of ``drafts`` points.
+
+    With a multistep solver the refine threads the solver state through the window (the state
+    of every window point is kept), so the fixed point is the serial run of the same solver.
 
     Args:
         model: ``model(xs[K, B, ...], t[K]) -> out``.
@@ -54,13 +59,17 @@ def sample_picard_driffusion(
         tol: accept a step once its RMS change is at most ``tol * sigma`` (largest over the
             batch); ``0`` reproduces the serial sample.
         max_iters: accept a step after this many refinements regardless (``None``: no cap).
+        solver: the solver or its name (default: DDIM / flow Euler, or DDPM with ``noise``).
+        draft_rule: how new window points are drafted (see
+            :func:`~driffusion.core.solvers.draft_states`).
+        noise: pre-drawn noise ``[N, B, *shape]`` of a stochastic solver.
         callback: ``callback({"i": t, "x": x_t, "rounds": r})`` when the window moves to ``t``.
         check_finite: raise ``ValueError`` on a non-finite network output.
 
     Returns:
         The final state; ``iterations`` is the most refinements any step needed.
     """
-    check_state(x, schedule)
+    solver, schedule, start = setup_solver(solver, x, schedule, noise)
     k = check_positive_int(drafts, "drafts")
     if max_iters is not None:
         check_positive_int(max_iters, "max_iters")
@@ -68,23 +77,30 @@ def sample_picard_driffusion(
     counter = CountingModel(model, check_finite=check_finite)
     n = schedule.num_steps
     guesses: dict[int, Tensor] = {0: x}  # current guesses; guesses[t] is final
+    states: dict[int, SolverState] = {0: start}  # solver state at the final point t
     refinements: dict[int, int] = {}
-    anchor: tuple[Tensor, Tensor, int] | None = None  # (state, output, point) to draft from
+    # (state, output, point, solver state) to draft new window points from
+    anchor: tuple[Tensor, Tensor, int, SolverState] | None = None
     t, most = 0, 1
     while t < n:
         width = min(k, n - t)
         if anchor is None:
             width = 1  # the first round: nothing to draft from yet
         else:
-            state, out, point = anchor
-            for m in range(t + 1, t + width):
-                if m not in guesses:  # new window points start from a draft
-                    guesses[m] = skip_transition(state, out, schedule, point, m)
+            a_x, a_out, point, a_state = anchor
+            missing = [m for m in range(t + 1, t + width) if m not in guesses]
+            if missing:  # new window points start from drafts
+                ds = draft_states(
+                    solver, a_x, a_out, schedule, point, max(missing) - point, a_state, draft_rule
+                )
+                for m in missing:
+                    guesses[m] = ds[m - point - 1]
         points = list(range(t, t + width))
         outs = evaluate(counter, [guesses[p] for p in points], points, schedule)
         new = {t: guesses[t]}
+        new_states = {t: states[t]}
         for j, p in enumerate(points):
-            new[p + 1] = base_step(new[p], outs[j], schedule, p)
+            new[p + 1], new_states[p + 1] = solver.step(new[p], outs[j], schedule, p, new_states[p])
         for p in points[1:]:  # every step of the window was refined once more
             refinements[p + 1] = refinements.get(p + 1, 0) + 1
         stride = 1  # the first step starts from a final state: exact
@@ -100,8 +116,10 @@ def sample_picard_driffusion(
         most = max(most, *(refinements.get(p, 1) for p in range(t + 1, t + stride + 1)))
         guesses = {p: new[p] for p in range(t + stride, t + width + 1)}
         last = points[-1]
-        anchor = (new[last], outs[-1], last)  # the latest prediction drafts beyond the window
+        # the latest prediction drafts beyond the window
+        anchor = (new[last], outs[-1], last, new_states[last])
         t += stride
+        states = {t: new_states[t]}
         if callback is not None:
             callback({"i": t, "x": guesses[t], "rounds": counter.rounds})
     return SampleResult(guesses[n], counter.stats(iterations=most))

@@ -15,6 +15,7 @@ from driffusion.core.samplers.picard_driffusion import sample_picard_driffusion
 from driffusion.core.samplers.serial import sample_serial
 from driffusion.core.samplers.srds import sample_srds
 from driffusion.core.schedule import Schedule
+from driffusion.core.solvers import DRAFT_RULES, DraftRule, get_solver
 
 SAMPLER_NAMES: tuple[str, ...] = (
     "serial",
@@ -42,6 +43,10 @@ class SamplerSpec:
         rounds: serial rounds of the step-reduced baseline.
         order: DRiffusion draft order (1 or 2).
         adaptive_tol: DRiffusion adaptive drafting target (``None``: fixed drafts).
+        solver: the solver's name (see :data:`~driffusion.core.solvers.SOLVER_NAMES`);
+            ``None``: DDIM / flow Euler, or DDPM when noise is passed.
+        draft_rule: DRiffusion / Picard draft rule, ``"skip"`` or ``"solver"`` (``None``: the
+            solver's default).
     """
 
     name: str = "serial"
@@ -53,13 +58,30 @@ class SamplerSpec:
     rounds: int = 10
     order: int = 1
     adaptive_tol: float | None = None
+    solver: str | None = None
+    draft_rule: DraftRule | None = None
 
     def __post_init__(self) -> None:
         if self.name not in SAMPLER_NAMES:
             raise ValueError(f"unknown sampler {self.name!r}; choose one of {SAMPLER_NAMES}")
+        if self.solver is not None:
+            get_solver(self.solver)
+        if self.draft_rule is not None and self.draft_rule not in DRAFT_RULES:
+            raise ValueError(f"draft_rule must be one of {DRAFT_RULES}, got {self.draft_rule!r}")
 
     def label(self) -> str:
-        """A short human-readable label, e.g. ``aggressive(k=4)``."""
+        """A short human-readable label, e.g. ``aggressive(k=4,dpmpp_2m)``."""
+        base = self._label()
+        extra = [self.solver] if self.solver is not None else []
+        if self.draft_rule is not None:
+            extra.append(f"drafts={self.draft_rule}")
+        if not extra:
+            return base
+        if base.endswith(")"):
+            return f"{base[:-1]},{','.join(extra)})"
+        return f"{base}({','.join(extra)})"
+
+    def _label(self) -> str:
         if self.name in ("aggressive", "conservative"):
             extra = f",order={self.order}" if self.order != 1 else ""
             extra += f",adaptive={self.adaptive_tol:g}" if self.adaptive_tol is not None else ""
@@ -86,7 +108,11 @@ def run_sampler(
     check_finite: bool = True,
 ) -> SampleResult:
     """Run the sampler ``spec`` names with the shared signature."""
-    common: dict[str, Any] = {"callback": callback, "check_finite": check_finite}
+    common: dict[str, Any] = {
+        "callback": callback,
+        "check_finite": check_finite,
+        "solver": spec.solver,
+    }
     if spec.name == "serial":
         return sample_serial(model, x, schedule, noise=noise, **common)
     if spec.name in ("aggressive", "conservative"):
@@ -99,6 +125,7 @@ def run_sampler(
             mode=mode,
             order=spec.order,
             adaptive_tol=spec.adaptive_tol,
+            draft_rule=spec.draft_rule,
             noise=noise,
             **common,
         )
@@ -106,13 +133,21 @@ def run_sampler(
         return sample_paradigms(
             model, x, schedule, window=spec.window, tol=spec.tol, noise=noise, **common
         )
-    if noise is not None:
-        raise ValueError(f"{spec.name} is deterministic: DDPM noise is not supported")
     if spec.name == "picard_driffusion":
         return sample_picard_driffusion(
-            model, x, schedule, drafts=spec.drafts, tol=spec.tol, max_iters=spec.max_iters, **common
+            model,
+            x,
+            schedule,
+            drafts=spec.drafts,
+            tol=spec.tol,
+            max_iters=spec.max_iters,
+            draft_rule=spec.draft_rule,
+            noise=noise,
+            **common,
         )
     if spec.name == "serial_reduced":
+        if noise is not None:
+            raise ValueError("serial_reduced runs on a sub-grid: per-step noise is not supported")
         return sample_serial_reduced(model, x, schedule, rounds=spec.rounds, **common)
     return sample_srds(
         model,
@@ -122,5 +157,6 @@ def run_sampler(
         tol=spec.tol,
         max_iters=spec.max_iters,
         pipelined=spec.name == "srds_pipelined",
+        noise=noise,
         **common,
     )

@@ -1,12 +1,13 @@
-"""The serial base sampler: one network evaluation per step, one step per round."""
+"""The serial sampler: one network evaluation per step, one step per round, any solver."""
 
 from __future__ import annotations
 
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
-from driffusion.core.samplers._common import Callback, base_step, check_noise, check_state, evaluate
+from driffusion.core.samplers._common import Callback, evaluate, setup_solver
 from driffusion.core.schedule import Schedule
+from driffusion.core.solvers import Solver
 
 
 def sample_serial(
@@ -14,34 +15,37 @@ def sample_serial(
     x: Tensor,
     schedule: Schedule,
     *,
+    solver: Solver | str | None = None,
     noise: Tensor | None = None,
     callback: Callback | None = None,
     check_finite: bool = True,
 ) -> SampleResult:
-    """Run the base sampler over the whole grid, one step per round.
+    r"""Run a solver over the whole grid, one step per round.
 
-    $$x_{i+1} = \\mathrm{Step}(x_i, f(x_i, t_i), i), \\qquad i = 0..N-1$$
+    $$x_{i+1}, s_{i+1} = \mathrm{step}(x_i, f(x_i, t_i), i, s_i), \qquad i = 0..N-1$$
 
-    where ``Step`` is the DDIM step (flow: the Euler step) or, with ``noise``, the DDPM step
-    ``x_{i+1} = mu(x0_hat, x_i) + sqrt(Var) * noise[i]``.
+    with the solver state ``s`` (see :mod:`driffusion.core.solvers`). The default solver is
+    the DDIM step (flow: the Euler step) or, with ``noise``, the DDPM step.
 
     Args:
         model: ``model(xs[K, B, ...], t[K]) -> out`` (see :mod:`driffusion.core.model`).
         x: the initial state ``[B, *shape]`` at grid point 0.
         schedule: the grid.
-        noise: pre-drawn DDPM noise ``[N, B, *shape]``; ``None`` for the deterministic sampler.
+        solver: a :class:`~driffusion.core.solvers.Solver` or its name (``"dpmpp_2m"``, ...).
+        noise: pre-drawn noise ``[N, B, *shape]`` of a stochastic solver (``ddpm``,
+            ``euler_ancestral``, ``dpmpp_2m_sde``); ``None`` for deterministic ones.
         callback: called as ``callback({"i": i, "x": x_i, "rounds": r})`` for each new state.
         check_finite: raise ``ValueError`` on a non-finite network output.
 
     Returns:
-        The state at point ``N`` and stats: ``N`` evaluations in ``N`` rounds.
+        The state at point ``N`` and stats: ``N`` evaluations in ``N`` rounds (``N + 1`` for
+        ``plms``, whose Heun warm start evaluates its first step twice).
     """
-    check_state(x, schedule)
-    check_noise(noise, x, schedule)
+    solver, schedule, state = setup_solver(solver, x, schedule, noise)
     counter = CountingModel(model, check_finite=check_finite)
     for i in range(schedule.num_steps):
         out = evaluate(counter, [x], [i], schedule)[0]
-        x = base_step(x, out, schedule, i, noise)
+        x, state = solver.step(x, out, schedule, i, state)
         if callback is not None:
             callback({"i": i + 1, "x": x, "rounds": counter.rounds})
     return SampleResult(x, counter.stats())

@@ -31,14 +31,14 @@ from torch import Tensor
 from driffusion.core.model import CountingModel, Model, SampleResult
 from driffusion.core.samplers._common import (
     Callback,
-    base_step,
     check_positive_int,
-    check_state,
     check_tolerance,
     evaluate,
     max_rms,
+    setup_solver,
 )
 from driffusion.core.schedule import Schedule
+from driffusion.core.solvers import Solver, SolverState
 from driffusion.core.transitions import skip_transition
 
 
@@ -70,6 +70,7 @@ class _FineSolve:
     point: int
     end: int
     state: Tensor
+    solver_state: SolverState
 
 
 def sample_srds(
@@ -81,10 +82,17 @@ def sample_srds(
     tol: float = 1e-3,
     max_iters: int | None = None,
     pipelined: bool = False,
+    solver: Solver | str | None = None,
+    noise: Tensor | None = None,
     callback: Callback | None = None,
     check_finite: bool = True,
 ) -> SampleResult:
     """SRDS (Parareal) sampling: coarse skips across blocks, parallel fine solves, corrections.
+
+    The fine propagator is the serial solver. A multistep solver's fine solve of block ``b`` in
+    iteration ``p`` starts with the solver state at the end of the fine solve of block ``b - 1``
+    in iteration ``p - 1`` (a fresh state in iteration 1), which is the serial state once that
+    block has converged: Parareal's exactness (``p`` iterations fix ``p`` blocks) is kept.
 
     Args:
         model: ``model(xs[K, B, ...], t[K]) -> out``.
@@ -95,6 +103,9 @@ def sample_srds(
         max_iters: at most this many Parareal iterations, in ``1..B``; default ``B``, which
             always reproduces the serial sample.
         pipelined: start each block's next fine solve as soon as its start is corrected.
+        solver: the fine solver or its name (default: DDIM / flow Euler, or DDPM with
+            ``noise``); the coarse propagator is always the first-order skip.
+        noise: pre-drawn noise ``[N, B, *shape]`` of a stochastic fine solver.
         callback: ``callback({"iteration": p, "x": X^p_B, "rounds": r, "change": rms})`` after
             each completed iteration.
         check_finite: raise ``ValueError`` on a non-finite network output.
@@ -102,7 +113,7 @@ def sample_srds(
     Returns:
         The final state and stats (rounds, evaluations, iterations run).
     """
-    check_state(x, schedule)
+    solver, schedule, initial = setup_solver(solver, x, schedule, noise)
     n = schedule.num_steps
     num_blocks = default_blocks(n) if blocks is None else check_positive_int(blocks, "blocks", n)
     iters = num_blocks if max_iters is None else check_positive_int(max_iters, "max_iters")
@@ -116,6 +127,8 @@ def sample_srds(
     E: list[list[Tensor | None]] = [[None] * num_blocks for _ in range(iters + 1)]  # outputs at X
     G: list[list[Tensor | None]] = [[None] * (num_blocks + 1) for _ in range(iters + 1)]  # coarse
     Y: list[list[Tensor | None]] = [[None] * (num_blocks + 1) for _ in range(iters + 1)]  # fine
+    # solver state at the end of each fine solve
+    S: list[list[SolverState | None]] = [[None] * (num_blocks + 1) for _ in range(iters + 1)]
     for p in range(iters + 1):
         X[p][0] = x
     started: set[tuple[int, int]] = set()
@@ -139,11 +152,20 @@ def sample_srds(
         return all(X[p][b] is not None and E[p][b] is not None for b in range(num_blocks))
 
     def advance(solve: _FineSolve, out: Tensor) -> None:
-        solve.state = base_step(solve.state, out, schedule, solve.point)
+        solve.state, solve.solver_state = solver.step(
+            solve.state, out, schedule, solve.point, solve.solver_state
+        )
         solve.point += 1
         if solve.point == solve.end:
             Y[solve.iteration][solve.block] = solve.state
+            S[solve.iteration][solve.block] = solve.solver_state
             solves.remove(solve)
+
+    def start_state(p: int, b: int) -> SolverState | None:
+        """The solver state the fine solve (p, b) starts with; None while not yet known."""
+        if b == 1 or p == 1:
+            return initial
+        return S[p - 1][b - 1]
 
     def resolve() -> None:
         """Do all the pure math that is ready, until nothing changes (no model calls)."""
@@ -178,15 +200,18 @@ def sample_srds(
                 for b in range(1, num_blocks + 1):
                     if (p, b) in started or not gate:
                         continue
-                    start, out = X[p - 1][b - 1], E[p - 1][b - 1]
-                    if start is None or out is None:
+                    x_start, out = X[p - 1][b - 1], E[p - 1][b - 1]
+                    if x_start is None or out is None:
                         continue
                     if p >= 2 and unchanged(p - 1, b - 1):
                         if Y[p - 1][b] is None:
                             continue  # same start as the solve still running: wait for it
-                        Y[p][b] = Y[p - 1][b]
+                        Y[p][b], S[p][b] = Y[p - 1][b], S[p - 1][b]
                     else:
-                        solve = _FineSolve(p, b, bounds[b - 1], bounds[b], start)
+                        begin = start_state(p, b)
+                        if begin is None:
+                            continue  # the previous block's fine solve has not finished
+                        solve = _FineSolve(p, b, bounds[b - 1], bounds[b], x_start, begin)
                         solves.append(solve)
                         advance(solve, out)  # its first output is the one at the block start
                     started.add((p, b))

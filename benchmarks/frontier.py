@@ -1,13 +1,23 @@
-"""The speed/fidelity frontier: serial rounds against deviation from the serial sample for every
-sampler and setting, on the exact oracle and on the embedded digits model.
+"""The frontier: error to the exact solution against serial rounds (latency), for every solver's
+serial curve and the parallel samplers over DDIM and DPM-Solver++(2M), on the exact Gaussian-mixture
+oracle and on the embedded digits network.
 
     python benchmarks/frontier.py --json outputs/frontier.json --plot outputs/frontier.png
-    python benchmarks/frontier.py --models oracle --steps 10 --quick     # a fast smoke run
+    python benchmarks/frontier.py --models oracle --quick --json f.json --plot f.png  # smoke
 
-One line per sampler in the plot (x: serial rounds, y: relative deviation from serial, log);
-for the digits model the table also holds FID (against held-out digits, the shipped classifier's
-features) and class accuracy. JSON keys: sampler, setting, steps, rounds, evaluations, width,
-rel_dev, fid, accuracy, model.
+**The target.** Every sampler here solves the probability-flow ODE from ``sigma_max`` (training
+timestep 999) down to ``sigma_min`` (timestep 0) and returns the clean estimate there. The
+reference ``x_ref`` is DPM-Solver++(3M) on ``--ref-points`` log-uniform sigmas between the two
+(non-integer network times, as Karras-style schedulers use them) followed by the final denoise;
+it is checked against UniPC-3 on the same grid and against DPM-Solver++(3M) on half the points,
+and both differences are recorded (they must be far below the errors compared).
+
+**The samplers** run on the trailing (``t = 999 ... T/N - 1``) grid ending at ``sigma = 0``, as
+a user's scheduler does. ``err_ref = ||x - x_ref|| / ||x_ref||``; ``rel_dev`` is the distance to
+the N-step serial sample of the same solver (today's deviation). Rows carry ``model, sampler,
+solver, steps, k, rounds, evaluations, err_ref, rel_dev`` (and ``setting``, ``draft_rule``,
+``tol``); the JSON also holds the reference checks and, per round budget, the best serial and the
+best parallel row (the honest comparison: what would the same latency buy serially?).
 """
 
 from __future__ import annotations
@@ -15,7 +25,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,166 +37,415 @@ from driffusion.core import (
     BatchedExecutor,
     Model,
     RowwiseModel,
-    SamplerSpec,
+    SampleResult,
     Schedule,
     alphas_cumprod_from_betas,
-    default_blocks,
     initial_noise,
-    run_sampler,
+    sample_driffusion,
+    sample_paradigms,
+    sample_picard_driffusion,
+    sample_serial,
     vp_schedule,
     vp_timesteps,
 )
+from driffusion.core.schedule import reference_schedule
+from driffusion.core.solvers import DPMSolverPP, UniPC
 from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
 
-KEYS = [
-    "sampler",
-    "setting",
-    "steps",
-    "rounds",
-    "evaluations",
-    "width",
-    "rel_dev",
-    "fid",
-    "accuracy",
-]
+KEYS = ["model", "sampler", "solver", "steps", "k", "rounds", "evaluations", "err_ref", "rel_dev"]
+SERIAL_SOLVERS = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "plms")
+SERIAL_STEPS = (8, 10, 12, 14, 18, 20, 26, 35, 50, 100)
+PARALLEL_SOLVERS = ("ddim", "dpmpp_2m")
+PARALLEL_STEPS = (25, 50, 100, 200)
+DRAFTS = (2, 4, 8)
+BUDGETS = (8, 14, 26)
+# Beyond the required grid: the other multistep solvers under aggressive drafting, and the
+# configurations whose rounds equal a small budget exactly (N = 1 + (R - 1) k).
+EXTRA_SOLVERS = ("unipc", "plms")
 
 
-def sweep(steps: int, quick: bool) -> list[tuple[str, SamplerSpec]]:
-    """(line name, spec) for every point of the frontier at ``steps`` steps."""
-    ks = [2, 4] if quick else [2, 3, 4, 6, 8]
-    tols = [1e-2, 1e-4] if quick else [1e-2, 1e-3, 1e-4]
-    points: list[tuple[str, SamplerSpec]] = [("serial", SamplerSpec("serial"))]
-    for fraction in [4, 2] if quick else [8, 4, 2]:
-        points.append(
-            ("serial_reduced", SamplerSpec("serial_reduced", rounds=max(2, steps // fraction)))
-        )
-    for k in ks:
-        points.append(("aggressive", SamplerSpec("aggressive", drafts=k)))
-        points.append(("conservative", SamplerSpec("conservative", drafts=k)))
-        points.append(("aggressive_order2", SamplerSpec("aggressive", drafts=k, order=2)))
-    for target in [0.05, 0.02] if quick else [0.1, 0.05, 0.02, 0.01]:
-        points.append(
-            ("aggressive_adaptive", SamplerSpec("aggressive", drafts=8, adaptive_tol=target))
-        )
-    for tol in tols:
-        points.append(("picard_driffusion", SamplerSpec("picard_driffusion", drafts=4, tol=tol)))
-        points.append(("paradigms", SamplerSpec("paradigms", window=4, tol=tol)))
-        blocks = default_blocks(steps)
-        points.append(("srds_pipelined", SamplerSpec("srds_pipelined", blocks=blocks, tol=tol)))
-    return points
+@dataclass
+class Problem:
+    """A model, its start states and its grids."""
+
+    name: str
+    model: Model
+    x: torch.Tensor
+    alphas_cumprod: torch.Tensor
+
+    def grid(self, steps: int) -> Schedule:
+        """The trailing grid of ``steps`` steps, ending at ``sigma = 0``."""
+        return vp_schedule(self.alphas_cumprod, vp_timesteps(steps, spacing="trailing"))
+
+    def reference_grid(self, points: int) -> Schedule:
+        """``points`` log-uniform sigmas from ``sigma(999)`` to ``sigma(0)``, then 0."""
+        return reference_schedule(self.alphas_cumprod, points)
 
 
-def oracle_setup(steps: int) -> tuple[Model, torch.Tensor, Schedule, Any]:
+def oracle_problem(quick: bool) -> Problem:
+    """The Gaussian-mixture oracle (exact denoiser), 8 samples of 4x8x8, SD betas."""
     abar = alphas_cumprod_from_betas()
     model = GaussianMixtureDenoiser.random(
         (4, 8, 8), components=8, noise_levels=VPNoiseLevels(abar), seed=0
     )
     x = torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    return model, x, vp_schedule(abar, vp_timesteps(steps, spacing="trailing")), None
+    return Problem("oracle", model, x, abar)
 
 
-def digits_setup(steps: int) -> tuple[Model, torch.Tensor, Schedule, Any]:
+def digits_problem(quick: bool) -> Problem:
+    """The shipped digits network, guidance 2, one sample per class (10 network rows a state)."""
     from driffusion.models.digits import load_digits
 
     digits = load_digits()
-    labels = torch.arange(10).repeat(5)
+    labels = torch.arange(10)
     model = BatchedExecutor(RowwiseModel(digits.denoiser(2.0), {"label": labels}))
     x = initial_noise([1000 + k for k in range(len(labels))], (1, 16, 16))
-    return model, x, digits.schedule(steps), (digits, labels)
+    return Problem("digits", model, x, digits.alphas_cumprod)
 
 
-def run(models: list[str], steps_list: list[int], quick: bool) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    setups: dict[str, Callable[[int], tuple]] = {"oracle": oracle_setup, "digits": digits_setup}
-    for name in models:
-        for steps in steps_list:
-            model, x, schedule, extra = setups[name](steps)
-            reference = None
-            if extra is not None:
-                from driffusion.models.digits import digits_dataset
-
-                reference = digits_dataset("test")[0]
-            serial = None
-            for line, spec in sweep(steps, quick):
-                with torch.inference_mode():
-                    result = run_sampler(spec, model, x, schedule)
-                serial = result.x if line == "serial" else serial
-                assert serial is not None
-                diff = (result.x - serial).double()
-                row = {
-                    "model": name,
-                    "sampler": line,
-                    "setting": spec.label(),
-                    "steps": steps,
-                    "rounds": result.stats.rounds,
-                    "evaluations": result.stats.evaluations,
-                    "width": result.stats.width,
-                    "rel_dev": float(diff.norm() / serial.double().norm()),
-                    "fid": math.nan,
-                    "accuracy": math.nan,
-                }
-                if extra is not None:
-                    from driffusion.eval.digits_fid import digits_fid
-
-                    digits, labels = extra
-                    row["accuracy"] = float((digits.classify(result.x) == labels).float().mean())
-                    row["fid"] = digits_fid(result.x, reference)["frechet_inception_distance"]
-                rows.append(row)
-                print(" | ".join(_cell(row[k]) for k in ["model", *KEYS]), flush=True)
-    return rows
+PROBLEMS: dict[str, Callable[[bool], Problem]] = {
+    "oracle": oracle_problem,
+    "digits": digits_problem,
+}
 
 
-def _cell(value: Any) -> str:
+def relative(x: torch.Tensor, target: torch.Tensor) -> float:
+    """``||x - target|| / ||target||`` in float64."""
+    return float((x.double() - target.double()).norm() / target.double().norm())
+
+
+def reference(problem: Problem, points: int) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The reference solution and its two independent checks."""
+    grid = problem.reference_grid(points)
+    x_ref = sample_serial(problem.model, problem.x, grid, solver=DPMSolverPP(order=3)).x
+    unipc = sample_serial(problem.model, problem.x, grid, solver=UniPC(order=3)).x
+    half = sample_serial(
+        problem.model, problem.x, problem.reference_grid(points // 2), solver=DPMSolverPP(order=3)
+    ).x
+    checks = {
+        "solver": "dpmpp_3m",
+        "points": points,
+        "grid": "log-uniform sigma, sigma(999) -> sigma(0), then the final denoise",
+        "diff_unipc3_same_grid": relative(unipc, x_ref),
+        "diff_dpmpp_3m_half_points": relative(half, x_ref),
+    }
+    return x_ref, checks
+
+
+def configurations(quick: bool) -> list[tuple[str, str, int, int, dict[str, Any]]]:
+    """``(sampler, solver, steps, k, options)`` for every row beyond the serial curves."""
+    steps = (25, 50) if quick else PARALLEL_STEPS
+    drafts = (2, 4) if quick else DRAFTS
+    out: list[tuple[str, str, int, int, dict[str, Any]]] = []
+    for solver in PARALLEL_SOLVERS:
+        for n in steps:
+            for k in drafts:
+                out.append(("aggressive", solver, n, k, {}))
+                out.append(("conservative", solver, n, k, {}))
+                out.append(("picard_driffusion", solver, n, k, {}))
+                out.append(("paradigms", solver, n, k, {}))
+    if quick:
+        return out
+    for solver in EXTRA_SOLVERS:  # the other multistep solvers under aggressive drafting
+        for n in (50, 100):
+            for k in (4, 8):
+                out.append(("aggressive", solver, n, k, {}))
+    for solver in ("dpmpp_2m", "unipc"):  # the solver's own multistep drafts
+        for n, k in ((50, 4), (100, 8), (100, 4)):
+            out.append(("aggressive", solver, n, k, {"draft_rule": "solver"}))
+    # shorter spans at equal rounds: N = 1 + (R - 1) k for the small budgets
+    for budget, ks in ((8, (2, 3, 4)), (14, (2, 3))):
+        for k in ks:
+            n = 1 + (budget - 1) * k
+            for solver in (*PARALLEL_SOLVERS, *EXTRA_SOLVERS):
+                if trailing_grid_exists(n):
+                    out.append(("aggressive", solver, n, k, {}))
+    return out
+
+
+def trailing_grid_exists(steps: int) -> bool:
+    """numpy's ``arange(T, 0, -T / N)`` yields ``N + 1`` points for some ``N`` (e.g. 201)."""
+    timesteps = vp_timesteps(steps, spacing="trailing")
+    return timesteps.numel() == steps and int(timesteps.min()) >= 0
+
+
+def run_one(
+    problem: Problem, sampler: str, solver: str, steps: int, k: int, tol: float, options: dict
+) -> SampleResult:
+    grid = problem.grid(steps)
+    rule = options.get("draft_rule")
+    if sampler == "serial":
+        return sample_serial(problem.model, problem.x, grid, solver=solver)
+    if sampler in ("aggressive", "conservative"):
+        return sample_driffusion(
+            problem.model, problem.x, grid, drafts=k, mode=sampler, solver=solver, draft_rule=rule
+        )
+    if sampler == "picard_driffusion":
+        return sample_picard_driffusion(
+            problem.model, problem.x, grid, drafts=k, tol=tol, solver=solver, draft_rule=rule
+        )
+    return sample_paradigms(problem.model, problem.x, grid, window=k, tol=tol, solver=solver)
+
+
+Task = tuple[str, str, int, int, dict[str, Any]]
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(name: str, quick: bool, tol: float, x_ref: torch.Tensor, threads: int) -> None:
+    """A worker process: its own copy of the problem, one share of the cores."""
+    torch.set_num_threads(threads)
+    _WORKER.update(problem=PROBLEMS[name](quick), tol=tol, x_ref=x_ref)
+
+
+def _run_task(task: Task, serial_x: torch.Tensor | None) -> tuple[dict[str, Any], torch.Tensor]:
+    """One row: run the configuration, measure it against the reference and its serial run."""
+    sampler, solver, steps, k, options = task
+    problem, tol, x_ref = _WORKER["problem"], _WORKER["tol"], _WORKER["x_ref"]
+    with torch.inference_mode():
+        result = run_one(problem, sampler, solver, steps, k, tol, options)
+    rule = options.get("draft_rule", "skip")
+    row = {
+        "model": problem.name,
+        "sampler": sampler,
+        "solver": solver,
+        "steps": steps,
+        "k": k,
+        "rounds": result.stats.rounds,
+        "evaluations": result.stats.evaluations,
+        "err_ref": relative(result.x, x_ref),
+        "rel_dev": 0.0 if serial_x is None else relative(result.x, serial_x),
+        "draft_rule": rule if sampler in ("aggressive", "conservative") else None,
+        "tol": tol if sampler in ("picard_driffusion", "paradigms") else None,
+        "setting": label(sampler, solver, steps, k, options, tol),
+    }
+    return row, result.x
+
+
+def _map(pool: Any, tasks: list[Task], serial: list[torch.Tensor | None]) -> list[Any]:
+    """Run the tasks (in worker processes when there is a pool); print rows as they arrive."""
+    if pool is None:
+        results = (_run_task(t, s) for t, s in zip(tasks, serial, strict=True))
+    else:
+        results = pool.map(_run_task, tasks, serial)
+    out = []
+    for row, x in results:
+        print(" | ".join(cell(row[key]) for key in KEYS), flush=True)
+        out.append((row, x))
+    return out
+
+
+def run_model(
+    name: str, quick: bool, tol: float, ref_points: int, workers: int, threads: int
+) -> dict[str, Any]:
+    """The reference, then the serial runs, then every parallel configuration (rows in order)."""
+    start = time.perf_counter()
+    problem = PROBLEMS[name](quick)
+    with torch.inference_mode():
+        x_ref, checks = reference(problem, ref_points)
+    print(
+        f"{name}: reference {checks['solver']} on {ref_points} points; UniPC-3 differs by "
+        f"{checks['diff_unipc3_same_grid']:.1e}, half the points by "
+        f"{checks['diff_dpmpp_3m_half_points']:.1e}",
+        flush=True,
+    )
+    configs = configurations(quick)
+    curves = [
+        ("serial", solver, steps, 1, {})
+        for solver in SERIAL_SOLVERS
+        for steps in ((8, 14, 26, 50) if quick else SERIAL_STEPS)
+    ]
+    # the serial runs the parallel rows deviate from, beyond the curves' step counts
+    needed = sorted({(c[1], c[2]) for c in configs} - {(c[1], c[2]) for c in curves})
+    baselines = [("serial", solver, steps, 1, {}) for solver, steps in needed]
+    pool = None
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+            initargs=(name, quick, tol, x_ref, max(1, threads // workers)),
+        )
+    else:
+        _init_worker(name, quick, tol, x_ref, threads)
+    try:
+        first = _map(pool, curves + baselines, [None] * (len(curves) + len(baselines)))
+        serial_x = {(t[1], t[2]): x for t, (_, x) in zip(curves + baselines, first, strict=True)}
+        rows = [row for row, _ in first[: len(curves)]]
+        second = _map(pool, configs, [serial_x[c[1], c[2]] for c in configs])
+        rows += [row for row, _ in second]
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return {
+        "reference": checks,
+        "rows": rows,
+        "summary": summarise(rows),
+        "wall_s": time.perf_counter() - start,
+    }
+
+
+def label(sampler: str, solver: str, steps: int, k: int, options: dict, tol: float) -> str:
+    if sampler == "serial":
+        return f"serial {solver}, {steps} steps"
+    extra = f", drafts by {options['draft_rule']}" if "draft_rule" in options else ""
+    extra += f", tol {tol:g}" if sampler in ("picard_driffusion", "paradigms") else ""
+    return f"{sampler} over {solver}, N={steps}, k={k}{extra}"
+
+
+def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per round budget: the best serial row and the best parallel row within it."""
+    out = []
+    for budget in BUDGETS:
+        within = [r for r in rows if r["rounds"] <= budget]
+        serial = [r for r in within if r["sampler"] == "serial"]
+        parallel = [r for r in within if r["sampler"] != "serial"]
+        if not serial or not parallel:
+            continue
+        best_serial = min(serial, key=lambda r: r["err_ref"])
+        best_parallel = min(parallel, key=lambda r: r["err_ref"])
+        out.append(
+            {
+                "rounds": budget,
+                "best_serial": best_serial["setting"],
+                "best_serial_err_ref": best_serial["err_ref"],
+                "best_parallel": best_parallel["setting"],
+                "best_parallel_rounds": best_parallel["rounds"],
+                "best_parallel_err_ref": best_parallel["err_ref"],
+                "ratio": best_parallel["err_ref"] / best_serial["err_ref"],
+            }
+        )
+    return out
+
+
+def cell(value: Any) -> str:
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.3g}"
     return str(value)
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+MARKERS = {"aggressive": "o", "conservative": "s", "picard_driffusion": "^", "paradigms": "v"}
+COLORS = {
+    "ddim": "tab:blue",
+    "dpmpp_2m": "tab:orange",
+    "dpmpp_3m": "tab:green",
+    "unipc": "tab:red",
+    "plms": "tab:purple",
+}
+
+
+def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+    """err_ref against serial rounds, log-log: a line per solver's serial curve, points for the
+    parallel samplers (marker: sampler, colour: solver), one panel per model."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = sorted({(r["model"], r["steps"]) for r in rows})
-    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.5), squeeze=False)
-    for ax, (model, steps) in zip(axes[0], panels, strict=True):
-        mine = [r for r in rows if r["model"] == model and r["steps"] == steps]
-        for line in dict.fromkeys(r["sampler"] for r in mine):
-            points = sorted((r["rounds"], r["rel_dev"]) for r in mine if r["sampler"] == line)
-            points = [(x, max(y, 1e-9)) for x, y in points]  # exact (0) drawn at the floor
-            if line == "serial":
-                ax.axvline(points[0][0], color="gray", linestyle=":", label="serial")
-                continue
-            ax.plot(*zip(*points, strict=True), marker="o", label=line)
+    models = list(results)
+    fig, axes = plt.subplots(1, len(models), figsize=(6.2 * len(models), 4.8), squeeze=False)
+    for ax, model in zip(axes[0], models, strict=True):
+        rows = results[model]["rows"]
+        for solver in SERIAL_SOLVERS:
+            points = sorted(
+                (r["rounds"], r["err_ref"])
+                for r in rows
+                if r["sampler"] == "serial" and r["solver"] == solver
+            )
+            if points:
+                ax.plot(*zip(*points, strict=True), color=COLORS[solver], lw=2, label=solver)
+        for sampler, marker in MARKERS.items():
+            for solver, color in COLORS.items():
+                points = [
+                    (r["rounds"], r["err_ref"])
+                    for r in rows
+                    if r["sampler"] == sampler and r["solver"] == solver
+                ]
+                if points:
+                    ax.scatter(
+                        *zip(*points, strict=True),
+                        marker=marker,
+                        facecolors="none",
+                        edgecolors=color,
+                        s=28,
+                        alpha=0.8,
+                    )
+        lines = []
+        for s in results[model]["summary"]:
+            ax.axvline(s["rounds"], color="gray", lw=0.6, ls=":")
+            best = [r for r in rows if r["setting"] in (s["best_serial"], s["best_parallel"])]
+            for r in best:
+                marker = "x" if r["sampler"] == "serial" else "*"
+                ax.scatter([r["rounds"]], [r["err_ref"]], marker=marker, color="k", s=70, zorder=5)
+            verdict = "wins" if s["ratio"] < 1 else "loses"
+            lines.append(f"<= {s['rounds']} rounds: parallel {verdict}, {s['ratio']:.2f}x")
+        ax.text(
+            0.98,
+            0.02,
+            "best parallel (*) / best serial (x)\n" + "\n".join(lines),
+            transform=ax.transAxes,
+            fontsize=8,
+            va="bottom",
+            ha="right",
+            bbox={"facecolor": "white", "alpha": 0.85, "edgecolor": "0.7"},
+        )
+        ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("serial rounds (latency)")
-        ax.set_ylabel("relative deviation from serial")
-        ax.set_title(f"{model}, {steps} steps")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+        ax.set_ylabel("err_ref = ||x - x_ref|| / ||x_ref||")
+        ax.set_title(f"{model}: lines serial, markers parallel")
+        ax.grid(True, which="both", alpha=0.25)
+    handles = [
+        plt.Line2D([], [], color="k", marker=m, ls="", mfc="none", label=s)
+        for s, m in MARKERS.items()
+    ]
+    first = axes[0][0]
+    first.legend(handles=first.get_legend_handles_labels()[0] + handles, fontsize=8, ncol=2)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--models", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
+    parser.add_argument("--quick", action="store_true", help="fewer settings (smoke run)")
+    parser.add_argument("--tol", type=float, default=1e-2, help="Picard / ParaDiGMS tolerance")
+    parser.add_argument("--ref-points", type=int, default=500, help="reference grid points")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads in all")
     parser.add_argument(
-        "--models", nargs="+", default=["oracle", "digits"], choices=["oracle", "digits"]
+        "--workers", type=int, default=2, help="processes sharing the threads (1: none)"
     )
-    parser.add_argument("--steps", type=int, nargs="+", default=[25, 50])
-    parser.add_argument("--quick", action="store_true", help="fewer settings")
     parser.add_argument("--json", type=Path, default=Path("outputs/frontier.json"))
     parser.add_argument("--plot", type=Path, default=Path("outputs/frontier.png"))
     args = parser.parse_args(argv)
-    print(" | ".join(["model", *KEYS]))
-    rows = run(args.models, args.steps, args.quick)
+    if args.ref_points < 20 or not (math.isfinite(args.tol) and args.tol >= 0):
+        parser.error("--ref-points must be >= 20 and --tol a finite number >= 0")
+    if args.workers < 1 or args.threads < 1:
+        parser.error("--workers and --threads must be >= 1")
+    torch.set_num_threads(max(1, args.threads))
+    print(" | ".join(KEYS), flush=True)
+    results = {
+        name: run_model(name, args.quick, args.tol, args.ref_points, args.workers, args.threads)
+        for name in args.models
+    }
+    for name, result in results.items():
+        print(f"\n{name}: best parallel vs best serial at equal rounds ({result['wall_s']:.0f} s)")
+        print("| rounds | best serial | err_ref | best parallel | rounds | err_ref | ratio |")
+        print("|---|---|---|---|---|---|---|")
+        for s in result["summary"]:
+            print(
+                f"| {s['rounds']} | {s['best_serial']} | {s['best_serial_err_ref']:.3g} | "
+                f"{s['best_parallel']} | {s['best_parallel_rounds']} | "
+                f"{s['best_parallel_err_ref']:.3g} | {s['ratio']:.2f} |"
+            )
     args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(rows, indent=2))
-    plot(rows, args.plot)
+    args.json.write_text(json.dumps(results, indent=2, allow_nan=False))
+    plot(results, args.plot)
     print(f"wrote {args.json} and {args.plot}")
-    return rows
+    return results
 
 
 if __name__ == "__main__":

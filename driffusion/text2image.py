@@ -22,9 +22,25 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from driffusion.adapters.diffusers import PipelineAdapter, adapt_pipeline, load_pipeline
+from driffusion.adapters.diffusers import (
+    PipelineAdapter,
+    adapt_pipeline,
+    load_pipeline,
+    read_schedule,
+)
 from driffusion.adapters.distributed import gather_objects, make_layout
-from driffusion.core import SAMPLER_NAMES, SamplerSpec
+from driffusion.core import (
+    SAMPLER_NAMES,
+    SOLVER_NAMES,
+    BatchedExecutor,
+    Calibration,
+    RowwiseModel,
+    SamplerSpec,
+    calibrate,
+    initial_noise,
+    reference_schedule,
+    sample_serial,
+)
 from driffusion.images import atomic_write, labelled_grid, save_png
 from driffusion.lightning import (
     DiffusionSamplerModule,
@@ -62,12 +78,27 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     parser.add_argument("--prompts-file", type=Path, help="one prompt per line")
     parser.add_argument("--negative-prompt", default="")
-    parser.add_argument("--steps", type=int, default=family.steps)
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=int, default=None, help=f"default {family.steps}")
+    budget.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="a latency budget in serial rounds: calibrate steps, drafts, mode and solver "
+        "on the first prompt (VP models: sd21, sdxl)",
+    )
+    parser.add_argument("--reference-points", type=int, default=200, help="with --rounds")
     parser.add_argument("--guidance", type=float, default=family.guidance)
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="image k uses seed + k")
     parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="aggressive")
+    parser.add_argument(
+        "--solver",
+        choices=SOLVER_NAMES,
+        default=None,
+        help="the step (default: DDIM / flow Euler on the scheduler's grid)",
+    )
     parser.add_argument("--drafts", type=int, default=None, help="default: draft-group size")
     parser.add_argument("--blocks", type=int, default=None, help="SRDS blocks")
     parser.add_argument("--srds-tol", type=float, default=1e-3)
@@ -87,8 +118,15 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
     if not prompts:
         parser.error("give at least one --prompt or a --prompts-file")
     args.prompts = prompts
-    if args.steps < 1:
-        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.steps is None and args.rounds is None:
+        args.steps = family.steps
+    for name in ("steps", "rounds"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.rounds is not None and family.name == "sd3":
+        parser.error("--rounds calibrates against a VP reference solve: sd21 and sdxl only")
+    if args.reference_points < 20:
+        parser.error(f"--reference-points must be >= 20, got {args.reference_points}")
     if args.drafts is not None and args.drafts < 1:
         parser.error(f"--drafts must be >= 1, got {args.drafts}")
     if args.batch_size < 1:
@@ -129,17 +167,31 @@ def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
     pipe = pipe.to(fabric.device)
     adapter = adapt_pipeline(
         pipe,
-        args.steps,
+        args.steps or family.steps,
         height=args.height or size,
         width=args.width or size,
         guidance=args.guidance,
     )
-    spec = SamplerSpec(
-        args.sampler,
-        drafts=args.drafts or layout.draft_devices,
-        blocks=args.blocks,
-        tol=args.srds_tol,
-    )
+    calibration = None
+    if args.rounds is not None:
+        calibration = calibrate_prompt(args, pipe, adapter, layout.draft_devices)
+        args.steps = calibration.best.steps
+        adapter = adapt_pipeline(
+            pipe,
+            args.steps,
+            height=args.height or size,
+            width=args.width or size,
+            guidance=args.guidance,
+        )
+        spec = calibration.best.spec()
+    else:
+        spec = SamplerSpec(
+            args.sampler,
+            drafts=args.drafts or layout.draft_devices,
+            blocks=args.blocks,
+            tol=args.srds_tol,
+            solver=args.solver,
+        )
     module = PromptSamplerModule(adapter, spec)
     items = [
         {
@@ -155,10 +207,39 @@ def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
     )
     rows = []
     if fabric.global_rank == 0:
-        rows = write_outputs(args, family, spec, items, outputs, layout.draft_devices)
+        rows = write_outputs(args, family, spec, items, outputs, layout.draft_devices, calibration)
     gather_objects(layout, None)  # keep ranks together until rank 0 has written
     finish()
     return rows
+
+
+def calibrate_prompt(
+    args: argparse.Namespace, pipe: Any, adapter: PipelineAdapter, devices: int
+) -> Calibration:
+    """Pick the configuration for ``--rounds`` on the first prompt (every rank alike)."""
+    cond = adapter.encode([args.prompts[0]], [args.negative_prompt])
+    model = BatchedExecutor(RowwiseModel(adapter.network, cond))
+    x = initial_noise([args.seed], adapter.latent_shape, device=pipe.device)
+    scheduler = pipe.scheduler
+    grid = reference_schedule(
+        scheduler.alphas_cumprod.cpu(), args.reference_points, scheduler.config.prediction_type
+    )
+    with torch.inference_mode():
+        x_ref = sample_serial(model, x, grid, solver="dpmpp_3m").x
+        result = calibrate(
+            model,
+            x,
+            lambda steps: read_schedule(scheduler, steps),
+            x_ref,
+            rounds=args.rounds,
+            devices=devices,
+        )
+    print(
+        f"--rounds {args.rounds} on {devices} device(s): chose {result.best.label()} "
+        f"(err_ref {result.best.err_ref:.3g} on the first prompt); the best serial solver in "
+        f"the same rounds: {result.best_serial.label()} (err_ref {result.best_serial.err_ref:.3g})"
+    )
+    return result
 
 
 def collate_prompts(items: list[Mapping[str, Any]]) -> dict[str, Any]:
@@ -178,6 +259,7 @@ def write_outputs(
     items: list[dict],
     outputs: list,
     devices: int,
+    calibration: Calibration | None = None,
 ) -> list[dict]:
     """Write one PNG per image (with metadata), the grid and ``report.json``; return the rows."""
     by_id = {item["id"]: item for item in items}
@@ -210,7 +292,12 @@ def write_outputs(
             )
     grid = labelled_grid([(spec.label(), images)], scale=1)
     atomic_write(args.out / "grid.png", lambda p: grid.save(p, format="PNG"))
-    report = {"family": family.name, "command": " ".join(sys.argv), "images": rows}
+    report = {
+        "family": family.name,
+        "command": " ".join(sys.argv),
+        "images": rows,
+        "calibration": calibration.to_dict() if calibration is not None else None,
+    }
     atomic_write(args.out / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
     print(f"{family.name}: wrote {len(rows)} image(s), grid.png and report.json to {args.out}")
     for row in rows:

@@ -99,17 +99,25 @@ def check_outputs(out: Path, samplers: list[str], steps: int, devices: int) -> l
     report = json.loads((out / "report.json").read_text())
     rows = report["rows"]
     keys = {"sampler", "devices", "steps", "rounds", "wall_s", "speedup", "max_abs_dev"}
-    keys |= {"mean_abs_dev", "accuracy", "fid"}
+    keys |= {"err_ref", "accuracy", "fid", "setting"}
     assert [r["sampler"] for r in rows] == samplers
     for row in rows:
-        assert keys <= row.keys() and row["steps"] == steps
+        assert keys <= row.keys()
+        assert 0 < row["err_ref"] < 0.5  # every sampler lands near the reference solution
+        if row["sampler"].startswith("serial@"):  # the same solver at the same latency
+            assert row["devices"] == 1 and row["rounds"] == row["steps"] < steps
+        else:
+            assert row["steps"] == steps
     assert rows[0]["max_abs_dev"] == 0.0 and rows[0]["rounds"] == steps
-    assert {r["devices"] for r in rows[1:]} == {devices}
+    parallel = [r for r in rows[1:] if not r["sampler"].startswith("serial")]
+    assert {r["devices"] for r in parallel} == {devices}
+    assert "dpmpp_2m" in rows[0]["setting"] and report["solver"] == "dpmpp_2m"
+    assert "rank 0" in report["serial_spread"]
     grid = Image.open(out / "grid.png")
     assert grid.height >= 16 * 4 * len(samplers)
-    png = Image.open(out / samplers[-1] / "digit7_seed0.png")
-    assert png.text["digit"] == "7" and png.text["steps"] == str(steps)
-    assert png.text["sampler"].startswith(samplers[-1]) and png.text["seed"] == "700"
+    png = Image.open(out / samplers[-1] / "digit7_seed700.png")  # the name holds its seed
+    assert png.text["digit"] == "7" and png.text["seed"] == "700"
+    assert png.text["sampler"] == rows[-1]["setting"]
     assert len(list((out / samplers[-1]).glob("*.png"))) == NUM_CLASSES
     assert not list(out.rglob("*.tmp"))
     return rows
@@ -118,6 +126,7 @@ def check_outputs(out: Path, samplers: list[str], steps: int, devices: int) -> l
 def test_main_job_on_one_process(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "recipes" / "digits.py"), "--accelerator", "cpu"]
     cmd += ["--steps", "8", "--n-per-class", "1", "--samplers", "serial,aggressive,srds"]
+    cmd += ["--reference-points", "60"]
     result = run_script([*cmd, "--out", str(tmp_path)], timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
     rows = check_outputs(tmp_path, ["serial", "aggressive", "srds"], 8, devices=1)
@@ -127,13 +136,33 @@ def test_main_job_on_one_process(tmp_path: Path) -> None:
     assert "| sampler | devices |" in result.stdout
 
 
+def test_main_job_picks_a_configuration_for_a_round_budget(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "recipes" / "digits.py"), "--accelerator", "cpu"]
+    cmd += ["--rounds", "6", "--n-per-class", "1", "--no-fid", "--reference-points", "60"]
+    result = run_script([*cmd, "--out", str(tmp_path)], timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    calibration = report["calibration"]
+    # one device: only serial configurations fit, one per solver, each within 6 rounds
+    assert {c["sampler"] for c in calibration["candidates"]} == {"serial"}
+    assert all(c["rounds"] <= 6 for c in calibration["candidates"])
+    best = calibration["best"]
+    assert best["err_ref"] == min(c["err_ref"] for c in calibration["candidates"])
+    assert [r["sampler"] for r in report["rows"]] == ["serial", "best_serial"]
+    assert f"chose serial {best['solver']}" in result.stdout
+    cached = json.loads((tmp_path / "calibration.json").read_text())
+    assert cached["settings"]["rounds"] == 6 and cached["calibration"] == calibration
+
+
 def test_main_job_on_two_processes(tmp_path: Path) -> None:
     cmd = [str(FABRIC), "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
     cmd += [str(ROOT / "recipes" / "digits.py"), "--steps", "8", "--n-per-class", "1"]
     cmd += ["--samplers", "serial,aggressive,conservative", "--no-fid", "--out", str(tmp_path)]
+    cmd += ["--reference-points", "60"]
     result = run_script(cmd, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
-    rows = check_outputs(tmp_path, ["serial", "aggressive", "conservative"], 8, devices=2)
+    samplers = ["serial", "aggressive", "serial@5", "conservative", "serial@6"]
+    rows = check_outputs(tmp_path, samplers, 8, devices=2)
     assert rows[1]["rounds"] == 1 + 4  # 1 + ceil(7 / 2)
-    assert rows[2]["rounds"] == 2 * (8 // 3) + min(8 % 3, 2)
+    assert rows[3]["rounds"] == 2 * (8 // 3) + min(8 % 3, 2)
     assert rows[1]["max_abs_dev"] > 0

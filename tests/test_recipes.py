@@ -165,12 +165,30 @@ def test_sdxl_recipe_on_two_processes(tmp_path: Path) -> None:
     cmd = [str(FABRIC), "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
     cmd += [str(ROOT / "recipes" / "sdxl.py"), "--tiny", "--steps", "5", "--seed", "7"]
     cmd += ["--guidance", "4", "--negative-prompt", "ugly", "--sampler", "conservative"]
+    cmd += ["--solver", "dpmpp_2m"]
     cmd += ["--prompts-file", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "out")]
     result = run_script(cmd, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
     report = check_recipe_outputs(tmp_path / "out", prompts, 5, "conservative")
     assert all(row["devices"] == 2 for row in report["images"])
+    assert all("dpmpp_2m" in row["sampler"] for row in report["images"])
     assert all(row["rounds"] == 2 * (5 // 3) + min(5 % 3, 2) for row in report["images"])
+
+
+def test_recipe_picks_a_configuration_for_a_round_budget(tmp_path: Path) -> None:
+    cmd = [sys.executable, str(ROOT / "recipes" / "sd21.py"), "--tiny", "--rounds", "4"]
+    cmd += ["--reference-points", "40", "--prompt", "a red cat", "--out", str(tmp_path)]
+    result = run_script([*cmd, "--accelerator", "cpu"], timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    calibration = report["calibration"]
+    best = calibration["best"]
+    assert best["err_ref"] == min(c["err_ref"] for c in calibration["candidates"])
+    assert all(c["rounds"] <= 4 for c in calibration["candidates"])
+    (image,) = report["images"]
+    assert image["steps"] == best["steps"] and image["rounds"] <= 4
+    assert best["solver"] in image["sampler"]
+    assert "chose serial" in result.stdout  # one device: only serial configurations fit
 
 
 def test_recipe_without_weights_fails_cleanly(tmp_path: Path) -> None:

@@ -435,3 +435,24 @@ def _beta_cdf(x: float, a: float, b: float) -> float:
         if abs(c * d - 1.0) < 1e-16:
             break
     return math.exp(log_front) * f / a
+
+
+def reference_schedule(
+    alphas_cumprod: Tensor, points: int, prediction_type: PredictionType = "epsilon"
+) -> Schedule:
+    """A dense grid for reference solutions of the probability-flow ODE of a VP model.
+
+    ``points`` sigmas log-uniform (uniform in ``lambda``) from ``sigma(T - 1)`` down to
+    ``sigma(0)`` of the training schedule, then 0 (the final denoise); network times by
+    :func:`sigma_to_t`. A high-order solver on it (DPM-Solver++(3M)) approximates the ODE's
+    solution far better than any sampler under test, which benchmarks check by comparing it with
+    a second solver.
+    """
+    _check_steps(points, "points")
+    train = training_sigmas(alphas_cumprod)
+    sigmas = exponential_sigmas(float(train[0]), float(train[-1]), points)
+    return sigma_schedule(
+        torch.cat([sigmas, torch.zeros(1, dtype=sigmas.dtype)]),
+        sigma_to_t(sigmas, alphas_cumprod),
+        prediction_type,
+    )

@@ -11,10 +11,11 @@ import torch
 from torch import Tensor, nn
 
 from driffusion.core.model import BatchedExecutor, Model, NetworkFn, RowwiseModel
-from driffusion.core.noise import initial_noise
+from driffusion.core.noise import ddpm_noise, initial_noise
 from driffusion.core.samplers._common import Callback
 from driffusion.core.samplers.registry import SamplerSpec, run_sampler
 from driffusion.core.schedule import Schedule
+from driffusion.core.solvers import get_solver
 
 ExecutorFactory = Callable[[NetworkFn], Model]
 
@@ -69,9 +70,16 @@ class DiffusionSamplerModule(L.LightningModule):
         """
         seeds = [int(seed) for seed in batch["seed"]]
         x = initial_noise(seeds, self.sample_shape, device=self.device)
+        solver = get_solver(self.sampler.solver)
+        noise = None
+        if solver.stochastic:  # per-seed step noise, drawn after the initial state's
+            steps = solver.prepare(self.schedule).num_steps
+            noise = ddpm_noise(seeds, steps, self.sample_shape, device=self.device)
         model = self.executor_factory(RowwiseModel(self.network, self.conditioning(batch)))
         with torch.inference_mode():
-            result = run_sampler(self.sampler, model, x, self.schedule, callback=self.step_callback)
+            result = run_sampler(
+                self.sampler, model, x, self.schedule, callback=self.step_callback, noise=noise
+            )
             images = self.decode(result.x) if self.decode is not None else None
         return {
             "id": list(batch["id"]),

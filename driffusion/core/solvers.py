@@ -37,6 +37,7 @@ grid :meth:`PLMS.prepare` makes: ``N + 1`` stages whose second point is repeated
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
@@ -119,6 +120,17 @@ def ancestral_transition_from_x0(
     return alpha_j * x0 + sigma_j * (rho * eps + math.sqrt(max(1.0 - rho * rho, 0.0)) * noise)
 
 
+def check_step_noise(noise: Tensor, x: Tensor, schedule: Schedule) -> None:
+    """Pre-drawn step noise must be a finite ``[N, *x.shape]`` tensor, or ``ValueError``."""
+    expected = (schedule.num_steps, *x.shape)
+    if tuple(noise.shape) != expected:
+        raise ValueError(
+            f"noise must have shape {expected} ([N, *x.shape]), got {tuple(noise.shape)}"
+        )
+    if not bool(torch.isfinite(noise).all()):
+        raise ValueError("noise holds non-finite values (NaN or inf)")
+
+
 def _check_noise_for(solver: Solver, noise: Tensor | None, x: Tensor, schedule: Schedule) -> None:
     if not solver.stochastic:
         if noise is not None:
@@ -129,13 +141,7 @@ def _check_noise_for(solver: Solver, noise: Tensor | None, x: Tensor, schedule: 
             f"solver {solver.name!r} is stochastic: pass its pre-drawn noise [N, B, *shape] "
             "(driffusion.core.ddpm_noise(seeds, N, shape) draws it per seed)"
         )
-    expected = (schedule.num_steps, *x.shape)
-    if tuple(noise.shape) != expected:
-        raise ValueError(
-            f"noise must have shape {expected} ([N, *x.shape]), got {tuple(noise.shape)}"
-        )
-    if not bool(torch.isfinite(noise).all()):
-        raise ValueError("noise holds non-finite values (NaN or inf)")
+    check_step_noise(noise, x, schedule)
 
 
 @dataclass(frozen=True)
@@ -291,63 +297,66 @@ class Euler(Solver):
     name: ClassVar[str] = "euler"
 
 
+def _chain(
+    transition: Callable[[Tensor, Tensor, Schedule, int, int, Tensor], Tensor],
+    x: Tensor,
+    x0: Tensor,
+    schedule: Schedule,
+    i: int,
+    j: int,
+    state: SolverState,
+) -> Tensor:
+    """One-step stochastic transitions ``i -> i+1 -> ... -> j`` with a fixed clean estimate and
+    the noises ``noise[i..j-1]``: a draw over the span that shares the refined run's noise."""
+    assert state.noise is not None
+    for m in range(i, j):
+        x = transition(x, x0, schedule, m, m + 1, state.noise[m])
+    return x
+
+
 @dataclass(frozen=True, repr=False)
-class DDPM(Solver):
+class _StochasticFirstOrder(Solver):
+    """A first-order stochastic solver: the clean estimate at ``x_i``, then its transition."""
+
+    stochastic: ClassVar[bool] = True
+
+    def step(
+        self,
+        x: Tensor,
+        out: Tensor,
+        schedule: Schedule,
+        i: int,
+        state: SolverState,
+        target: int | None = None,
+    ) -> tuple[Tensor, SolverState]:
+        j = i + 1 if target is None else target
+        x0 = clean_estimate(out, x, schedule, i)
+        return self.first_order(x, x0, schedule, i, j, state), replace(state, steps=state.steps + 1)
+
+
+@dataclass(frozen=True, repr=False)
+class DDPM(_StochasticFirstOrder):
     """The DDPM ancestral step: a draw from the posterior ``q(x_{i+1} | x_i, x0_hat)`` with
     ``noise[i]`` (diffusers' ``DDPMScheduler``, ``fixed_small`` variance)."""
 
     name: ClassVar[str] = "ddpm"
-    stochastic: ClassVar[bool] = True
-
-    def step(
-        self,
-        x: Tensor,
-        out: Tensor,
-        schedule: Schedule,
-        i: int,
-        state: SolverState,
-        target: int | None = None,
-    ) -> tuple[Tensor, SolverState]:
-        j = i + 1 if target is None else target
-        x0 = clean_estimate(out, x, schedule, i)
-        return self.first_order(x, x0, schedule, i, j, state), replace(state, steps=state.steps + 1)
 
     def first_order(
         self, x: Tensor, x0: Tensor, schedule: Schedule, i: int, j: int, state: SolverState
     ) -> Tensor:
-        assert state.noise is not None
-        for m in range(i, j):
-            x = ddpm_transition_from_x0(x, x0, schedule, m, m + 1, state.noise[m])
-        return x
+        return _chain(ddpm_transition_from_x0, x, x0, schedule, i, j, state)
 
 
 @dataclass(frozen=True, repr=False)
-class EulerAncestral(Solver):
+class EulerAncestral(_StochasticFirstOrder):
     """Euler ancestral sampling (``eta = 1``): see :func:`ancestral_transition_from_x0`."""
 
     name: ClassVar[str] = "euler_ancestral"
-    stochastic: ClassVar[bool] = True
-
-    def step(
-        self,
-        x: Tensor,
-        out: Tensor,
-        schedule: Schedule,
-        i: int,
-        state: SolverState,
-        target: int | None = None,
-    ) -> tuple[Tensor, SolverState]:
-        j = i + 1 if target is None else target
-        x0 = clean_estimate(out, x, schedule, i)
-        return self.first_order(x, x0, schedule, i, j, state), replace(state, steps=state.steps + 1)
 
     def first_order(
         self, x: Tensor, x0: Tensor, schedule: Schedule, i: int, j: int, state: SolverState
     ) -> Tensor:
-        assert state.noise is not None
-        for m in range(i, j):
-            x = ancestral_transition_from_x0(x, x0, schedule, m, m + 1, state.noise[m])
-        return x
+        return _chain(ancestral_transition_from_x0, x, x0, schedule, i, j, state)
 
 
 # --- DPM-Solver++ ----------------------------------------------------------------------------
@@ -477,10 +486,7 @@ class DPMSolverPP(Solver):
     ) -> Tensor:
         if not self.sde:
             return transfer(x, x0, schedule, i, j)
-        assert state.noise is not None
-        for m in range(i, j):
-            x = ancestral_transition_from_x0(x, x0, schedule, m, m + 1, state.noise[m])
-        return x
+        return _chain(ancestral_transition_from_x0, x, x0, schedule, i, j, state)
 
     def __repr__(self) -> str:
         return (

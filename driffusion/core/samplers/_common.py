@@ -11,7 +11,7 @@ from torch import Tensor
 
 from driffusion.core.model import CountingModel
 from driffusion.core.schedule import Schedule
-from driffusion.core.solvers import DDPM, Solver, SolverState, get_solver
+from driffusion.core.solvers import DDPM, Solver, SolverState, check_step_noise, get_solver
 from driffusion.core.transitions import ddpm_transition, skip_transition
 
 Callback = Callable[[dict[str, Any]], None]
@@ -36,13 +36,7 @@ def check_noise(noise: Tensor | None, x: Tensor, schedule: Schedule) -> None:
         return
     if schedule.kind != "vp":
         raise ValueError("DDPM noise was given, but the schedule is a flow schedule")
-    expected = (schedule.num_steps, *x.shape)
-    if tuple(noise.shape) != expected:
-        raise ValueError(
-            f"noise must have shape {expected} ([N, *x.shape]), got {tuple(noise.shape)}"
-        )
-    if not bool(torch.isfinite(noise).all()):
-        raise ValueError("noise holds non-finite values (NaN or inf)")
+    check_step_noise(noise, x, schedule)
 
 
 def check_positive_int(value: object, name: str, upper: int | None = None) -> int:

@@ -148,7 +148,16 @@ def main() -> None:
             window=args.drafts,
         )
         folder = args.out / name
-        todo = [item for item in items if not (folder / f"{item['id']}.png").exists()]
+        # Resume whole batches of the original run, so that every image is computed in the
+        # batch (and batch shape) it would have had uninterrupted: CPU kernels can differ in the
+        # last bit between batch shapes. The writer never overwrites a finished image.
+        batches = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
+        todo = [
+            item
+            for batch in batches
+            if any(not (folder / f"{i['id']}.png").exists() for i in batch)
+            for item in batch
+        ]
         if args.max_images is not None:
             todo = todo[: max(0, args.max_images - written)]
         writer.target(folder, spec, steps)

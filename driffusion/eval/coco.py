@@ -65,8 +65,8 @@ def digits_captions(limit: int) -> list[tuple[str, str, dict]]:
 class ImageWriter(PredictCallback):
     """Write each finished image atomically: ``<id>.json`` (timing) first, then ``<id>.png``.
 
-    A PNG on disk therefore means a complete image with its sidecar; reruns skip it. Group
-    leaders write; the other ranks of a draft group hold the same image.
+    A PNG on disk therefore means a complete image with its sidecar; reruns skip it and never
+    overwrite it. Group leaders write; the other ranks of a draft group hold the same image.
     """
 
     def __init__(self, items: Mapping[str, Mapping[str, Any]]) -> None:
@@ -86,6 +86,8 @@ class ImageWriter(PredictCallback):
             raise RuntimeError("ImageWriter.target(folder, spec, steps) was not called")
         images = output.images if output.images is not None else output.x
         for sample_id, image in zip(output.ids, images, strict=True):
+            if (self.folder / f"{sample_id}.png").exists():
+                continue  # finished earlier (a resumed batch): never overwritten
             item = self.items[sample_id]
             sidecar = {
                 "wall_s": output.wall_s / len(output.ids),

@@ -312,9 +312,11 @@ def report(
             }
             save_png(args.out / name / f"{item['id']}.png", x[k], meta)
         first_of_each = [x[labels.tolist().index(d)] for d in range(NUM_CLASSES)]
-        grid_rows.append((f"{name}: {spec.label()}", first_of_each))
+        grid_rows.append(
+            (f"{spec.label()}\n{res['steps']} steps, {res['rounds']} rounds", first_of_each)
+        )
 
-    grid = labelled_grid(grid_rows)
+    grid = labelled_grid(grid_rows, label_width=280)
     atomic_write(args.out / "grid.png", lambda p: grid.save(p, format="PNG"))
     spread = (
         "serial samplers evaluate one state per round: rank 0 of the draft group computes it "

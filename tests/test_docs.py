@@ -3,6 +3,7 @@ reference has a docstring, and every documented module is referenced."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import re
@@ -10,6 +11,8 @@ import runpy
 from pathlib import Path
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 EXAMPLES = sorted((DOCS / "examples").glob("*.py"))
@@ -72,3 +75,24 @@ def test_every_package_module_is_in_the_api_reference() -> None:
     }
     documented = set(documented_modules())
     assert sorted(modules - documented) == []
+
+
+SPHINX_ROLE = re.compile(r":(func|class|mod|data|meth|attr):`")
+
+
+def test_docstrings_use_mkdocstrings_references_and_raw_math() -> None:
+    """Sphinx roles show literally in mkdocs; math in a non-raw docstring loses its backslashes
+    (``\\frac`` became a form feed and "rac" once)."""
+    for path in sorted((ROOT / "driffusion").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef)):
+                continue
+            doc = ast.get_docstring(node, clean=False)
+            if doc is None:
+                continue
+            where = f"{path.relative_to(ROOT)}:{getattr(node, 'lineno', 1)}"
+            assert not SPHINX_ROLE.search(doc), f"{where}: use [`name`][full.path], not a role"
+            assert "\f" not in doc and "\a" not in doc, f"{where}: math needs a raw docstring"
+            if "$$" in doc:
+                assert "\\\\" not in doc, f"{where}: doubled backslashes in math"

@@ -229,7 +229,8 @@ class PipelineAdapter:
 def adapt_pipeline(
     pipe: Any, steps: int, *, height: int | None = None, width: int | None = None, guidance: float
 ) -> PipelineAdapter:
-    """Build the :class:`PipelineAdapter` of a loaded pipeline."""
+    """Build the [`PipelineAdapter`][driffusion.adapters.diffusers.PipelineAdapter] of a loaded
+    pipeline."""
     family = pipeline_family(pipe)
     factor = pipe.vae_scale_factor
     if family == "sd3":

@@ -8,7 +8,8 @@ Inside a group every rank holds the same state and runs the same pure sampler ma
 broadcasting a state. Different groups are data-parallel replicas that sample different inputs.
 
 All collectives run on process groups created here with a bounded timeout, so a rank that dies
-or hangs turns into a :class:`CollectiveError` on its peers instead of a silent hang.
+or hangs turns into a [`CollectiveError`][driffusion.adapters.distributed.CollectiveError] on its
+peers instead of a silent hang.
 """
 
 from __future__ import annotations
@@ -127,9 +128,10 @@ class DistributedExecutor:
 
     Args:
         network: this rank's model replica, ``network(xs[k, B, ...], t[k]) -> out``.
-        layout: the :class:`ParallelLayout`.
+        layout: the [`ParallelLayout`][driffusion.adapters.distributed.ParallelLayout].
         verify: before every round, all-reduce a checksum of the inputs and raise
-            :class:`CollectiveError` if the ranks of the group disagree (a debug aid: it costs
+            [`CollectiveError`][driffusion.adapters.distributed.CollectiveError] if the ranks of the
+            group disagree (a debug aid: it costs
             two small collectives per round).
     """
 
@@ -179,7 +181,8 @@ class DistributedExecutor:
 
 
 def collective(layout: ParallelLayout, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Run a torch.distributed collective, turning failures into a :class:`CollectiveError`."""
+    """Run a torch.distributed collective, turning failures into a
+    [`CollectiveError`][driffusion.adapters.distributed.CollectiveError]."""
     try:
         return fn(*args, **kwargs)
     except Exception as error:  # gloo/nccl raise RuntimeError or DistBackendError

@@ -1,5 +1,5 @@
-"""A diffusers scheduler as the core's pair: the :class:`~driffusion.core.solvers.Solver` of the
-same method and the :class:`~driffusion.core.schedule.Schedule` of the same grid.
+"""A diffusers scheduler as the core's pair: the [`Solver`][driffusion.core.solvers.Solver] of the
+same method and the [`Schedule`][driffusion.core.schedule.Schedule] of the same grid.
 
 The scheduler is read once, on a copy, after ``set_timesteps``; it is never stepped. Its own
 arrays (``alphas_cumprod``, ``timesteps``, ``sigmas``) are used as they are, so every spacing
@@ -62,7 +62,7 @@ def solver_from_scheduler(scheduler: Any) -> Solver:
 
     Raises:
         UnsupportedSchedulerError: for schedulers or settings outside
-            :data:`SUPPORTED_SCHEDULERS`.
+            [`SUPPORTED_SCHEDULERS`][driffusion.adapters.schedulers.SUPPORTED_SCHEDULERS].
     """
     name = type(scheduler).__name__
     config = scheduler.config
@@ -112,7 +112,8 @@ def solver_from_scheduler(scheduler: Any) -> Solver:
 def schedule_from_scheduler(scheduler: Any, steps: int, *, mu: float | None = None) -> Schedule:
     """The grid ``scheduler`` uses for ``steps`` steps (read on a copy; never mutated).
 
-    The grid is the one the solver runs on before :meth:`Solver.prepare`: for PNDM its ``N``
+    The grid is the one the solver runs on before
+    [`Solver.prepare`][driffusion.core.solvers.Solver.prepare]: for PNDM its ``N``
     distinct timesteps (PLMS repeats the second itself).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

@@ -10,7 +10,8 @@ drafts covers ``N = 1 + (R - 1) k`` steps in ``R`` rounds, conservative ``N`` wi
 the model (measured: on the exact oracle multistep drafting wins everywhere; on the digits
 network long draft spans lose at 8 rounds), so it is measured, not assumed.
 
-Pure: a model, start states, a grid factory and a reference in; a :class:`Calibration` out.
+Pure: a model, start states, a grid factory and a reference in; a
+[`Calibration`][driffusion.core.calibration.Calibration] out.
 Caching the result per model and settings is the caller's business (the recipes keep a JSON
 file next to their outputs).
 """
@@ -54,7 +55,7 @@ class Candidate:
     err_ref: float | None = None
 
     def spec(self) -> SamplerSpec:
-        """The :class:`~driffusion.core.samplers.registry.SamplerSpec` that runs it."""
+        """The [`SamplerSpec`][driffusion.core.samplers.registry.SamplerSpec] that runs it."""
         return SamplerSpec(self.sampler, drafts=self.drafts, solver=self.solver)
 
     def label(self) -> str:
@@ -91,7 +92,7 @@ class Calibration:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        """The inverse of :meth:`to_dict`."""
+        """The inverse of [`to_dict`][driffusion.core.calibration.Calibration.to_dict]."""
         return cls(
             int(data["rounds"]),
             int(data["devices"]),
@@ -114,7 +115,8 @@ def candidates(
     """Every configuration that takes at most ``rounds`` rounds on ``devices`` devices.
 
     For each solver: serial with the most steps that fit; aggressive and conservative with
-    ``k = 2..devices`` drafts and the longest grid that fits (at most :data:`MAX_STEPS`).
+    ``k = 2..devices`` drafts and the longest grid that fits
+    (at most [`MAX_STEPS`][driffusion.core.calibration.MAX_STEPS]).
     """
     check_positive_int(rounds, "rounds")
     check_positive_int(devices, "devices")
@@ -156,7 +158,7 @@ def calibrate(
         x: a few start states ``[B, *shape]`` (a handful of samples is enough to rank).
         make_schedule: ``N -> Schedule``, the grid the user's scheduler makes for ``N`` steps.
         reference: the reference solution from ``x`` (e.g. DPM-Solver++(3M) on
-            :func:`~driffusion.core.schedule.reference_schedule`).
+            [`reference_schedule`][driffusion.core.schedule.reference_schedule]).
         rounds: the latency budget in serial rounds.
         devices: devices in a draft group (the most drafts a round can evaluate at once).
         solvers: the deterministic solvers to consider.

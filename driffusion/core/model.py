@@ -5,11 +5,15 @@ A *model* is any callable ``model(xs, t) -> out`` where ``xs`` stacks ``K`` stat
 raw network outputs ``[K, B, *shape]`` in the schedule's parameterisation. A sampler asks for all
 the evaluations of one *round* in one call and never knows where they run; an executor decides:
 
-- :class:`BatchedExecutor`: one call of the network on all ``K`` rows (one device).
-- :class:`ChunkedExecutor`: at most ``max_states`` rows per network call, to cap memory.
-- a distributed executor (``driffusion.adapters.fabric``) splits the rows across ranks.
+- [`BatchedExecutor`][driffusion.core.model.BatchedExecutor]: one call of the network on all ``K``
+  rows (one device).
+- [`ChunkedExecutor`][driffusion.core.model.ChunkedExecutor]: at most ``max_states`` rows per
+  network call, to cap memory.
+- a distributed executor (``driffusion.adapters.distributed.DistributedExecutor``) splits the
+  rows across the ranks of a draft group.
 
-:class:`CountingModel` wraps any model and measures *rounds* (calls: serial latency units) and
+[`CountingModel`][driffusion.core.model.CountingModel] wraps any model and measures *rounds*
+(calls: serial latency units) and
 *evaluations* (rows: total work); samplers report their stats through it.
 """
 
@@ -110,7 +114,8 @@ class SamplerStats:
 
 @dataclass(frozen=True)
 class SampleResult:
-    """A sampler's final state ``x`` (``[B, *shape]``) and its :class:`SamplerStats`."""
+    """A sampler's final state ``x`` (``[B, *shape]``) and its
+    [`SamplerStats`][driffusion.core.model.SamplerStats]."""
 
     x: Tensor
     stats: SamplerStats
@@ -149,7 +154,7 @@ class CountingModel:
         return out
 
     def stats(self, iterations: int = 1) -> SamplerStats:
-        """The counts so far as :class:`SamplerStats`."""
+        """The counts so far as [`SamplerStats`][driffusion.core.model.SamplerStats]."""
         return SamplerStats(
             self.evaluations, self.rounds, iterations, self.width, tuple(self.widths)
         )

@@ -37,7 +37,8 @@ def ddpm_noise(
 ) -> Tensor:
     """Per-step DDPM noise ``[num_steps, len(seeds), *shape]``, drawn after the initial noise.
 
-    Each seed's generator first yields the initial state (see :func:`initial_noise`) and then the
+    Each seed's generator first yields the initial state
+    (see [`initial_noise`][driffusion.core.noise.initial_noise]) and then the
     step noises, so a DDPM sample is a function of its seed alone.
     """
     per_seed = []

@@ -23,7 +23,8 @@ PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
 
 
 def check_prediction_type(prediction_type: str) -> None:
-    """Raise ``ValueError`` unless ``prediction_type`` is one of :data:`PREDICTION_TYPES`."""
+    """Raise ``ValueError`` unless ``prediction_type`` is one of
+    [`PREDICTION_TYPES`][driffusion.core.parameterization.PREDICTION_TYPES]."""
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(
             f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}"
@@ -63,7 +64,8 @@ def from_x0_eps(
 ) -> Tensor:
     """The raw network output a perfect model of the given parameterisation would return.
 
-    The inverse of :func:`to_x0_eps`: ``epsilon -> eps``, ``v_prediction -> alpha*eps - sigma*x0``,
+    The inverse of [`to_x0_eps`][driffusion.core.parameterization.to_x0_eps]: ``epsilon -> eps``,
+    ``v_prediction -> alpha*eps - sigma*x0``,
     ``sample -> x0``, ``flow -> eps - x0``.
     """
     if prediction_type == "epsilon":

@@ -1,9 +1,9 @@
-"""Sampling schedules as immutable data.
+r"""Sampling schedules as immutable data.
 
 A schedule is a grid of ``N + 1`` points, indexed ``i = 0..N`` from pure noise (``i = 0``) to
 clean data (``i = N``). Every diffusion family used here writes the noisy state at point ``i`` as
 
-$$x_i = \\alpha_i\\, x_0 + \\sigma_i\\, \\varepsilon .$$
+$$x_i = \alpha_i\, x_0 + \sigma_i\, \varepsilon .$$
 
 - VP models (DDPM / DDIM, Stable Diffusion 1-2 and XL): ``alpha_i = sqrt(abar[t_i])`` and
   ``sigma_i = sqrt(1 - abar[t_i])`` with ``abar = alphas_cumprod`` of the training schedule at the
@@ -246,7 +246,8 @@ def vp_schedule(
 
     Args:
         alphas_cumprod: ``[T]`` training ``abar_t``.
-        timesteps: the ``N`` inference timesteps, noisiest first (e.g. :func:`vp_timesteps` or a
+        timesteps: the ``N`` inference timesteps, noisiest first
+            (e.g. [`vp_timesteps`][driffusion.core.schedule.vp_timesteps] or a
             diffusers scheduler's ``timesteps``).
         final_alpha_cumprod: ``abar`` of the clean end point: 1.0 when the scheduler has
             ``set_alpha_to_one``, else ``alphas_cumprod[0]``.
@@ -327,7 +328,7 @@ def sigma_schedule(
     diffusers' Euler / DPM-Solver / UniPC ``sigmas``), last one usually 0.
 
     ``alpha_i = 1 / sqrt(1 + s_i^2)``, ``sigma_i = s_i alpha_i``; ``timesteps`` are the ``N``
-    network times (possibly non-integer, see :func:`sigma_to_t`).
+    network times (possibly non-integer, see [`sigma_to_t`][driffusion.core.schedule.sigma_to_t]).
     """
     s = torch.as_tensor(sigmas).to(torch.float64).flatten()
     t = torch.as_tensor(timesteps).to(torch.float64).flatten()
@@ -444,7 +445,8 @@ def reference_schedule(
 
     ``points`` sigmas log-uniform (uniform in ``lambda``) from ``sigma(T - 1)`` down to
     ``sigma(0)`` of the training schedule, then 0 (the final denoise); network times by
-    :func:`sigma_to_t`. A high-order solver on it (DPM-Solver++(3M)) approximates the ODE's
+    [`sigma_to_t`][driffusion.core.schedule.sigma_to_t]. A high-order solver on it
+    (DPM-Solver++(3M)) approximates the ODE's
     solution far better than any sampler under test, which benchmarks check by comparing it with
     a second solver.
     """

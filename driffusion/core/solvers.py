@@ -8,13 +8,14 @@ Every solver has the same contract:
     x_j = solver.step(x, out, schedule, i, state, target=j)[0]        # i -> j: the solver's
                                                                       # own extrapolation
 
-``state`` is an immutable :class:`SolverState`: what a multistep method remembers (earlier clean
+``state`` is an immutable [`SolverState`][driffusion.core.solvers.SolverState]: what a multistep
+method remembers (earlier clean
 estimates or raw outputs with their grid points, UniPC's uncorrected previous state) and the
 pre-drawn noise of the stochastic ones. A step never mutates it; it returns a new one, so a
 parallel sampler can keep the state of every point of a window or a block and replay a step.
 
 The output ``out`` of a step is always converted at the state ``x`` the step is applied to
-(:func:`~driffusion.core.parameterization.to_x0_eps`): when DRiffusion refines, the output was
+([`to_x0_eps`][driffusion.core.parameterization.to_x0_eps]): when DRiffusion refines, the output was
 computed at a draft but enters the solver exactly as a serial run's own evaluation would.
 
 Written with ``lambda = log(alpha / sigma)`` and ``h = lambda_j - lambda_i``, the solvers are
@@ -31,7 +32,8 @@ Written with ``lambda = log(alpha / sigma)`` and ``h = lambda_j - lambda_i``, th
 | ``plms`` | pseudo linear multistep, Heun start | ``PNDMScheduler`` (``skip_prk_steps``) |
 
 ``plms`` evaluates the network twice at its first step (as diffusers does), so it runs on the
-grid :meth:`PLMS.prepare` makes: ``N + 1`` stages whose second point is repeated.
+grid [`PLMS.prepare`][driffusion.core.solvers.PLMS.prepare] makes: ``N + 1`` stages whose second
+point is repeated.
 """
 
 from __future__ import annotations
@@ -148,7 +150,8 @@ def _check_noise_for(solver: Solver, noise: Tensor | None, x: Tensor, schedule: 
 class Solver:
     """Base class: a first-order deterministic solver (the DDIM / Euler step).
 
-    Subclasses override :meth:`step`; everything else (drafting, state set-up) is shared.
+    Subclasses override [`step`][driffusion.core.solvers.Solver.step]; everything else
+    (drafting, state set-up) is shared.
     """
 
     name: ClassVar[str] = "ddim"
@@ -157,7 +160,8 @@ class Solver:
     default_draft_rule: ClassVar[DraftRule] = "skip"
 
     def prepare(self, schedule: Schedule) -> Schedule:
-        """The grid this solver runs on (the same grid, except for :class:`PLMS`)."""
+        """The grid this solver runs on
+        (the same grid, except for [`PLMS`][driffusion.core.solvers.PLMS])."""
         return schedule
 
     def init(self, x: Tensor, schedule: Schedule, noise: Tensor | None = None) -> SolverState:
@@ -349,7 +353,8 @@ class DDPM(_StochasticFirstOrder):
 
 @dataclass(frozen=True, repr=False)
 class EulerAncestral(_StochasticFirstOrder):
-    """Euler ancestral sampling (``eta = 1``): see :func:`ancestral_transition_from_x0`."""
+    """Euler ancestral sampling (``eta = 1``): see
+    [`ancestral_transition_from_x0`][driffusion.core.solvers.ancestral_transition_from_x0]."""
 
     name: ClassVar[str] = "euler_ancestral"
 
@@ -655,7 +660,8 @@ class PLMS(Solver):
 
     with lower orders over the first points, and a Heun warm start: the first step is taken
     twice, the second time with the average of the outputs at both ends. That costs one more
-    evaluation, so :meth:`prepare` repeats the second grid point: ``N`` steps become ``N + 1``
+    evaluation, so [`prepare`][driffusion.core.solvers.PLMS.prepare] repeats the second grid point:
+    ``N`` steps become ``N + 1``
     stages (``N + 1`` evaluations, as in diffusers).
     """
 
@@ -734,7 +740,7 @@ SOLVER_NAMES: tuple[str, ...] = tuple(SOLVERS)
 
 
 def get_solver(solver: Solver | str | None, noise: Tensor | None = None) -> Solver:
-    """A solver from a value or a name in :data:`SOLVER_NAMES`.
+    """A solver from a value or a name in [`SOLVER_NAMES`][driffusion.core.solvers.SOLVER_NAMES].
 
     ``None`` keeps the samplers' historical default: ``ddim`` (the flow Euler step on a flow
     schedule), or ``ddpm`` when DDPM noise is passed.

@@ -1,4 +1,4 @@
-"""Transitions between grid points of a :class:`~driffusion.core.schedule.Schedule`.
+"""Transitions between grid points of a [`Schedule`][driffusion.core.schedule.Schedule].
 
 All functions are pure: tensors and a schedule in, a tensor out. Noise is always an argument.
 """
@@ -22,10 +22,10 @@ def predict_x0_eps(out: Tensor, x: Tensor, schedule: Schedule, i: int) -> tuple[
 
 
 def skip_transition(x: Tensor, out: Tensor, schedule: Schedule, i: int, j: int) -> Tensor:
-    """The deterministic (DDIM, ``eta = 0``) transition from point ``i`` straight to point ``j``.
+    r"""The deterministic (DDIM, ``eta = 0``) transition from point ``i`` straight to point ``j``.
 
-    $$\\mathrm{skip}(x, \\mathrm{out}, i \\to j)
-        = \\alpha_j\\, \\hat x_0 + \\sigma_j\\, \\hat\\varepsilon$$
+    $$\mathrm{skip}(x, \mathrm{out}, i \to j)
+        = \alpha_j\, \hat x_0 + \sigma_j\, \hat\varepsilon$$
 
     where ``(x0_hat, eps_hat)`` is ``out`` read at ``x`` on point ``i``. For ``j = i + 1`` this is
     the DDIM step; for rectified flow it is the Euler step ``x + (s_j - s_i) * v``, computed in
@@ -48,13 +48,13 @@ def skip_transition(x: Tensor, out: Tensor, schedule: Schedule, i: int, j: int) 
 
 
 def ddpm_posterior(schedule: Schedule, i: int, j: int) -> tuple[float, float, float]:
-    """Coefficients ``(c_x0, c_x, variance)`` of the DDPM posterior ``q(x_j | x_i, x0)``.
+    r"""Coefficients ``(c_x0, c_x, variance)`` of the DDPM posterior ``q(x_j | x_i, x0)``.
 
     With ``r = abar_i / abar_j`` (``i`` noisier than ``j``):
 
-    $$\\mu = \\frac{\\sqrt{\\bar a_j}(1 - r)}{1 - \\bar a_i} x_0
-        + \\frac{\\sqrt{r}(1 - \\bar a_j)}{1 - \\bar a_i} x_i, \\qquad
-      \\mathrm{Var} = \\frac{(1 - r)(1 - \\bar a_j)}{1 - \\bar a_i}.$$
+    $$\mu = \frac{\sqrt{\bar a_j}(1 - r)}{1 - \bar a_i} x_0
+        + \frac{\sqrt{r}(1 - \bar a_j)}{1 - \bar a_i} x_i, \qquad
+      \mathrm{Var} = \frac{(1 - r)(1 - \bar a_j)}{1 - \bar a_i}.$$
     """
     _check_points(schedule, i, j)
     if schedule.kind != "vp":
@@ -73,7 +73,8 @@ def ddpm_transition(
 ) -> Tensor:
     """A draw from the DDPM posterior over a ``j - i`` step skip, with the noise passed in.
 
-    ``x_j = mu(x0_hat, x_i) + sqrt(Var) * noise`` (see :func:`ddpm_posterior`); for
+    ``x_j = mu(x0_hat, x_i) + sqrt(Var) * noise``
+    (see [`ddpm_posterior`][driffusion.core.transitions.ddpm_posterior]); for
     ``j = i + 1`` it is diffusers' ``DDPMScheduler.step`` (``fixed_small`` variance, no clipping).
     """
     if noise.shape != x.shape:
@@ -87,7 +88,8 @@ def ddpm_transition(
 def ddpm_transition_from_x0(
     x: Tensor, x0: Tensor, schedule: Schedule, i: int, j: int, noise: Tensor
 ) -> Tensor:
-    """:func:`ddpm_transition` given the clean estimate ``x0_hat`` instead of a raw output.
+    """[`ddpm_transition`][driffusion.core.transitions.ddpm_transition] given the clean estimate
+    ``x0_hat`` instead of a raw output.
 
     Chaining it with a fixed ``x0_hat`` over ``i -> i+1 -> ... -> j`` draws from the same
     ``j - i`` step posterior, with the noise of each single step: how stochastic drafts are made.

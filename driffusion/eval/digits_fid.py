@@ -19,7 +19,7 @@ FEATURE = "64"
 
 
 class DigitsFeatureExtractor(FeatureExtractorBase):
-    """64-d penultimate features of :class:`~driffusion.models.digits.DigitsClassifier`.
+    """64-d penultimate features of [`DigitsClassifier`][driffusion.models.digits.DigitsClassifier].
 
     Takes torch-fidelity's input: ``uint8`` images ``[N, C, H, W]`` (C = 1 or 3); converts them
     to grayscale ``[-1, 1]`` at 16x16. ``feature_extractor_weights_path`` selects the weights

@@ -172,7 +172,8 @@ class HPSv21Scorer:
     """HPSv2.1 (Human Preference Score v2.1): an open_clip ViT-H-14 with the HPS checkpoint.
 
     Needs ``open_clip_torch`` and the ``HPS_v2.1_compressed.pt`` checkpoint on disk; raises
-    :class:`ScorerWeightsMissing` with what is missing otherwise.
+    [`ScorerWeightsMissing`][driffusion.eval.scores.ScorerWeightsMissing] with what is missing
+    otherwise.
     """
 
     def __init__(self, checkpoint: str | Path) -> None:

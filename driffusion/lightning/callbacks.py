@@ -2,7 +2,7 @@
 
 A callback implements any of ``on_predict_start(loop)``, ``on_predict_batch_end(loop, output,
 batch_idx)`` and ``on_predict_end(loop, outputs)``; ``loop`` is the
-:class:`~driffusion.lightning.loop.PredictLoopState` (fabric, module, layout).
+[`PredictLoopState`][driffusion.lightning.loop.PredictLoopState] (fabric, module, layout).
 """
 
 from __future__ import annotations

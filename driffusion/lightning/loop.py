@@ -2,7 +2,7 @@
 
 Read it top to bottom, like a Fabric example:
 
-1. build the :class:`~driffusion.adapters.distributed.ParallelLayout` (``world = g x r``);
+1. build the [`ParallelLayout`][driffusion.adapters.distributed.ParallelLayout] (``world = g x r``);
 2. move the frozen module to the device with ``fabric.to_device`` (not ``fabric.setup``: DDP
    refuses modules without trainable parameters) and give it a distributed executor;
 3. each replica takes every ``r``-th item; all ranks of a draft group run the same batches;
@@ -97,7 +97,8 @@ def run_predict(
         timeout_s: collective timeout; a dead or hung peer raises ``CollectiveError``.
         verify: checksum the states of each round across the group (debug).
         layout: reuse a layout made earlier (process groups are costly to create).
-        collate_fn: turns a list of items into a batch (default: :func:`collate`).
+        collate_fn: turns a list of items into a batch
+            (default: [`collate`][driffusion.lightning.loop.collate]).
 
     Returns:
         All replicas' outputs (every item once), ordered by item index, on every rank.

@@ -66,7 +66,7 @@ class DiffusionSamplerModule(L.LightningModule):
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int = 0) -> dict[str, Any]:
         """Sample the batch; return ids, seeds, final states, images (if decoding) and stats.
 
-        ``stats`` is :class:`~driffusion.core.model.SamplerStats` as a dict.
+        ``stats`` is [`SamplerStats`][driffusion.core.model.SamplerStats] as a dict.
         """
         seeds = [int(seed) for seed in batch["seed"]]
         x = initial_noise(seeds, self.sample_shape, device=self.device)

@@ -5,7 +5,8 @@ with label dropout so that classifier-free guidance works; shipped inside the pa
 diffusers' format (``unet/`` and ``scheduler/``) beside a small digit classifier that serves as
 the class-accuracy judge and as the FID feature extractor.
 
-Everything loads through :func:`load_digits`, which takes the shipped default or a local folder.
+Everything loads through [`load_digits`][driffusion.models.digits.load_digits], which takes the
+shipped default or a local folder.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Small ``nn.Module`` networks with the per-row contract ``net(x[M, ...], t[M], **cond)``.
 
-- :class:`OracleNetwork`: the exact Gaussian-mixture denoiser as a module (optionally class-
+- [`OracleNetwork`][driffusion.testing.networks.OracleNetwork]: the exact Gaussian-mixture denoiser
+  as a module (optionally class-
   conditional through a ``label`` keyword), for tests that need real sampler trajectories.
-- :class:`ConvStackNetwork`: a synthetic denoiser whose cost per evaluation is set by its depth,
+- [`ConvStackNetwork`][driffusion.testing.networks.ConvStackNetwork]: a synthetic denoiser whose
+  cost per evaluation is set by its depth,
   doing real tensor work, for speed benchmarks (its outputs are meaningless).
 """
 
@@ -17,7 +19,8 @@ from driffusion.testing.oracle import GaussianMixtureDenoiser
 
 
 class OracleNetwork(nn.Module):
-    """:class:`GaussianMixtureDenoiser` behind the per-row network contract."""
+    """[`GaussianMixtureDenoiser`][driffusion.testing.oracle.GaussianMixtureDenoiser] behind the
+    per-row network contract."""
 
     def __init__(self, oracle: GaussianMixtureDenoiser) -> None:
         super().__init__()
@@ -85,7 +88,8 @@ def conv_stack_depth(
     width: int = 64,
     device: str | torch.device = "cpu",
 ) -> int:
-    """The depth at which a :class:`ConvStackNetwork` row costs about ``eval_ms`` on ``device``."""
+    """The depth at which a [`ConvStackNetwork`][driffusion.testing.networks.ConvStackNetwork] row
+    costs about ``eval_ms`` on ``device``."""
     if eval_ms <= 0:
         raise ValueError(f"eval_ms must be positive, got {eval_ms}")
     probe = ConvStackNetwork(shape[0], width, depth=8).to(device)
@@ -96,6 +100,7 @@ def conv_stack_depth(
 def calibrated_conv_stack(
     eval_ms: float, shape: tuple[int, int, int] = (4, 32, 32), width: int = 64, seed: int = 0
 ) -> ConvStackNetwork:
-    """A :class:`ConvStackNetwork` whose one-row evaluation takes about ``eval_ms`` on the CPU."""
+    """A [`ConvStackNetwork`][driffusion.testing.networks.ConvStackNetwork] whose one-row evaluation
+    takes about ``eval_ms`` on the CPU."""
     depth = conv_stack_depth(eval_ms, shape, width)
     return ConvStackNetwork(shape[0], width, depth=depth, seed=seed)

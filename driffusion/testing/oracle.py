@@ -1,10 +1,10 @@
-"""An analytic denoiser for Gaussian-mixture data, exact in every parameterisation.
+r"""An analytic denoiser for Gaussian-mixture data, exact in every parameterisation.
 
 Data ``x0 ~ sum_m w_m N(mu_m, s_m^2 I)`` noised as ``x = alpha x0 + sigma eps`` is again a mixture,
 ``x ~ sum_m w_m N(alpha mu_m, (alpha^2 s_m^2 + sigma^2) I)``, so the posterior mean is
 
-$$E[x_0 \\mid x] = \\sum_m r_m(x) \\Big(\\mu_m + \\frac{\\alpha s_m^2}{\\alpha^2 s_m^2 + \\sigma^2}
-    (x - \\alpha\\mu_m)\\Big)$$
+$$E[x_0 \mid x] = \sum_m r_m(x) \Big(\mu_m + \frac{\alpha s_m^2}{\alpha^2 s_m^2 + \sigma^2}
+    (x - \alpha\mu_m)\Big)$$
 
 with responsibilities ``r_m(x)``; ``eps_hat = (x - alpha x0_hat) / sigma``. This is the exact
 minimiser of the training loss, i.e. a perfectly trained network, and it follows the model
@@ -63,8 +63,9 @@ class GaussianMixtureDenoiser:
         means: ``[M, *shape]`` component means.
         stds: ``[M]`` component standard deviations (isotropic).
         weights: ``[M]`` mixture weights (normalised here).
-        noise_levels: maps network times to ``(alpha, sigma)``: :class:`VPNoiseLevels` or
-            :class:`FlowNoiseLevels`.
+        noise_levels: maps network times to ``(alpha, sigma)``:
+            [`VPNoiseLevels`][driffusion.testing.oracle.VPNoiseLevels] or
+            [`FlowNoiseLevels`][driffusion.testing.oracle.FlowNoiseLevels].
         prediction_type: the parameterisation of the returned outputs.
     """
 

@@ -3,8 +3,10 @@ round, and refine them with the ordinary base step.
 
 Both modes are compositions of two public pure functions:
 
-- :func:`draft` ``(x_i, out_i) -> [d_1..d_k]`` with ``d_j = skip(x_i, out_i, i -> i + j)``;
-- :func:`refine` ``(x_i, [o_0..o_{m-1}]) -> [x_{i+1}..x_{i+m}]`` with
+- [`draft`][driffusion.core.samplers.driffusion.draft] ``(x_i, out_i) -> [d_1..d_k]`` with
+  ``d_j = skip(x_i, out_i, i -> i + j)``;
+- [`refine`][driffusion.core.samplers.driffusion.refine]
+  ``(x_i, [o_0..o_{m-1}]) -> [x_{i+1}..x_{i+m}]`` with
   ``x_{i+j+1} = Step(x_{i+j}, o_j, i + j)``: each output (computed at a draft) is applied to the
   *refined* state, exactly as a scheduler's ``step`` would apply it.
 
@@ -57,7 +59,7 @@ def draft(
     noise: Tensor | None = None,
     previous: tuple[Tensor, int] | None = None,
 ) -> Tensor:
-    """Draft the states of the next ``k`` grid points from one prediction at point ``i``.
+    r"""Draft the states of the next ``k`` grid points from one prediction at point ``i``.
 
     Deterministic: ``d_j = skip(x, out, i -> i + j)`` for ``j = 1..k`` (no network call).
     With DDPM ``noise`` (``[N, B, ...]``), ``d_j`` chains the one-step posteriors with the fixed
@@ -68,9 +70,9 @@ def draft(
     ``j >= 2`` are second order: ``x0`` is extrapolated linearly in log-SNR
     ``lambda = log(alpha / sigma)`` and integrated exactly (the DPM-Solver++(2M) step):
 
-    $$d_j = \frac{\\sigma_m}{\\sigma_i} x - \alpha_m (e^{-h} - 1)
-        \\Big(\\hat x_0 + \frac{\\hat x_0 - \\hat x_{0,p}}{2r}\\Big),\\quad
-        h = \\lambda_m - \\lambda_i,\\ r = \frac{\\lambda_i - \\lambda_p}{h},\\ m = i + j.$$
+    $$d_j = \frac{\sigma_m}{\sigma_i} x - \alpha_m (e^{-h} - 1)
+        \Big(\hat x_0 + \frac{\hat x_0 - \hat x_{0,p}}{2r}\Big),\quad
+        h = \lambda_m - \lambda_i,\ r = \frac{\lambda_i - \lambda_p}{h},\ m = i + j.$$
 
     ``d_1`` stays the base step, so a single draft is always the next serial state.
 
@@ -131,7 +133,8 @@ def refine(
         i: start point.
         noise: pre-drawn DDPM noise ``[N, B, ...]``, or ``None`` for DDIM / flow Euler.
         solver: the solver (default: DDIM, or DDPM with ``noise``); multistep solvers need the
-            ``state`` at point ``i`` (see :func:`~driffusion.core.solvers.solve_steps`, which
+            ``state`` at point ``i``
+            (see [`solve_steps`][driffusion.core.solvers.solve_steps], which
             also returns the state after the last step).
         state: the solver state at point ``i`` (default: a fresh one holding ``noise``).
 
@@ -182,17 +185,20 @@ def sample_driffusion(
     Both modes spend exactly ``N`` evaluations.
 
     **Any solver.** The refine walks the block in order through the solver
-    (:func:`~driffusion.core.solvers.solve_steps`): each draft's output is converted at the
+    ([`solve_steps`][driffusion.core.solvers.solve_steps]): each draft's output is converted at the
     refined state and enters the solver's history exactly as a serial run's own evaluation would,
     so a multistep solver (DPM-Solver++, UniPC, PLMS) keeps its order along the refined
     trajectory. Drafts come from the anchor by ``draft_rule`` (see
-    :func:`~driffusion.core.solvers.draft_states`): ``"skip"``, first order from the solver's
+    [`draft_states`][driffusion.core.solvers.draft_states]): ``"skip"``, first order from the
+    solver's
     own first step, or ``"solver"``, the solver's multistep extrapolation over the span.
 
     Beyond the paper (off by default, so the defaults are plain DRiffusion; the convergent mode
-    is :func:`~driffusion.core.samplers.picard_driffusion.sample_picard_driffusion`):
+    is
+    [`sample_picard_driffusion`][driffusion.core.samplers.picard_driffusion.sample_picard_driffusion]):
 
-    - ``order=2`` (first-order solvers): second-order drafts (see :func:`draft`) from the
+    - ``order=2`` (first-order solvers): second-order drafts
+      (see [`draft`][driffusion.core.samplers.driffusion.draft]) from the
       current and the previous clean estimates; the refine step stays the solver's step, so
       ``drafts=1`` is still serial. With a multistep solver use ``draft_rule="solver"``.
     - ``adaptive_tol``: adapt each block's draft length within ``1..k`` from the observed

@@ -1,17 +1,17 @@
-"""ParaDiGMS: Picard iterations over a sliding window (Shih et al., 2023), and the step-reduced
+r"""ParaDiGMS: Picard iterations over a sliding window (Shih et al., 2023), and the step-reduced
 serial baseline.
 
 The serial chain ``x_{m+1} = Step(x_m, f(x_m), m)`` is a fixed point of the Picard map
 
-$$x_{t+j} \\leftarrow x_t + \\sum_{m=t}^{t+j-1} \\big(\\mathrm{Step}(x_m, f(x_m), m) - x_m\\big),$$
+$$x_{t+j} \leftarrow x_t + \sum_{m=t}^{t+j-1} \big(\mathrm{Step}(x_m, f(x_m), m) - x_m\big),$$
 
 whose right-hand side needs the ``j`` evaluations ``f(x_m)`` of the current guesses, all in one
 parallel round. Each round evaluates a window of ``window`` points starting at the first
 non-final point ``t``, updates the guesses with a cumulative sum, and slides the window past the
 leading steps whose change is within tolerance:
 
-$$\\mathrm{err}_{m+1} = \\frac{\\mathrm{mean}\\,(x^{new}_{m+1} - x^{old}_{m+1})^2}{\\sigma_m^2}
-    \\le \\mathrm{tol}^2 .$$
+$$\mathrm{err}_{m+1} = \frac{\mathrm{mean}\,(x^{new}_{m+1} - x^{old}_{m+1})^2}{\sigma_m^2}
+    \le \mathrm{tol}^2 .$$
 
 The first step of a window is exact (it starts from a final state), so the window always moves;
 with ``tol = 0`` only steps that stopped changing are accepted and the result equals the serial

@@ -1,4 +1,4 @@
-"""Draft-initialised Picard: a convergent DRiffusion that slides a window like ParaDiGMS.
+r"""Draft-initialised Picard: a convergent DRiffusion that slides a window like ParaDiGMS.
 
 ParaDiGMS starts every new window point from a copy of the latest state, so each point needs
 several Picard sweeps. Here new points start from DRiffusion *drafts* (skip transitions with the
@@ -6,8 +6,8 @@ latest prediction), which are already close to the serial trajectory, so far few
 needed at the same tolerance. Each round evaluates the ``k`` window points ``t..t+k-1`` (the
 final state ``x_t`` and ``k - 1`` guesses) in one call, refines them with the base step,
 
-$$x^{new}_{t+1} = \\mathrm{Step}(x_t, f(x_t)),\\quad
-  x^{new}_{m+1} = \\mathrm{Step}(x^{new}_m, f(x^{old}_m)),$$
+$$x^{new}_{t+1} = \mathrm{Step}(x_t, f(x_t)),\quad
+  x^{new}_{m+1} = \mathrm{Step}(x^{new}_m, f(x^{old}_m)),$$
 
 accepts the leading steps whose change is within ``tol`` (relative to ``sigma``) or that have
 been refined ``max_iters`` times, and slides. ``tol=0`` (with ``max_iters=None``) gives the
@@ -61,7 +61,7 @@ def sample_picard_driffusion(
         max_iters: accept a step after this many refinements regardless (``None``: no cap).
         solver: the solver or its name (default: DDIM / flow Euler, or DDPM with ``noise``).
         draft_rule: how new window points are drafted (see
-            :func:`~driffusion.core.solvers.draft_states`).
+            [`draft_states`][driffusion.core.solvers.draft_states]).
         noise: pre-drawn noise ``[N, B, *shape]`` of a stochastic solver.
         callback: ``callback({"i": t, "x": x_t, "rounds": r})`` when the window moves to ``t``.
         check_finite: raise ``ValueError`` on a non-finite network output.

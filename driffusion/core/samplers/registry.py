@@ -34,7 +34,7 @@ class SamplerSpec:
     """A sampler and its knobs, as plain data.
 
     Attributes:
-        name: one of :data:`SAMPLER_NAMES`.
+        name: one of [`SAMPLER_NAMES`][driffusion.core.samplers.registry.SAMPLER_NAMES].
         drafts: DRiffusion drafts per round (``k``).
         blocks: SRDS blocks (``None``: ``round(sqrt(N))``).
         tol: SRDS stopping tolerance.
@@ -43,7 +43,7 @@ class SamplerSpec:
         rounds: serial rounds of the step-reduced baseline.
         order: DRiffusion draft order (1 or 2).
         adaptive_tol: DRiffusion adaptive drafting target (``None``: fixed drafts).
-        solver: the solver's name (see :data:`~driffusion.core.solvers.SOLVER_NAMES`);
+        solver: the solver's name (see [`SOLVER_NAMES`][driffusion.core.solvers.SOLVER_NAMES]);
             ``None``: DDIM / flow Euler, or DDPM when noise is passed.
         draft_rule: DRiffusion / Picard draft rule, ``"skip"`` or ``"solver"`` (``None``: the
             solver's default).

@@ -24,14 +24,16 @@ def sample_serial(
 
     $$x_{i+1}, s_{i+1} = \mathrm{step}(x_i, f(x_i, t_i), i, s_i), \qquad i = 0..N-1$$
 
-    with the solver state ``s`` (see :mod:`driffusion.core.solvers`). The default solver is
+    with the solver state ``s`` (see [`driffusion.core.solvers`][driffusion.core.solvers]). The
+    default solver is
     the DDIM step (flow: the Euler step) or, with ``noise``, the DDPM step.
 
     Args:
-        model: ``model(xs[K, B, ...], t[K]) -> out`` (see :mod:`driffusion.core.model`).
+        model: ``model(xs[K, B, ...], t[K]) -> out``
+            (see [`driffusion.core.model`][driffusion.core.model]).
         x: the initial state ``[B, *shape]`` at grid point 0.
         schedule: the grid.
-        solver: a :class:`~driffusion.core.solvers.Solver` or its name (``"dpmpp_2m"``, ...).
+        solver: a [`Solver`][driffusion.core.solvers.Solver] or its name (``"dpmpp_2m"``, ...).
         noise: pre-drawn noise ``[N, B, *shape]`` of a stochastic solver (``ddpm``,
             ``euler_ancestral``, ``dpmpp_2m_sde``); ``None`` for deterministic ones.
         callback: called as ``callback({"i": i, "x": x_i, "rounds": r})`` for each new state.

@@ -1,11 +1,11 @@
-"""SRDS: Parareal over the sampling trajectory (Self-Refining Diffusion Samplers).
+r"""SRDS: Parareal over the sampling trajectory (Self-Refining Diffusion Samplers).
 
 The ``N``-step grid is cut into ``B`` blocks with boundaries ``n_0 = 0 < n_1 < ... < n_B = N``.
 
 - Coarse propagator ``G_b(X)``: one skip transition over block ``b`` (one evaluation at ``X``).
 - Fine propagator ``F_b(X)``: the serial base steps inside block ``b``.
 
-$$X^0_b = G_b(X^0_{b-1}), \\qquad
+$$X^0_b = G_b(X^0_{b-1}), \qquad
   X^p_b = F_b(X^{p-1}_{b-1}) + G_b(X^p_{b-1}) - G_b(X^{p-1}_{b-1}).$$
 
 After ``p`` iterations the first ``p`` block ends equal the serial trajectory, so ``B``

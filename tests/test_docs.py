@@ -96,3 +96,14 @@ def test_docstrings_use_mkdocstrings_references_and_raw_math() -> None:
             assert "\f" not in doc and "\a" not in doc, f"{where}: math needs a raw docstring"
             if "$$" in doc:
                 assert "\\\\" not in doc, f"{where}: doubled backslashes in math"
+
+
+def test_readme_example_runs_and_says_what_it_measures(capsys: pytest.CaptureFixture[str]) -> None:
+    text = (ROOT / "README.md").read_text()
+    (code,) = re.findall(r"```python\n(.*?)```", text, re.S)
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)
+    serial, fast, close = namespace["serial"], namespace["fast"], namespace["close"]
+    assert (serial.stats.rounds, fast.stats.rounds, close.stats.rounds) == (50, 14, 32)
+    assert float((close.x - serial.x).abs().max()) < 1e-4  # "within 2.2e-5 of serial"
+    assert "rounds=32" in capsys.readouterr().out

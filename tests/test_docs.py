@@ -4,6 +4,7 @@ reference has a docstring, and every documented module is referenced."""
 from __future__ import annotations
 
 import ast
+import doctest
 import importlib
 import inspect
 import re
@@ -107,3 +108,19 @@ def test_readme_example_runs_and_says_what_it_measures(capsys: pytest.CaptureFix
     assert (serial.stats.rounds, fast.stats.rounds, close.stats.rounds) == (50, 14, 32)
     assert float((close.x - serial.x).abs().max()) < 1e-4  # "within 2.2e-5 of serial"
     assert "rounds=32" in capsys.readouterr().out
+
+
+EXAMPLE_MODULES = [
+    "driffusion.core.samplers.serial",
+    "driffusion.core.samplers.driffusion",
+    "driffusion.core.samplers.picard_driffusion",
+    "driffusion.core.samplers.paradigms",
+    "driffusion.core.samplers.srds",
+]
+
+
+@pytest.mark.parametrize("name", EXAMPLE_MODULES)
+def test_docstring_examples_run(name: str) -> None:
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

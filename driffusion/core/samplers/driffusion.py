@@ -219,6 +219,22 @@ def sample_driffusion(
         noise: pre-drawn noise ``[N, B, *shape]`` of a stochastic solver, else ``None``.
         callback: ``callback({"i": i, "x": x_i, "rounds": r})`` for each refined state.
         check_finite: raise ``ValueError`` on a non-finite network output.
+
+    Examples:
+        >>> import torch
+        >>> from driffusion.core import alphas_cumprod_from_betas, vp_schedule, vp_timesteps
+        >>> from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
+        >>> abar = alphas_cumprod_from_betas()
+        >>> schedule = vp_schedule(abar, vp_timesteps(50, spacing="trailing"))
+        >>> model = GaussianMixtureDenoiser.random((4, 8, 8), noise_levels=VPNoiseLevels(abar))
+        >>> x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        >>> from driffusion.core import sample_driffusion, sample_serial
+        >>> fast = sample_driffusion(model, x, schedule, drafts=4, solver="dpmpp_2m")
+        >>> fast.stats.rounds, fast.stats.evaluations  # 1 + ceil(49 / 4) rounds
+        (14, 50)
+        >>> one = sample_driffusion(model, x, schedule, drafts=1, solver="dpmpp_2m")
+        >>> torch.equal(one.x, sample_serial(model, x, schedule, solver="dpmpp_2m").x)
+        True
     """
     solver, schedule, state = setup_solver(solver, x, schedule, noise)
     k_max = check_positive_int(drafts, "drafts")

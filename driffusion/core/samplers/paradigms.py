@@ -70,6 +70,19 @@ def sample_paradigms(
 
     Returns:
         The final state; stats with ``iterations`` = rounds (Picard sweeps).
+
+    Examples:
+        >>> import torch
+        >>> from driffusion.core import alphas_cumprod_from_betas, vp_schedule, vp_timesteps
+        >>> from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
+        >>> abar = alphas_cumprod_from_betas()
+        >>> schedule = vp_schedule(abar, vp_timesteps(50, spacing="trailing"))
+        >>> model = GaussianMixtureDenoiser.random((4, 8, 8), noise_levels=VPNoiseLevels(abar))
+        >>> x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        >>> from driffusion.core import sample_paradigms
+        >>> result = sample_paradigms(model, x, schedule, window=8, tol=1e-3)
+        >>> result.stats.rounds < 50 < result.stats.evaluations
+        True
     """
     solver, schedule, start = setup_solver(solver, x, schedule, noise)
     width = check_positive_int(window, "window")

@@ -42,6 +42,19 @@ def sample_serial(
     Returns:
         The state at point ``N`` and stats: ``N`` evaluations in ``N`` rounds (``N + 1`` for
         ``plms``, whose Heun warm start evaluates its first step twice).
+
+    Examples:
+        >>> import torch
+        >>> from driffusion.core import alphas_cumprod_from_betas, vp_schedule, vp_timesteps
+        >>> from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
+        >>> abar = alphas_cumprod_from_betas()
+        >>> schedule = vp_schedule(abar, vp_timesteps(50, spacing="trailing"))
+        >>> model = GaussianMixtureDenoiser.random((4, 8, 8), noise_levels=VPNoiseLevels(abar))
+        >>> x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        >>> from driffusion.core import sample_serial
+        >>> result = sample_serial(model, x, schedule, solver="dpmpp_2m")
+        >>> result.stats.rounds, result.stats.evaluations
+        (50, 50)
     """
     solver, schedule, state = setup_solver(solver, x, schedule, noise)
     counter = CountingModel(model, check_finite=check_finite)

@@ -49,7 +49,7 @@ from driffusion.core import (
     reference_schedule,
     sample_serial,
 )
-from driffusion.images import atomic_write, labelled_grid, save_png
+from driffusion.io import atomic_write, labelled_grid, save_png
 from driffusion.lightning import (
     DiffusionSamplerModule,
     ProgressBar,

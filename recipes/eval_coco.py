@@ -103,8 +103,8 @@ def build_generator(args: argparse.Namespace, device: torch.device) -> tuple[Any
             return DiffusionSamplerModule(denoiser, schedule, (1, 16, 16), spec)
 
         return make_digits, None, steps
-    from driffusion.adapters.diffusers import adapt_pipeline, load_pipeline
-    from driffusion.text2image import FAMILIES, PromptSamplerModule, collate_prompts
+    from driffusion.adapters.diffusers import FAMILIES, adapt_pipeline, load_pipeline
+    from driffusion.lightning.text2image import PromptSamplerModule, collate_prompts
 
     family = FAMILIES[args.recipe]
     if args.tiny:

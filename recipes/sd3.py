@@ -3,10 +3,10 @@
     fabric run --accelerator cuda --devices 4 --strategy ddp recipes/sd3.py --prompt "a lighthouse"
     python recipes/sd3.py --tiny --prompt "a red cat"          # random tiny model, CPU, offline
 
-See driffusion/text2image.py for every flag.
+See text2image.py (beside this script) for every flag.
 """
 
-from driffusion.text2image import run_recipe
+from text2image import run_recipe
 
 if __name__ == "__main__":
     run_recipe("sd3")

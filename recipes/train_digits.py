@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from driffusion.images import atomic_write
+from driffusion.io import atomic_write
 from driffusion.lightning import add_fabric_args, build_fabric, finish
 from driffusion.models.digits import (
     NULL_LABEL,

@@ -26,7 +26,7 @@ from driffusion.eval.scores import (
     deviation_from_serial,
     load_png_folder,
 )
-from driffusion.images import save_png
+from driffusion.io import save_png
 from driffusion.lightning import DiffusionSamplerModule, build_fabric, run_predict
 from driffusion.models.digits import digits_dataset, load_digits
 

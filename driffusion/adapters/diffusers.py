@@ -24,10 +24,48 @@ from torch import Tensor, nn
 
 from driffusion.core.schedule import Schedule, flow_schedule, vp_schedule
 
-FAMILIES = {
-    "StableDiffusionPipeline": "sd21",
-    "StableDiffusionXLPipeline": "sdxl",
-    "StableDiffusion3Pipeline": "sd3",
+
+@dataclass(frozen=True)
+class Family:
+    """A supported model family: its diffusers pipeline and the defaults the recipes use.
+
+    Attributes:
+        name: ``sd21``, ``sdxl`` or ``sd3``.
+        pipeline_class: the diffusers pipeline class name.
+        model: the default hub id.
+        steps: default sampling steps.
+        guidance: default classifier-free guidance scale.
+        size: default image size in pixels.
+    """
+
+    name: str
+    pipeline_class: str
+    model: str
+    steps: int
+    guidance: float
+    size: int
+
+
+FAMILIES: dict[str, Family] = {
+    "sd21": Family(
+        "sd21", "StableDiffusionPipeline", "stabilityai/stable-diffusion-2-1", 50, 7.5, 768
+    ),
+    "sdxl": Family(
+        "sdxl",
+        "StableDiffusionXLPipeline",
+        "stabilityai/stable-diffusion-xl-base-1.0",
+        50,
+        5.0,
+        1024,
+    ),
+    "sd3": Family(
+        "sd3",
+        "StableDiffusion3Pipeline",
+        "stabilityai/stable-diffusion-3-medium-diffusers",
+        28,
+        7.0,
+        1024,
+    ),
 }
 
 
@@ -38,9 +76,11 @@ class ModelNotAvailableError(RuntimeError):
 def pipeline_family(pipe: Any) -> str:
     """``sd21``, ``sdxl`` or ``sd3`` for a supported pipeline; ``ValueError`` otherwise."""
     name = type(pipe).__name__
-    if name not in FAMILIES:
-        raise ValueError(f"unsupported pipeline {name}; supported: {', '.join(FAMILIES)}")
-    return FAMILIES[name]
+    for family in FAMILIES.values():
+        if family.pipeline_class == name:
+            return family.name
+    supported = ", ".join(f.pipeline_class for f in FAMILIES.values())
+    raise ValueError(f"unsupported pipeline {name}; supported: {supported}")
 
 
 def read_schedule(scheduler: Any, steps: int, *, mu: float | None = None) -> Schedule:
@@ -272,10 +312,6 @@ def adapt_pipeline(
     return PipelineAdapter(pipe, family, network, schedule, shape, height, width, guidance)
 
 
-PIPELINE_CLASSES = {"sd21": "StableDiffusionPipeline", "sdxl": "StableDiffusionXLPipeline"}
-PIPELINE_CLASSES["sd3"] = "StableDiffusion3Pipeline"
-
-
 def load_pipeline(family: str, model: str, dtype: torch.dtype = torch.float32) -> Any:
     """``from_pretrained`` with a clear error when the weights cannot be had (e.g. offline).
 
@@ -286,9 +322,9 @@ def load_pipeline(family: str, model: str, dtype: torch.dtype = torch.float32) -
     """
     import diffusers
 
-    if family not in PIPELINE_CLASSES:
-        raise ValueError(f"unknown family {family!r}; choose one of {sorted(PIPELINE_CLASSES)}")
-    cls = getattr(diffusers, PIPELINE_CLASSES[family])
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {sorted(FAMILIES)}")
+    cls = getattr(diffusers, FAMILIES[family].pipeline_class)
     kwargs: dict[str, Any] = {"torch_dtype": dtype}
     if family == "sd21":
         kwargs.update(safety_checker=None, requires_safety_checker=False)

@@ -19,7 +19,7 @@ from driffusion.eval.scores import (
     fidelity_metrics,
     load_png_folder,
 )
-from driffusion.images import atomic_write, save_png
+from driffusion.io import atomic_write, save_png
 from driffusion.lightning.callbacks import PredictCallback
 
 COLUMNS = [

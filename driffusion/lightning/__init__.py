@@ -5,6 +5,7 @@ from driffusion.lightning.callbacks import LatentWriter, PredictCallback, Progre
 from driffusion.lightning.launch import add_fabric_args, build_fabric, finish
 from driffusion.lightning.loop import PredictOutput, run_predict
 from driffusion.lightning.module import DiffusionSamplerModule
+from driffusion.lightning.text2image import PromptSamplerModule, collate_prompts
 
 __all__ = [
     "DiffusionSamplerModule",
@@ -12,8 +13,10 @@ __all__ = [
     "PredictCallback",
     "PredictOutput",
     "ProgressBar",
+    "PromptSamplerModule",
     "add_fabric_args",
     "build_fabric",
+    "collate_prompts",
     "finish",
     "run_predict",
 ]

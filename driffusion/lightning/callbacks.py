@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from tqdm.auto import tqdm
 
-from driffusion.images import atomic_write
+from driffusion.io import atomic_write
 
 if TYPE_CHECKING:
     from driffusion.lightning.loop import PredictLoopState, PredictOutput

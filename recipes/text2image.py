@@ -1,4 +1,4 @@
-"""The text-to-image job behind ``recipes/sd21.py``, ``recipes/sdxl.py`` and ``recipes/sd3.py``.
+"""The text-to-image job behind ``sd21.py``, ``sdxl.py`` and ``sd3.py`` in this folder.
 
 One CLI shape for all three: ``--model --prompt/--prompts-file --negative-prompt --steps
 --guidance --height --width --seed --sampler --drafts --precision --out --tiny``, plus the launch
@@ -14,15 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from driffusion.adapters.diffusers import (
+    FAMILIES,
+    Family,
     PipelineAdapter,
     adapt_pipeline,
     load_pipeline,
@@ -41,33 +40,16 @@ from driffusion.core import (
     reference_schedule,
     sample_serial,
 )
-from driffusion.images import atomic_write, labelled_grid, save_png
+from driffusion.io import atomic_write, labelled_grid, save_png
 from driffusion.lightning import (
-    DiffusionSamplerModule,
     ProgressBar,
     add_fabric_args,
     build_fabric,
     finish,
     run_predict,
 )
+from driffusion.lightning.text2image import PromptSamplerModule, collate_prompts
 
-
-@dataclass(frozen=True)
-class Family:
-    """Defaults of one model family."""
-
-    name: str
-    model: str
-    steps: int
-    guidance: float
-    size: int
-
-
-FAMILIES = {
-    "sd21": Family("sd21", "stabilityai/stable-diffusion-2-1", 50, 7.5, 768),
-    "sdxl": Family("sdxl", "stabilityai/stable-diffusion-xl-base-1.0", 50, 5.0, 1024),
-    "sd3": Family("sd3", "stabilityai/stable-diffusion-3-medium-diffusers", 28, 7.0, 1024),
-}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -132,19 +114,6 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     return args
-
-
-class PromptSamplerModule(DiffusionSamplerModule):
-    """Encodes the batch's prompts with the pipeline's own text encoders."""
-
-    def __init__(self, adapter: PipelineAdapter, sampler: SamplerSpec) -> None:
-        super().__init__(
-            adapter.network, adapter.schedule, adapter.latent_shape, sampler, decode=adapter.decode
-        )
-        self.adapter = adapter
-
-    def conditioning(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        return self.adapter.encode(batch["prompt"], batch["negative_prompt"])
 
 
 def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
@@ -240,16 +209,6 @@ def calibrate_prompt(
         f"the same rounds: {result.best_serial.label()} (err_ref {result.best_serial.err_ref:.3g})"
     )
     return result
-
-
-def collate_prompts(items: list[Mapping[str, Any]]) -> dict[str, Any]:
-    """Batch prompt items: lists of ids, seeds, prompts and negative prompts."""
-    return {
-        "id": [i["id"] for i in items],
-        "seed": [i["seed"] for i in items],
-        "prompt": [i["prompt"] for i in items],
-        "negative_prompt": [i["negative_prompt"] for i in items],
-    }
 
 
 def write_outputs(

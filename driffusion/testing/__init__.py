@@ -3,7 +3,12 @@ closed form, and cost-controlled networks for speed benchmarks. They let every s
 tested against the math, with no model weights."""
 
 from driffusion.testing.networks import ConvStackNetwork, OracleNetwork, calibrated_conv_stack
-from driffusion.testing.oracle import FlowNoiseLevels, GaussianMixtureDenoiser, VPNoiseLevels
+from driffusion.testing.oracle import (
+    FlowNoiseLevels,
+    GaussianMixtureDenoiser,
+    VPNoiseLevels,
+    toy_problem,
+)
 
 __all__ = [
     "ConvStackNetwork",
@@ -12,4 +17,5 @@ __all__ = [
     "OracleNetwork",
     "VPNoiseLevels",
     "calibrated_conv_stack",
+    "toy_problem",
 ]

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from driffusion.core.parameterization import PredictionType, check_prediction_type, from_x0_eps
+from driffusion.core.schedule import Schedule
 
 
 @dataclass(frozen=True)
@@ -175,3 +176,20 @@ class GaussianMixtureDenoiser:
         noise = torch.randn((n, *self.shape), generator=gen, dtype=torch.float64)
         std = self.stds[comp].view((n,) + (1,) * len(self.shape))
         return self.means[comp] + std * noise
+
+
+def toy_problem(
+    steps: int = 50, batch: int = 2, seed: int = 0
+) -> tuple[GaussianMixtureDenoiser, Tensor, Schedule]:
+    """``(model, x, schedule)``: an exact denoiser, start noise and a grid, for examples and tests.
+
+    A random 8-component mixture of ``4 x 8 x 8`` data under Stable Diffusion's scaled-linear
+    betas, epsilon prediction, on the ``trailing`` grid of ``steps`` steps; ``x`` is ``batch``
+    standard-normal states from ``Generator(seed)``.
+    """
+    from driffusion.core.schedule import alphas_cumprod_from_betas, vp_schedule, vp_timesteps
+
+    abar = alphas_cumprod_from_betas()
+    model = GaussianMixtureDenoiser.random((4, 8, 8), noise_levels=VPNoiseLevels(abar))
+    x = torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
+    return model, x, vp_schedule(abar, vp_timesteps(steps, spacing="trailing"))

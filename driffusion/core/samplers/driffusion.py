@@ -222,12 +222,8 @@ def sample_driffusion(
 
     Examples:
         >>> import torch
-        >>> from driffusion.core import alphas_cumprod_from_betas, vp_schedule, vp_timesteps
-        >>> from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
-        >>> abar = alphas_cumprod_from_betas()
-        >>> schedule = vp_schedule(abar, vp_timesteps(50, spacing="trailing"))
-        >>> model = GaussianMixtureDenoiser.random((4, 8, 8), noise_levels=VPNoiseLevels(abar))
-        >>> x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        >>> from driffusion.testing import toy_problem
+        >>> model, x, schedule = toy_problem(steps=50)  # an exact denoiser, noise, a grid
         >>> from driffusion.core import sample_driffusion, sample_serial
         >>> fast = sample_driffusion(model, x, schedule, drafts=4, solver="dpmpp_2m")
         >>> fast.stats.rounds, fast.stats.evaluations  # 1 + ceil(49 / 4) rounds

@@ -71,12 +71,8 @@ def sample_picard_driffusion(
 
     Examples:
         >>> import torch
-        >>> from driffusion.core import alphas_cumprod_from_betas, vp_schedule, vp_timesteps
-        >>> from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
-        >>> abar = alphas_cumprod_from_betas()
-        >>> schedule = vp_schedule(abar, vp_timesteps(50, spacing="trailing"))
-        >>> model = GaussianMixtureDenoiser.random((4, 8, 8), noise_levels=VPNoiseLevels(abar))
-        >>> x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        >>> from driffusion.testing import toy_problem
+        >>> model, x, schedule = toy_problem(steps=50)  # an exact denoiser, noise, a grid
         >>> from driffusion.core import sample_picard_driffusion, sample_serial
         >>> exact = sample_picard_driffusion(model, x, schedule, drafts=4, tol=0.0)
         >>> torch.equal(exact.x, sample_serial(model, x, schedule).x)

@@ -115,12 +115,8 @@ def sample_srds(
 
     Examples:
         >>> import torch
-        >>> from driffusion.core import alphas_cumprod_from_betas, vp_schedule, vp_timesteps
-        >>> from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
-        >>> abar = alphas_cumprod_from_betas()
-        >>> schedule = vp_schedule(abar, vp_timesteps(50, spacing="trailing"))
-        >>> model = GaussianMixtureDenoiser.random((4, 8, 8), noise_levels=VPNoiseLevels(abar))
-        >>> x = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+        >>> from driffusion.testing import toy_problem
+        >>> model, x, schedule = toy_problem(steps=50)  # an exact denoiser, noise, a grid
         >>> from driffusion.core import sample_serial, sample_srds
         >>> close = sample_srds(model, x, schedule, blocks=7, tol=1e-3, pipelined=True)
         >>> close.stats.rounds  # of 50; within 1e-3 of the serial sample

@@ -308,3 +308,51 @@ def test_non_finite_initial_state_is_refused(sampler: str) -> None:
 
 def test_families_cover_every_prediction_type() -> None:
     assert {make_family(3, f).prediction_type for f in FAMILIES} == set(FAMILIES)
+
+
+def test_every_sampler_calls_back_with_one_payload() -> None:
+    """``{"i", "x", "denoised", "sigma", "rounds"}`` from every sampler (SRDS adds its iteration):
+    ``sigma`` is the state's point, ``denoised`` a clean estimate near the state's signal part,
+    and the rounds never decrease."""
+    from driffusion.core import (
+        sample_paradigms,
+        sample_picard_driffusion,
+        sample_serial_reduced,
+    )
+
+    sched = make_vp(12, "v_prediction", "trailing")
+    oracle = make_oracle(sched)
+    x = make_noise()
+    runs = {
+        "serial": lambda cb: sample_serial(oracle, x, sched, solver="dpmpp_2m", callback=cb),
+        "aggressive": lambda cb: sample_driffusion(oracle, x, sched, drafts=3, callback=cb),
+        "conservative": lambda cb: sample_driffusion(
+            oracle, x, sched, drafts=3, mode="conservative", solver="unipc", callback=cb
+        ),
+        "picard": lambda cb: sample_picard_driffusion(oracle, x, sched, drafts=3, callback=cb),
+        "paradigms": lambda cb: sample_paradigms(oracle, x, sched, window=3, callback=cb),
+        "reduced": lambda cb: sample_serial_reduced(oracle, x, sched, rounds=5, callback=cb),
+        "srds": lambda cb: sample_srds(oracle, x, sched, blocks=3, callback=cb),
+    }
+    for name, run in runs.items():
+        seen: list[dict] = []
+        result = run(seen.append)
+        assert seen, name
+        for p in seen:
+            assert {"i", "x", "denoised", "sigma", "rounds"} <= p.keys(), name
+            assert p["x"].shape == p["denoised"].shape == x.shape
+        assert [p["rounds"] for p in seen] == sorted(p["rounds"] for p in seen), name
+        last = seen[-1]
+        assert torch.equal(last["x"], result.x), name
+        if name == "srds":
+            assert "iteration" in last and last["i"] == sched.num_steps
+            continue
+        assert [p["i"] for p in seen] == sorted({p["i"] for p in seen}), name  # each point once
+        grid = sched if name != "reduced" else None
+        for p in seen:
+            if grid is not None:
+                assert p["sigma"] == grid.sigma(p["i"]), name
+                if p["sigma"] > 0:  # x_i = alpha_i x0 + sigma_i eps, with x0 ~ denoised
+                    residual = (p["x"] - grid.alpha(p["i"]) * p["denoised"]) / p["sigma"]
+                    assert float(residual.std()) < 2.0, name
+        assert torch.allclose(last["denoised"], result.x, atol=1e-5), name  # sigma_N = 0

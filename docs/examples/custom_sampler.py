@@ -10,6 +10,7 @@ from driffusion.core import (
     SampleResult,
     alphas_cumprod_from_betas,
     draft,
+    evaluate,
     refine,
     sample_serial,
     vp_schedule,
@@ -24,15 +25,15 @@ def sample_draft_refine_twice(model, x, schedule, *, drafts=3):
     counter = CountingModel(model)
     i, n = 0, schedule.num_steps
     while i < n:
-        anchor = counter(x[None], schedule.times([i]))[0]
+        anchor = evaluate(counter, [x], [i], schedule)[0]
         k = min(drafts, n - 1 - i)
         if k == 0:
             return SampleResult(refine(x, anchor[None], schedule, i)[-1], counter.stats())
         states = draft(x, anchor, schedule, i, k)
-        outs = counter(states, schedule.times(list(range(i + 1, i + k + 1))))
+        outs = evaluate(counter, list(states), list(range(i + 1, i + k + 1)), schedule)
         refined = refine(x, torch.cat([anchor[None], outs[:-1]]), schedule, i)
         # second pass: evaluate at the refined states and refine again
-        outs = counter(refined[:-1], schedule.times(list(range(i + 1, i + k))))
+        outs = evaluate(counter, list(refined[:-1]), list(range(i + 1, i + k)), schedule)
         refined = refine(x, torch.cat([anchor[None], outs]), schedule, i)
         x, i = refined[-1], i + k
     return SampleResult(x, counter.stats())

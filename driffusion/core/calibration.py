@@ -25,7 +25,7 @@ from typing import Any
 from torch import Tensor
 
 from driffusion.core.model import Model
-from driffusion.core.samplers._common import check_positive_int
+from driffusion.core.samplers.base import check_positive_int
 from driffusion.core.samplers.registry import SamplerSpec, run_sampler
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import get_solver

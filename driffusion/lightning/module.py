@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from driffusion.core.model import BatchedExecutor, Model, NetworkFn, RowwiseModel
 from driffusion.core.noise import ddpm_noise, initial_noise
-from driffusion.core.samplers._common import Callback
+from driffusion.core.samplers.base import Callback
 from driffusion.core.samplers.registry import SamplerSpec, run_sampler
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import get_solver

@@ -1,5 +1,6 @@
 """Samplers sharing one leading signature: ``sample_X(model, x, schedule, *, ..., callback)``."""
 
+from driffusion.core.samplers.base import Callback, evaluate, payload
 from driffusion.core.samplers.driffusion import (
     aggressive_rounds,
     draft,
@@ -16,10 +17,13 @@ from driffusion.core.samplers.serial import sample_serial
 from driffusion.core.samplers.srds import block_boundaries, default_blocks, sample_srds
 
 __all__ = [
+    "Callback",
     "aggressive_rounds",
     "block_boundaries",
     "default_blocks",
     "draft",
+    "evaluate",
+    "payload",
     "reduced_grid",
     "refine",
     "sample_driffusion",

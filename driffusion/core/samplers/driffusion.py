@@ -23,11 +23,12 @@ import torch
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
-from driffusion.core.samplers._common import (
+from driffusion.core.samplers.base import (
     Callback,
     check_positive_int,
     evaluate,
     max_rms,
+    payload,
     setup_solver,
 )
 from driffusion.core.schedule import Schedule
@@ -35,6 +36,7 @@ from driffusion.core.solvers import (
     DraftRule,
     Solver,
     SolverState,
+    clean_estimate,
     draft_states,
     get_solver,
     solve_steps,
@@ -217,7 +219,8 @@ def sample_driffusion(
         order: draft order of first-order solvers, 1 (skip) or 2 (log-SNR extrapolation).
         adaptive_tol: target draft error of adaptive drafting (``None``: fixed ``k``).
         noise: pre-drawn noise ``[N, B, *shape]`` of a stochastic solver, else ``None``.
-        callback: ``callback({"i": i, "x": x_i, "rounds": r})`` for each refined state.
+        callback: called with [`payload`][driffusion.core.samplers.base.payload] for each
+            refined state.
         check_finite: raise ``ValueError`` on a non-finite network output.
 
     Examples:
@@ -248,10 +251,15 @@ def sample_driffusion(
     counter = CountingModel(model, check_finite=check_finite)
     n = schedule.num_steps
 
-    def emit(states: Tensor, first: int) -> None:
-        if callback is not None:
-            for offset, state in enumerate(states):
-                callback({"i": first + offset, "x": state, "rounds": counter.rounds})
+    def emit(start: Tensor, outs: Tensor, states: Tensor, first: int) -> None:
+        """Call back for states ``first + 1..``: stepped from ``start`` with ``outs``."""
+        if callback is None:
+            return
+        before = start
+        for offset, (out, state) in enumerate(zip(outs, states, strict=True)):
+            denoised = clean_estimate(out, before, schedule, first + offset)
+            callback(payload(first + offset + 1, state, denoised, schedule, counter.rounds))
+            before = state
 
     i, k = 0, k_max
     previous: tuple[Tensor, int] | None = None  # clean estimate of the step into the anchor
@@ -262,8 +270,9 @@ def sample_driffusion(
         assert anchor_out is not None
         k_block = min(k, n - 1 - i)
         if k_block == 0:
-            x, state = solver.step(x, anchor_out, schedule, i, state)
-            emit(x[None], i + 1)
+            final, state = solver.step(x, anchor_out, schedule, i, state)
+            emit(x, anchor_out[None], final[None], i)
+            x = final
             break
         if order == 2:
             draft_states_ = draft(x, anchor_out, schedule, i, k_block, previous=previous)
@@ -289,7 +298,7 @@ def sample_driffusion(
             last = refined.shape[0] - 1  # the step into the next anchor used outs[last]
             state_before = x if last == 0 else refined[last - 1]
             previous = (predict_x0_eps(outs[last], state_before, schedule, i + last)[0], i + last)
-        emit(refined, i + 1)
+        emit(x, outs, refined, i)
         x = refined[-1]
         i += refined.shape[0]
     return SampleResult(x, counter.stats())

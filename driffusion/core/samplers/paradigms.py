@@ -24,17 +24,18 @@ import torch
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
-from driffusion.core.samplers._common import (
+from driffusion.core.samplers.base import (
     Callback,
     check_positive_int,
     check_tolerance,
     evaluate,
     max_rms,
+    payload,
     setup_solver,
 )
 from driffusion.core.samplers.serial import sample_serial
 from driffusion.core.schedule import Schedule
-from driffusion.core.solvers import Solver, SolverState
+from driffusion.core.solvers import Solver, SolverState, clean_estimate
 
 
 def sample_paradigms(
@@ -64,8 +65,8 @@ def sample_paradigms(
         solver: the solver or its name (default: DDIM / flow Euler, or DDPM with ``noise``).
         noise: pre-drawn noise ``[N, B, *shape]`` of a stochastic solver (the Picard map uses
             the same noise), or ``None``.
-        callback: ``callback({"i": t, "x": x_t, "rounds": r})`` each time the window moves to
-            point ``t`` (``x_t`` is final).
+        callback: called with [`payload`][driffusion.core.samplers.base.payload] each time the
+            window moves to a new final point.
         check_finite: raise ``ValueError`` on a non-finite network output.
 
     Returns:
@@ -110,14 +111,17 @@ def sample_paradigms(
             if max_rms(new[m + 1 - t], guesses[m + 1]) > tol * schedule.sigma(m):
                 break
             stride += 1
+        previous = guesses[t + stride - 1]  # the guess whose output stepped into t + stride
         for m in range(t + 1, end + 1):
             guesses[m] = new[m - t]
         for m in range(end + 1, min(end + stride, n) + 1):
             guesses[m] = guesses[end]  # points entering the window start at the latest guess
         state_at_t = steps_states[stride]
-        t += stride
         if callback is not None:
-            callback({"i": t, "x": guesses[t], "rounds": counter.rounds})
+            out, point = outs[stride - 1], t + stride - 1
+            denoised = clean_estimate(out, previous, schedule, point)
+            callback(payload(t + stride, guesses[t + stride], denoised, schedule, counter.rounds))
+        t += stride
     return SampleResult(guesses[n], counter.stats(iterations=counter.rounds))
 
 

@@ -20,16 +20,17 @@ from __future__ import annotations
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
-from driffusion.core.samplers._common import (
+from driffusion.core.samplers.base import (
     Callback,
     check_positive_int,
     check_tolerance,
     evaluate,
     max_rms,
+    payload,
     setup_solver,
 )
 from driffusion.core.schedule import Schedule
-from driffusion.core.solvers import DraftRule, Solver, SolverState, draft_states
+from driffusion.core.solvers import DraftRule, Solver, SolverState, clean_estimate, draft_states
 
 
 def sample_picard_driffusion(
@@ -63,7 +64,8 @@ def sample_picard_driffusion(
         draft_rule: how new window points are drafted (see
             [`draft_states`][driffusion.core.solvers.draft_states]).
         noise: pre-drawn noise ``[N, B, *shape]`` of a stochastic solver.
-        callback: ``callback({"i": t, "x": x_t, "rounds": r})`` when the window moves to ``t``.
+        callback: called with [`payload`][driffusion.core.samplers.base.payload] when the window
+            moves to a new final point.
         check_finite: raise ``ValueError`` on a non-finite network output.
 
     Returns:
@@ -129,8 +131,10 @@ def sample_picard_driffusion(
         last = points[-1]
         # the latest prediction drafts beyond the window
         anchor = (new[last], outs[-1], last, new_states[last])
+        if callback is not None:  # the new final point came from the window's step stride-1
+            previous = points[stride - 1]
+            denoised = clean_estimate(outs[stride - 1], new[previous], schedule, previous)
+            callback(payload(t + stride, new[t + stride], denoised, schedule, counter.rounds))
         t += stride
         states = {t: new_states[t]}
-        if callback is not None:
-            callback({"i": t, "x": guesses[t], "rounds": counter.rounds})
     return SampleResult(guesses[n], counter.stats(iterations=most))

@@ -8,7 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from driffusion.core.model import Model, SampleResult
-from driffusion.core.samplers._common import Callback
+from driffusion.core.samplers.base import Callback
 from driffusion.core.samplers.driffusion import Mode, sample_driffusion
 from driffusion.core.samplers.paradigms import sample_paradigms, sample_serial_reduced
 from driffusion.core.samplers.picard_driffusion import sample_picard_driffusion

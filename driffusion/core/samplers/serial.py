@@ -5,9 +5,9 @@ from __future__ import annotations
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
-from driffusion.core.samplers._common import Callback, evaluate, setup_solver
+from driffusion.core.samplers.base import Callback, evaluate, payload, setup_solver
 from driffusion.core.schedule import Schedule
-from driffusion.core.solvers import Solver
+from driffusion.core.solvers import Solver, clean_estimate
 
 
 def sample_serial(
@@ -36,7 +36,8 @@ def sample_serial(
         solver: a [`Solver`][driffusion.core.solvers.Solver] or its name (``"dpmpp_2m"``, ...).
         noise: pre-drawn noise ``[N, B, *shape]`` of a stochastic solver (``ddpm``,
             ``euler_ancestral``, ``dpmpp_2m_sde``); ``None`` for deterministic ones.
-        callback: called as ``callback({"i": i, "x": x_i, "rounds": r})`` for each new state.
+        callback: called with [`payload`][driffusion.core.samplers.base.payload] for each new
+            state.
         check_finite: raise ``ValueError`` on a non-finite network output.
 
     Returns:
@@ -56,7 +57,9 @@ def sample_serial(
     counter = CountingModel(model, check_finite=check_finite)
     for i in range(schedule.num_steps):
         out = evaluate(counter, [x], [i], schedule)[0]
+        before = x
         x, state = solver.step(x, out, schedule, i, state)
         if callback is not None:
-            callback({"i": i + 1, "x": x, "rounds": counter.rounds})
+            denoised = clean_estimate(out, before, schedule, i)
+            callback(payload(i + 1, x, denoised, schedule, counter.rounds))
     return SampleResult(x, counter.stats())

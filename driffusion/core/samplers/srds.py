@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
-from driffusion.core.samplers._common import (
+from driffusion.core.samplers.base import (
     Callback,
     check_positive_int,
     check_tolerance,
     evaluate,
     max_rms,
+    payload,
     setup_solver,
 )
 from driffusion.core.schedule import Schedule
@@ -106,8 +107,9 @@ def sample_srds(
         solver: the fine solver or its name (default: DDIM / flow Euler, or DDPM with
             ``noise``); the coarse propagator is always the first-order skip.
         noise: pre-drawn noise ``[N, B, *shape]`` of a stochastic fine solver.
-        callback: ``callback({"iteration": p, "x": X^p_B, "rounds": r, "change": rms})`` after
-            each completed iteration.
+        callback: called with [`payload`][driffusion.core.samplers.base.payload] of the last
+            point after each completed iteration, plus ``"iteration"`` and ``"change"``; its
+            ``"denoised"`` is the state itself (the sample).
         check_finite: raise ``ValueError`` on a non-finite network output.
 
     Returns:
@@ -235,14 +237,17 @@ def sample_srds(
             final, previous = X[next_check][num_blocks], X[next_check - 1][num_blocks]
             assert final is not None and previous is not None
             change = 0.0 if final is previous else max_rms(final, previous)
-            if callback is not None:
+            if callback is not None:  # at the last point the state is the sample itself
                 callback(
-                    {
-                        "iteration": next_check,
-                        "x": final,
-                        "rounds": counter.rounds,
-                        "change": change,
-                    }
+                    payload(
+                        n,
+                        final,
+                        final,
+                        schedule,
+                        counter.rounds,
+                        iteration=next_check,
+                        change=change,
+                    )
                 )
             if change <= tol or next_check == iters:
                 return SampleResult(final, counter.stats(iterations=next_check))

@@ -1,4 +1,6 @@
-"""Helpers shared by the samplers: argument checks, one round of evaluations, the base step."""
+"""What sampler authors share: argument checks, one round of evaluations
+([`evaluate`][driffusion.core.samplers.base.evaluate]), the callback payload and the solver set-up.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ from torch import Tensor
 from driffusion.core.model import CountingModel
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import DDPM, Solver, SolverState, check_step_noise, get_solver
-from driffusion.core.transitions import ddpm_transition, skip_transition
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -68,19 +69,33 @@ def max_rms(a: Tensor, b: Tensor) -> float:
 def evaluate(
     model: CountingModel, states: Sequence[Tensor], points: Sequence[int], schedule: Schedule
 ) -> Tensor:
-    """One round: the raw outputs ``[K, B, *shape]`` for ``K`` states at ``K`` grid points."""
+    """One round: the raw outputs ``[K, B, *shape]`` for ``K`` states at ``K`` grid points.
+
+    The states are stacked into ``[K, B, *shape]`` and the network times of the points are
+    passed as float32 on the states' device: what every model receives from every sampler.
+    """
     xs = torch.stack(list(states))
     t = schedule.times(list(points)).to(device=xs.device, dtype=torch.float32)
     return model(xs, t)
 
 
-def base_step(
-    x: Tensor, out: Tensor, schedule: Schedule, i: int, noise: Tensor | None = None
-) -> Tensor:
-    """The base sampler's step ``i -> i + 1``: DDIM / flow Euler, or DDPM with ``noise[i]``."""
-    if noise is None:
-        return skip_transition(x, out, schedule, i, i + 1)
-    return ddpm_transition(x, out, schedule, i, i + 1, noise[i])
+def payload(
+    i: int, x: Tensor, denoised: Tensor, schedule: Schedule, rounds: int, **extra: Any
+) -> dict[str, Any]:
+    """The one callback payload of every sampler, for a state ``x`` at grid point ``i``:
+
+    ``{"i": i, "x": x_i, "denoised": x0_hat, "sigma": sigma_i, "rounds": r}`` (plus any
+    sampler-specific keys, e.g. SRDS's ``"iteration"``), where ``x0_hat`` is the clean estimate
+    of the step that produced ``x_i`` and ``r`` the serial rounds spent so far.
+    """
+    return {
+        "i": i,
+        "x": x,
+        "denoised": denoised,
+        "sigma": schedule.sigma(i),
+        "rounds": rounds,
+        **extra,
+    }
 
 
 def setup_solver(

@@ -38,18 +38,18 @@ from driffusion.core import (
     Model,
     RowwiseModel,
     SampleResult,
+    SamplerSpec,
     Schedule,
     alphas_cumprod_from_betas,
     initial_noise,
-    sample_driffusion,
-    sample_paradigms,
-    sample_picard_driffusion,
+    reference_solution,
+    run_sampler,
     sample_serial,
     vp_schedule,
     vp_timesteps,
 )
 from driffusion.core.schedule import reference_schedule
-from driffusion.core.solvers import DPMSolverPP, UniPC
+from driffusion.core.solvers import UniPC
 from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
 
 KEYS = ["model", "sampler", "solver", "steps", "k", "rounds", "evaluations", "err_ref", "rel_dev"]
@@ -116,12 +116,12 @@ def relative(x: torch.Tensor, target: torch.Tensor) -> float:
 
 def reference(problem: Problem, points: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """The reference solution and its two independent checks."""
-    grid = problem.reference_grid(points)
-    x_ref = sample_serial(problem.model, problem.x, grid, solver=DPMSolverPP(order=3)).x
-    unipc = sample_serial(problem.model, problem.x, grid, solver=UniPC(order=3)).x
-    half = sample_serial(
-        problem.model, problem.x, problem.reference_grid(points // 2), solver=DPMSolverPP(order=3)
+    abar = problem.alphas_cumprod
+    x_ref = reference_solution(problem.model, problem.x, abar, points)
+    unipc = sample_serial(
+        problem.model, problem.x, problem.reference_grid(points), solver=UniPC(3)
     ).x
+    half = reference_solution(problem.model, problem.x, abar, points // 2)
     checks = {
         "solver": "dpmpp_3m",
         "points": points,
@@ -172,19 +172,11 @@ def trailing_grid_exists(steps: int) -> bool:
 def run_one(
     problem: Problem, sampler: str, solver: str, steps: int, k: int, tol: float, options: dict
 ) -> SampleResult:
-    grid = problem.grid(steps)
-    rule = options.get("draft_rule")
-    if sampler == "serial":
-        return sample_serial(problem.model, problem.x, grid, solver=solver)
-    if sampler in ("aggressive", "conservative"):
-        return sample_driffusion(
-            problem.model, problem.x, grid, drafts=k, mode=sampler, solver=solver, draft_rule=rule
-        )
-    if sampler == "picard_driffusion":
-        return sample_picard_driffusion(
-            problem.model, problem.x, grid, drafts=k, tol=tol, solver=solver, draft_rule=rule
-        )
-    return sample_paradigms(problem.model, problem.x, grid, window=k, tol=tol, solver=solver)
+    """One configuration through the registry (``k``: drafts, or the Picard window)."""
+    spec = SamplerSpec(
+        sampler, drafts=k, window=k, tol=tol, solver=solver, draft_rule=options.get("draft_rule")
+    )
+    return run_sampler(spec, problem.model, problem.x, problem.grid(steps))
 
 
 Task = tuple[str, str, int, int, dict[str, Any]]

@@ -47,7 +47,7 @@ from driffusion.core import (
     get_solver,
     initial_noise,
     reference_schedule,
-    sample_serial,
+    reference_solution,
 )
 from driffusion.io import atomic_write, labelled_grid, save_png
 from driffusion.lightning import (
@@ -179,8 +179,7 @@ def calibration_for(
     net = BatchedExecutor(RowwiseModel(model.denoiser(args.guidance), {"label": labels}))
     x = initial_noise([10_000 + d for d in range(NUM_CLASSES)], (1, 16, 16))
     with torch.inference_mode():
-        grid = reference_schedule(model.alphas_cumprod, args.reference_points)
-        x_ref = sample_serial(net, x, grid, solver="dpmpp_3m").x
+        x_ref = reference_solution(net, x, model.alphas_cumprod, args.reference_points)
         result = calibrate(net, x, model.schedule, x_ref, rounds=args.rounds, devices=devices)
     payload = {"settings": settings, "calibration": result.to_dict()}
     atomic_write(cache, lambda p: p.write_text(json.dumps(payload, indent=2)))

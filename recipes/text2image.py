@@ -37,8 +37,7 @@ from driffusion.core import (
     SamplerSpec,
     calibrate,
     initial_noise,
-    reference_schedule,
-    sample_serial,
+    reference_solution,
 )
 from driffusion.io import atomic_write, labelled_grid, save_png
 from driffusion.lightning import (
@@ -190,11 +189,14 @@ def calibrate_prompt(
     model = BatchedExecutor(RowwiseModel(adapter.network, cond))
     x = initial_noise([args.seed], adapter.latent_shape, device=pipe.device)
     scheduler = pipe.scheduler
-    grid = reference_schedule(
-        scheduler.alphas_cumprod.cpu(), args.reference_points, scheduler.config.prediction_type
-    )
     with torch.inference_mode():
-        x_ref = sample_serial(model, x, grid, solver="dpmpp_3m").x
+        x_ref = reference_solution(
+            model,
+            x,
+            scheduler.alphas_cumprod.cpu(),
+            args.reference_points,
+            scheduler.config.prediction_type,
+        )
         result = calibrate(
             model,
             x,

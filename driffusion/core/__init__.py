@@ -9,7 +9,7 @@ from driffusion.core.calibration import (
     Candidate,
     calibrate,
     candidates,
-    conservative_rounds,
+    reference_solution,
 )
 from driffusion.core.model import (
     BatchedExecutor,
@@ -31,6 +31,7 @@ from driffusion.core.samplers import (
     Callback,
     aggressive_rounds,
     block_boundaries,
+    conservative_rounds,
     default_blocks,
     draft,
     evaluate,
@@ -135,6 +136,7 @@ __all__ = [
     "predict_x0_eps",
     "reduced_grid",
     "reference_schedule",
+    "reference_solution",
     "refine",
     "run_sampler",
     "sample_driffusion",

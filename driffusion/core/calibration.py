@@ -25,10 +25,13 @@ from typing import Any
 from torch import Tensor
 
 from driffusion.core.model import Model
+from driffusion.core.parameterization import PredictionType
 from driffusion.core.samplers.base import check_positive_int
+from driffusion.core.samplers.driffusion import conservative_rounds
 from driffusion.core.samplers.registry import SamplerSpec, run_sampler
-from driffusion.core.schedule import Schedule
-from driffusion.core.solvers import get_solver
+from driffusion.core.samplers.serial import sample_serial
+from driffusion.core.schedule import Schedule, reference_schedule
+from driffusion.core.solvers import DPMSolverPP, get_solver
 
 CALIBRATION_SOLVERS: tuple[str, ...] = ("ddim", "dpmpp_2m", "unipc", "plms")
 MAX_STEPS = 500
@@ -102,11 +105,18 @@ class Calibration:
         )
 
 
-def conservative_rounds(num_steps: int, drafts: int) -> int:
-    """Serial rounds of conservative DRiffusion: ``2 (N // (k+1)) + min(N % (k+1), 2)``."""
-    check_positive_int(num_steps, "num_steps")
-    check_positive_int(drafts, "drafts")
-    return 2 * (num_steps // (drafts + 1)) + min(num_steps % (drafts + 1), 2)
+def reference_solution(
+    model: Model,
+    x: Tensor,
+    alphas_cumprod: Tensor,
+    points: int,
+    prediction_type: PredictionType = "epsilon",
+) -> Tensor:
+    """The reference solution from ``x``: DPM-Solver++(3M) on ``points`` log-uniform sigmas
+    ([`reference_schedule`][driffusion.core.schedule.reference_schedule]), then the final
+    denoise."""
+    grid = reference_schedule(alphas_cumprod, points, prediction_type)
+    return sample_serial(model, x, grid, solver=DPMSolverPP(order=3)).x
 
 
 def candidates(

@@ -3,6 +3,7 @@
 from driffusion.core.samplers.base import Callback, evaluate, payload
 from driffusion.core.samplers.driffusion import (
     aggressive_rounds,
+    conservative_rounds,
     draft,
     refine,
     sample_driffusion,
@@ -20,6 +21,7 @@ __all__ = [
     "Callback",
     "aggressive_rounds",
     "block_boundaries",
+    "conservative_rounds",
     "default_blocks",
     "draft",
     "evaluate",

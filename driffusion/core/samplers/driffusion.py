@@ -158,6 +158,13 @@ def aggressive_rounds(num_steps: int, drafts: int) -> int:
     return 1 + -(-(num_steps - 1) // drafts)
 
 
+def conservative_rounds(num_steps: int, drafts: int) -> int:
+    """Serial rounds of conservative DRiffusion: ``2 (N // (k+1)) + min(N % (k+1), 2)``."""
+    check_positive_int(num_steps, "num_steps")
+    check_positive_int(drafts, "drafts")
+    return 2 * (num_steps // (drafts + 1)) + min(num_steps % (drafts + 1), 2)
+
+
 def sample_driffusion(
     model: Model,
     x: Tensor,

@@ -10,6 +10,10 @@ Uses the embedded model (trained here, shipped in the package) with DPM-Solver++
 round's evaluations are split across devices; serial samplers evaluate one state per round,
 which rank 0 of the group computes while the others wait for the gather.
 
+``--sampler`` (repeatable) takes a built-in sampler with its settings (``'aggressive(drafts=4)'``)
+or your own by import path (``path/to/file.py:NAME``): anything called as
+``sampler(model, x, schedule, *, callback=None)``. It appears in the table by its ``repr``.
+
 Every sample is compared with a reference solution of the sampling ODE (DPM-Solver++(3M) on
 ``--reference-points`` log-uniform sigmas): ``err_ref = ||x - x_ref|| / ||x_ref||``. For each
 parallel sampler that takes fewer rounds than the grid has steps, the same solver also runs
@@ -21,42 +25,50 @@ disjoint from the job's) tries every serial and DRiffusion configuration that fi
 on the draft group, against the reference, and runs the best one beside the best serial solver
 at ``R`` rounds; the result is cached in ``<out>/calibration.json`` per model and settings.
 
-Writes ``<out>/grid.png`` (one labelled row per sampler), ``<out>/<sampler>/<id>.png`` (digit,
-seed, sampler, steps in PNG text metadata) and ``<out>/report.json``, and prints the table.
+Metrics come from the evaluation callbacks (``driffusion.eval.callbacks``: err_ref, deviation
+from serial, classifier accuracy, FID). Writes ``<out>/grid.png`` (one labelled row per
+sampler), ``<out>/<sampler>/<id>.png`` (digit, seed, sampler, steps in PNG text metadata) and
+``<out>/report.json``, and prints the table.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from driffusion.adapters.distributed import barrier, gather_objects, make_layout
 from driffusion.core import (
-    SAMPLER_NAMES,
-    SOLVER_NAMES,
     BatchedExecutor,
     Calibration,
     RowwiseModel,
-    SamplerSpec,
+    SamplerFn,
+    Serial,
     calibrate,
     get_solver,
     initial_noise,
     reference_schedule,
     reference_solution,
+    unique_names,
 )
-from driffusion.io import atomic_write, labelled_grid, save_png
+from driffusion.eval.callbacks import (
+    AccuracyCallback,
+    FidelityCallback,
+    ReferenceErrorCallback,
+    SerialDeviationCallback,
+    outputs_by_id,
+)
+from driffusion.io import atomic_write, labelled_grid, markdown_table, save_png, write_json
 from driffusion.lightning import (
     DiffusionSamplerModule,
     ProgressBar,
-    add_fabric_args,
-    build_fabric,
-    finish,
-    run_predict,
+    Session,
+    add_sampler_args,
+    add_session_args,
+    check_sampler_args,
+    samplers_from_args,
 )
 from driffusion.models.digits import NUM_CLASSES, DigitsModel, digits_dataset, load_digits
 
@@ -71,54 +83,33 @@ KEYS = [
     "max_abs_dev",
     "accuracy",
     "fid",
+    "setting",
 ]
-PARALLEL = (
-    "aggressive",
-    "conservative",
-    "srds",
-    "srds_pipelined",
-    "paradigms",
-    "picard_driffusion",
-)
 
 
-def parse_args() -> argparse.Namespace:
-    parser = add_fabric_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_session_args(parser)
+    add_sampler_args(
+        parser,
+        default=("serial", "aggressive", "conservative", "srds", "paradigms"),
+        solver="dpmpp_2m",
+    )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None, help="grid steps (default 50)")
     budget.add_argument(
         "--rounds", type=int, default=None, help="a latency budget: calibrate N, k, mode, solver"
     )
-    parser.add_argument("--solver", choices=SOLVER_NAMES, default="dpmpp_2m")
-    parser.add_argument(
-        "--drafts", type=int, default=None, help="DRiffusion drafts (default: draft-group size)"
-    )
-    parser.add_argument(
-        "--blocks", type=int, default=None, help="SRDS blocks (default: sqrt(steps))"
-    )
-    parser.add_argument("--srds-tol", type=float, default=1e-3)
-    parser.add_argument("--samplers", default="serial,aggressive,conservative,srds,paradigms")
-    parser.add_argument(
-        "--window", type=int, default=None, help="ParaDiGMS window (default: drafts)"
-    )
-    parser.add_argument("--paradigms-tol", type=float, default=1e-3)
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-per-class", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--reference-points", type=int, default=300)
-    parser.add_argument("--draft-devices", type=int, default=None)
-    parser.add_argument("--timeout", type=float, default=300.0, help="collective timeout (s)")
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: shipped)")
     parser.add_argument("--out", type=Path, default=Path("outputs/digits"))
     parser.add_argument("--no-fid", action="store_true", help="skip FID (faster)")
-    args = parser.parse_args()
-    args.samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-    unknown = [s for s in args.samplers if s not in SAMPLER_NAMES]
-    if unknown or not args.samplers:
-        parser.error(f"unknown sampler(s) {unknown}; choose from {', '.join(SAMPLER_NAMES)}")
-    if "serial" not in args.samplers:
-        args.samplers.insert(0, "serial")  # the reference for speedup and deviation
+    args = parser.parse_args(argv)
+    check_sampler_args(parser, args)
     if args.steps is None and args.rounds is None:
         args.steps = 50
     for name in ("steps", "rounds"):
@@ -126,41 +117,40 @@ def parse_args() -> argparse.Namespace:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.n_per_class < 1 or args.batch_size < 1 or args.reference_points < 20:
         parser.error("--n-per-class and --batch-size must be >= 1, --reference-points >= 20")
-    if args.drafts is not None and args.drafts < 1:
-        parser.error(f"--drafts must be >= 1, got {args.drafts}")
-    if get_solver(args.solver).stochastic:
+    if args.solver is not None and get_solver(args.solver).stochastic:
         parser.error(f"--solver {args.solver} is stochastic; err_ref compares ODE solutions")
     return args
 
 
-def plan(args: argparse.Namespace, drafts: int, calibration: Calibration | None) -> list[dict]:
-    """The runs of the job: ``{"name", "spec", "steps"}``; the first is the speedup baseline."""
+def plan(args: argparse.Namespace, devices: int, calibration: Calibration | None) -> list[dict]:
+    """The runs of the job: ``{"name", "sampler", "steps"}``; the first is the serial baseline."""
     if calibration is not None:
         best, serial = calibration.best, calibration.best_serial
-        runs = [{"name": "serial", "spec": SamplerSpec("serial", solver=best.solver)}]
-        runs[0]["steps"] = best.steps
+        runs = [{"name": "serial", "sampler": Serial(solver=best.solver), "steps": best.steps}]
         if best.sampler != "serial":
-            runs.append({"name": "chosen", "spec": best.spec(), "steps": best.steps})
-        runs.append({"name": "best_serial", "spec": serial.spec(), "steps": serial.steps})
-        return runs
-    runs = []
-    for name in args.samplers:
-        spec = SamplerSpec(
-            name,
-            drafts=drafts,
-            blocks=args.blocks,
-            tol=args.paradigms_tol if name == "paradigms" else args.srds_tol,
-            window=args.window or drafts,
-            solver=args.solver,
+            runs.append({"name": "chosen", "sampler": best.make_sampler(), "steps": best.steps})
+        runs.append(
+            {"name": "best_serial", "sampler": serial.make_sampler(), "steps": serial.steps}
         )
-        runs.append({"name": name, "spec": spec, "steps": args.steps})
-    return runs
+        return runs
+    samplers: list[SamplerFn] = samplers_from_args(args, devices)
+    baseline = Serial(solver=args.solver)
+    if baseline not in samplers:
+        samplers.insert(0, baseline)  # the reference for speedup and deviation
+    else:
+        samplers.insert(0, samplers.pop(samplers.index(baseline)))
+    names = unique_names(samplers)  # two settings of one sampler: distinct folders
+    return [
+        {"name": name, "sampler": sampler, "steps": args.steps}
+        for name, sampler in zip(names, samplers, strict=True)
+    ]
 
 
 def calibration_for(
-    args: argparse.Namespace, model: DigitsModel, devices: int
+    args: argparse.Namespace, model: DigitsModel, devices: int, write: bool = True
 ) -> Calibration | None:
-    """The calibration of ``--rounds`` (from the cache when its settings match)."""
+    """The calibration of ``--rounds`` (from the cache when its settings match; the cache is
+    written when ``write``)."""
     if args.rounds is None:
         return None
     settings = {
@@ -181,20 +171,23 @@ def calibration_for(
     with torch.inference_mode():
         x_ref = reference_solution(net, x, model.alphas_cumprod, args.reference_points)
         result = calibrate(net, x, model.schedule, x_ref, rounds=args.rounds, devices=devices)
-    payload = {"settings": settings, "calibration": result.to_dict()}
-    atomic_write(cache, lambda p: p.write_text(json.dumps(payload, indent=2)))
+    if write:
+        payload = {"settings": settings, "calibration": result.to_dict()}
+        atomic_write(cache, lambda p: p.write_text(json.dumps(payload, indent=2)))
     return result
 
 
-def main() -> None:
-    args = parse_args()
-    fabric = build_fabric(args, callbacks=[ProgressBar()])
-    layout = make_layout(args.draft_devices, timeout_s=args.timeout)
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    with Session.from_args(args, callbacks=[ProgressBar()]) as session:
+        run_job(args, session)
+
+
+def run_job(args: argparse.Namespace, session: Session) -> None:
     model = load_digits(args.model)
-    calibration = None
-    if args.rounds is not None:
-        # every rank calibrates the same way (deterministic); rank 0 writes the cache
-        calibration = calibration_for(args, model, layout.draft_devices)
+    devices = session.draft_devices
+    # every rank calibrates the same way (deterministic); the leader writes the cache
+    calibration = calibration_for(args, model, devices, write=session.is_leader)
     denoiser = model.denoiser(args.guidance)
     items = [
         {
@@ -205,60 +198,68 @@ def main() -> None:
         for j in range(args.n_per_class)
         for d in range(NUM_CLASSES)
     ]
-    drafts = args.drafts or layout.draft_devices
-    runs = plan(args, drafts, calibration)
+    labels = {item["id"]: int(item["cond"]["label"]) for item in items}
+    runs = plan(args, devices, calibration)
 
-    def predict(spec: SamplerSpec, schedule: Any, some: list[dict], on: Any = layout) -> list:
-        module = DiffusionSamplerModule(denoiser, schedule, (1, 16, 16), spec)
-        return run_predict(fabric, module, some, batch_size=args.batch_size, layout=on)
+    def predict(sampler: Any, schedule: Any, some: list[dict], **options: Any) -> list:
+        module = DiffusionSamplerModule(denoiser, schedule, (1, 16, 16), sampler)
+        return session.predict(module, some, batch_size=args.batch_size, **options)
 
-    # untimed: the reference solution (serial: each rank solves its share of the items), and
-    # one warm-up batch so that no timed sampler pays for start-up
+    # untimed: the reference solution (each rank solves its share alone), and one warm-up batch
+    # so that no timed sampler pays for start-up
     reference = predict(
-        SamplerSpec("serial", solver="dpmpp_3m"),
+        Serial(solver="dpmpp_3m"),
         reference_schedule(model.alphas_cumprod, args.reference_points),
         items,
-        make_layout(1, timeout_s=args.timeout) if layout.draft_devices > 1 else layout,
+        draft_devices=1,
     )
-    predict(runs[0]["spec"], model.schedule(runs[0]["steps"]), items[: args.batch_size])
+    predict(runs[0]["sampler"], model.schedule(runs[0]["steps"]), items[: args.batch_size])
 
+    reference_images, _ = digits_dataset("test")
+    serial_x: dict[Any, torch.Tensor] = {}
     results: dict[str, dict[str, Any]] = {}
     done_rounds: set[int] = set()
     queue = list(runs)
     while queue:
         run = queue.pop(0)
-        schedule = model.schedule(run["steps"])
-        barrier(layout, f"start of {run['name']}")
-        start = time.perf_counter()
-        outputs = predict(run["spec"], schedule, items)
-        wall = max(gather_objects(layout, time.perf_counter() - start))
+        metrics: list[Any] = [
+            ReferenceErrorCallback(outputs_by_id(reference)),
+            AccuracyCallback(model.classify, labels),
+        ]
+        if serial_x:  # every run after the serial baseline
+            metrics.append(SerialDeviationCallback(serial_x))
+        if not args.no_fid:
+            metrics.append(
+                FidelityCallback(reference_images, feature_extractor="driffusion-digits")
+            )
+        wall, outputs = session.timed(
+            lambda run=run, metrics=metrics: predict(
+                run["sampler"], model.schedule(run["steps"]), items, callbacks=metrics
+            ),
+            run["name"],
+        )
+        scores: dict[str, Any] = {} if serial_x else {"max_abs_dev": 0.0}
+        serial_x = serial_x or outputs_by_id(outputs)
+        for callback in metrics:
+            scores.update(callback.results or {})
         rounds = max(o.stats.rounds for o in outputs)
         results[run["name"]] = {
-            "spec": run["spec"],
-            "steps": run["steps"],
+            **run,
             "wall_s": wall,
             "outputs": outputs,
             "rounds": rounds,
+            "scores": scores,
         }
         # the honest baseline: the same solver, serially, at this sampler's round count
-        parallel = run["spec"].name in PARALLEL and calibration is None
+        parallel = getattr(run["sampler"], "parallel", True) and calibration is None
         if parallel and rounds < run["steps"] and rounds not in done_rounds:
             done_rounds.add(rounds)
-            spec = SamplerSpec("serial", solver=args.solver)
             steps = rounds - (1 if args.solver == "plms" else 0)
-            queue.insert(0, {"name": f"serial@{rounds}", "spec": spec, "steps": steps})
+            baseline = Serial(solver=args.solver)
+            queue.insert(0, {"name": f"serial@{rounds}", "sampler": baseline, "steps": steps})
 
-    if fabric.global_rank == 0:
-        report(args, model, items, results, reference, layout.draft_devices, calibration)
-    finish()
-
-
-def in_item_order(outputs: list[Any], order: dict[str, int]) -> torch.Tensor:
-    x = torch.cat([o.x for o in outputs])
-    index = torch.tensor([order[i] for o in outputs for i in o.ids])
-    ordered = torch.empty_like(x)
-    ordered[index] = x
-    return ordered
+    if session.is_leader:
+        report(args, model, items, results, devices, calibration)
 
 
 def report(
@@ -266,57 +267,48 @@ def report(
     model: Any,
     items: list[dict],
     results: dict[str, dict],
-    reference: list[Any],
     devices: int,
     calibration: Calibration | None,
 ) -> None:
-    labels = torch.tensor([int(item["cond"]["label"]) for item in items])
-    order = {item["id"]: k for k, item in enumerate(items)}
-    x_ref = in_item_order(reference, order).double()
+    """Write the PNGs, the grid and ``report.json``; print the table."""
     baseline = results["serial"]
-    baseline_x = in_item_order(baseline["outputs"], order)
-    reference_images, _ = digits_dataset("test")
     rows, grid_rows = [], []
     for name, res in results.items():
-        x = in_item_order(res["outputs"], order)
-        diff = (x - baseline_x).abs().flatten(1)
-        fid = None
-        if not args.no_fid:
-            from driffusion.eval.digits_fid import digits_fid
-
-            fid = digits_fid(x, reference_images)["frechet_inception_distance"]
-        spec: SamplerSpec = res["spec"]
+        label = repr(res["sampler"])
+        parallel = getattr(res["sampler"], "parallel", True)
         rows.append(
             {
                 "sampler": name,
-                "setting": spec.label(),
-                "devices": 1 if spec.name in ("serial", "serial_reduced") else devices,
+                "devices": devices if parallel else 1,
                 "steps": res["steps"],
                 "rounds": res["rounds"],
                 "wall_s": res["wall_s"],
                 "speedup": baseline["wall_s"] / res["wall_s"],
-                "err_ref": float((x.double() - x_ref).norm() / x_ref.norm()),
-                "max_abs_dev": float(diff.max()),
-                "accuracy": float((model.classify(x) == labels).float().mean()),
-                "fid": fid,
+                "err_ref": res["scores"]["err_ref"],
+                "max_abs_dev": res["scores"]["max_abs_dev"],
+                "accuracy": res["scores"]["accuracy"],
+                "fid": res["scores"].get("frechet_inception_distance"),
+                "setting": label,
             }
         )
-        for k, item in enumerate(items):
+        x = outputs_by_id(res["outputs"])
+        first_of_each: dict[int, torch.Tensor] = {}
+        for item in items:
+            digit = int(item["cond"]["label"])
             meta = {
-                "digit": int(labels[k]),
+                "digit": digit,
                 "seed": item["seed"],
-                "sampler": spec.label(),
+                "sampler": label,
                 "steps": res["steps"],
                 "guidance": args.guidance,
             }
-            save_png(args.out / name / f"{item['id']}.png", x[k], meta)
-        first_of_each = [x[labels.tolist().index(d)] for d in range(NUM_CLASSES)]
-        grid_rows.append(
-            (f"{spec.label()}\n{res['steps']} steps, {res['rounds']} rounds", first_of_each)
-        )
+            save_png(args.out / name / f"{item['id']}.png", x[item["id"]], meta)
+            first_of_each.setdefault(digit, x[item["id"]])
+        row_images = [first_of_each[d] for d in range(NUM_CLASSES)]
+        grid_rows.append((f"{label}\n{res['steps']} steps, {res['rounds']} rounds", row_images))
 
     grid = labelled_grid(grid_rows, label_width=280)
-    atomic_write(args.out / "grid.png", lambda p: grid.save(p, format="PNG"))
+    save_png(args.out / "grid.png", grid, {"samplers": ", ".join(results)})
     spread = (
         "serial samplers evaluate one state per round: rank 0 of the draft group computes it "
         f"while the other {devices - 1} rank(s) wait for the gather (one device's work)"
@@ -331,10 +323,7 @@ def report(
         "serial_spread": spread,
         "calibration": calibration.to_dict() if calibration is not None else None,
     }
-    atomic_write(
-        args.out / "report.json",
-        lambda p: p.write_text(json.dumps(payload, indent=2, allow_nan=False)),
-    )
+    write_json(args.out / "report.json", payload)
 
     print(
         f"\ndigits: {len(items)} samples per sampler, guidance {args.guidance:g}, "
@@ -348,11 +337,7 @@ def report(
             f"the best serial solver in the same rounds: {calibration.best_serial.label()} "
             f"(err_ref {calibration.best_serial.err_ref:.3g})\n"
         )
-    print("| " + " | ".join(KEYS) + " | setting |")
-    print("|" + "---|" * (len(KEYS) + 1))
-    for row in rows:
-        cells = [f"{row[k]:.3g}" if isinstance(row[k], float) else str(row[k]) for k in KEYS]
-        print("| " + " | ".join(cells) + f" | {row['setting']} |")
+    print(markdown_table(rows, KEYS))
     print(f"\nwrote {args.out / 'grid.png'}, {args.out / 'report.json'} and one PNG per sample")
 
 

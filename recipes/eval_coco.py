@@ -27,10 +27,10 @@ from typing import Any
 
 import torch
 
-from driffusion.adapters.distributed import barrier, gather_objects, make_layout
-from driffusion.core import SAMPLER_NAMES, SamplerSpec, aggressive_rounds
+from driffusion.core import Aggressive, SamplerFn, SerialReduced, parse_sampler, unique_names
 from driffusion.eval.coco import (
     ImageWriter,
+    ScoringConfig,
     digits_captions,
     first_captions,
     score_samplers,
@@ -39,11 +39,13 @@ from driffusion.eval.coco import (
 from driffusion.lightning import (
     DiffusionSamplerModule,
     ProgressBar,
-    add_fabric_args,
-    build_fabric,
-    finish,
-    run_predict,
+    Session,
+    add_sampler_args,
+    add_session_args,
+    check_sampler_args,
+    samplers_from_args,
 )
+from driffusion.lightning.cli import sampler_defaults
 
 
 def parse_args() -> argparse.Namespace:
@@ -52,14 +54,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--recipe", choices=["sd21", "sdxl", "sd3", "digits"], default="digits")
     parser.add_argument("--model", default=None, help="hub id or local folder")
     parser.add_argument("--tiny", action="store_true", help="tiny random model (sd21/sdxl/sd3)")
-    parser.add_argument("--samplers", default="serial,aggressive,conservative,srds")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--guidance", type=float, default=None)
-    parser.add_argument("--drafts", type=int, default=2)
     parser.add_argument("--limit", type=int, default=5000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--draft-devices", type=int, default=1, help="1: pure data parallel")
     parser.add_argument("--size", type=int, default=None, help="image height and width")
     parser.add_argument("--reference", type=Path, help="folder of reference images (FID)")
     parser.add_argument("--fid-extractor", default=None, help="torch-fidelity extractor name")
@@ -72,16 +71,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--max-images", type=int, default=None, help="stop after this many (test aid)"
     )
-    add_fabric_args(parser)
+    add_sampler_args(parser, default=("serial", "aggressive", "conservative", "srds"))
+    add_session_args(parser)
+    # the paper's protocol: data parallel (one device per replica), drafts batched on it
+    parser.set_defaults(draft_devices=1, drafts=2, window=2)
     args = parser.parse_args()
-    args.samplers = [s.strip() for s in args.samplers.split(",") if s.strip()]
-    unknown = [s for s in args.samplers if s not in SAMPLER_NAMES]
-    if unknown:
-        parser.error(f"unknown sampler(s) {unknown}; choose from {', '.join(SAMPLER_NAMES)}")
-    if "serial" not in args.samplers:
-        args.samplers.insert(0, "serial")
-    if "aggressive" in args.samplers and "serial_reduced" not in args.samplers:
-        args.samplers.append("serial_reduced")  # the step-reduced baseline at equal rounds
+    check_sampler_args(parser, args)
     if args.recipe != "digits" and args.captions is None:
         parser.error("--captions is required for the Stable Diffusion recipes")
     if args.limit < 1 or args.batch_size < 1:
@@ -89,8 +84,20 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def plan(args: argparse.Namespace, devices: int, steps: int) -> list[SamplerFn]:
+    """The samplers: serial first (the baseline), and the step-reduced serial baseline at the
+    rounds of the first aggressive DRiffusion."""
+    samplers = samplers_from_args(args, devices)
+    if not any(getattr(s, "name", None) == "serial" for s in samplers):
+        samplers.insert(0, parse_sampler("serial", sampler_defaults(args, devices)))
+    aggressive = next((s for s in samplers if isinstance(s, Aggressive)), None)
+    if aggressive is not None and not any(isinstance(s, SerialReduced) for s in samplers):
+        samplers.append(SerialReduced(rounds=aggressive.rounds(steps), solver=args.solver))
+    return samplers
+
+
 def build_generator(args: argparse.Namespace, device: torch.device) -> tuple[Any, Any, int]:
-    """(make_module(spec), collate_fn or None, steps) for the chosen recipe."""
+    """(make_module(sampler), collate_fn or None, steps) for the chosen recipe."""
     if args.recipe == "digits":
         from driffusion.models.digits import load_digits
 
@@ -99,28 +106,25 @@ def build_generator(args: argparse.Namespace, device: torch.device) -> tuple[Any
         schedule = model.schedule(steps)
         denoiser = model.denoiser(args.guidance if args.guidance is not None else 2.0).to(device)
 
-        def make_digits(spec: SamplerSpec) -> DiffusionSamplerModule:
-            return DiffusionSamplerModule(denoiser, schedule, (1, 16, 16), spec)
+        def make_digits(sampler: SamplerFn) -> DiffusionSamplerModule:
+            return DiffusionSamplerModule(denoiser, schedule, (1, 16, 16), sampler)
 
         return make_digits, None, steps
-    from driffusion.adapters.diffusers import FAMILIES, adapt_pipeline, load_pipeline
+    from text2image import load_family_pipeline
+
+    from driffusion.adapters.diffusers import FAMILIES, adapt_pipeline
     from driffusion.lightning.text2image import PromptSamplerModule, collate_prompts
 
     family = FAMILIES[args.recipe]
-    if args.tiny:
-        from driffusion.adapters.tiny import build_tiny_pipeline
-
-        pipe, size = build_tiny_pipeline(family.name), 32
-    else:
-        pipe, size = load_pipeline(family.name, args.model or family.model), family.size
+    pipe, size = load_family_pipeline(family, args.model or family.model, args.tiny, "fp32")
     steps = args.steps or family.steps
     guidance = args.guidance if args.guidance is not None else family.guidance
     adapter = adapt_pipeline(
         pipe.to(device), steps, height=args.size or size, width=args.size or size, guidance=guidance
     )
 
-    def make_sd(spec: SamplerSpec) -> DiffusionSamplerModule:
-        return PromptSamplerModule(adapter, spec)
+    def make_sd(sampler: SamplerFn) -> DiffusionSamplerModule:
+        return PromptSamplerModule(adapter, sampler)
 
     return make_sd, collate_prompts, steps
 
@@ -136,17 +140,19 @@ def main() -> None:
         for k, (key, caption, extra) in enumerate(captions)
     ]
     writer = ImageWriter({item["id"]: item for item in items})
-    fabric = build_fabric(args, callbacks=[ProgressBar("eval"), writer])
-    layout = make_layout(args.draft_devices)
-    make_module, collate_fn, steps = build_generator(args, fabric.device)
+    with Session.from_args(args, callbacks=[ProgressBar("eval"), writer]) as session:
+        evaluate(args, items, writer, session)
+
+
+def evaluate(
+    args: argparse.Namespace, items: list[dict], writer: ImageWriter, session: Session
+) -> None:
+    """Generate what is missing for every sampler, then (on the leader) score them all."""
+    make_module, collate_fn, steps = build_generator(args, session.device)
+    samplers = plan(args, session.draft_devices, steps)
+    names = unique_names(samplers)
     written = 0
-    for name in args.samplers:
-        spec = SamplerSpec(
-            name,
-            drafts=args.drafts,
-            rounds=aggressive_rounds(steps, args.drafts),
-            window=args.drafts,
-        )
+    for name, sampler in zip(names, samplers, strict=True):
         folder = args.out / name
         # Resume whole batches of the original run, so that every image is computed in the
         # batch (and batch shape) it would have had uninterrupted: CPU kernels can differ in the
@@ -160,30 +166,32 @@ def main() -> None:
         ]
         if args.max_images is not None:
             todo = todo[: max(0, args.max_images - written)]
-        writer.target(folder, spec, steps)
+        writer.target(folder, sampler, steps)
         if todo:
-            module = make_module(spec)
-            run_predict(
-                fabric,
-                module,
-                todo,
-                batch_size=args.batch_size,
-                layout=layout,
-                collate_fn=collate_fn,
+            session.predict(
+                make_module(sampler), todo, batch_size=args.batch_size, collate_fn=collate_fn
             )
         written += len(todo)
-        barrier(layout, f"end of {name}")
     if args.max_images is not None and written >= args.max_images:
-        finish()
         return
-    if fabric.global_rank == 0:
+    if session.is_leader:
         start = time.perf_counter()
-        rows = score_samplers(args, items)
+        config = ScoringConfig(
+            out=args.out,
+            samplers=tuple(names),
+            reference=args.reference,
+            digits=args.recipe == "digits",
+            fid_extractor=args.fid_extractor,
+            fid_weights=args.fid_weights,
+            clip_model=args.clip_model,
+            pickscore_model=args.pickscore_model,
+            pickscore_processor=args.pickscore_processor,
+            hps_checkpoint=args.hps_checkpoint,
+        )
+        rows = score_samplers(config, items)
         write_metrics(args.out, rows, {"recipe": args.recipe, "steps": steps, "images": len(items)})
         print(f"scored in {time.perf_counter() - start:.1f}s; wrote {args.out / 'metrics.json'}")
         print((args.out / "metrics.md").read_text())
-    gather_objects(layout, None)
-    finish()
 
 
 if __name__ == "__main__":

@@ -1,18 +1,19 @@
 """The text-to-image job behind ``sd21.py``, ``sdxl.py`` and ``sd3.py`` in this folder.
 
 One CLI shape for all three: ``--model --prompt/--prompts-file --negative-prompt --steps
---guidance --height --width --seed --sampler --drafts --precision --out --tiny``, plus the launch
-flags of ``fabric run`` (ignored under it). Every rank of a draft group holds the pipeline; the
-evaluations of each parallel round are split across the group; data-parallel replicas take
-different prompts. Outputs (written only by group leaders, atomically): one PNG per image with
-its prompt, negative prompt, seed, sampler, steps and guidance in PNG text metadata, a grid, and
-``report.json`` with per-image wall time, rounds and evaluations.
+--guidance --height --width --seed --sampler --solver --drafts --precision --out --tiny``, plus
+the session flags (launch flags of ``fabric run``, ignored under it; ``--draft-devices``,
+``--timeout``). ``--sampler`` takes a built-in sampler with its settings
+(``'srds(pipelined=True)'``) or an import path ``path/to/file.py:NAME``. Every rank of a draft
+group holds the pipeline; the evaluations of each parallel round are split across the group;
+data-parallel replicas take different prompts. Outputs (written by the leader, atomically): one
+PNG per image with its prompt, negative prompt, seed, sampler, steps and guidance in PNG text
+metadata, a grid, and ``report.json`` with per-image wall time, rounds and evaluations.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -21,35 +22,32 @@ import torch
 
 from driffusion.adapters.diffusers import (
     FAMILIES,
+    WEIGHT_DTYPES,
     Family,
     PipelineAdapter,
     adapt_pipeline,
     load_pipeline,
     read_schedule,
 )
-from driffusion.adapters.distributed import gather_objects, make_layout
 from driffusion.core import (
-    SAMPLER_NAMES,
-    SOLVER_NAMES,
     BatchedExecutor,
     Calibration,
     RowwiseModel,
-    SamplerSpec,
+    SamplerFn,
     calibrate,
     initial_noise,
     reference_solution,
 )
-from driffusion.io import atomic_write, labelled_grid, save_png
+from driffusion.io import labelled_grid, save_png, write_json
 from driffusion.lightning import (
     ProgressBar,
-    add_fabric_args,
-    build_fabric,
-    finish,
-    run_predict,
+    Session,
+    add_sampler_args,
+    add_session_args,
+    check_sampler_args,
+    samplers_from_args,
 )
 from driffusion.lightning.text2image import PromptSamplerModule, collate_prompts
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namespace:
@@ -73,24 +71,18 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
     parser.add_argument("--height", type=int, default=None)
     parser.add_argument("--width", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0, help="image k uses seed + k")
-    parser.add_argument("--sampler", choices=SAMPLER_NAMES, default="aggressive")
     parser.add_argument(
-        "--solver",
-        choices=SOLVER_NAMES,
-        default=None,
-        help="the step (default: DDIM / flow Euler on the scheduler's grid)",
+        "--precision", choices=sorted(WEIGHT_DTYPES), default="fp32", help="weights"
     )
-    parser.add_argument("--drafts", type=int, default=None, help="default: draft-group size")
-    parser.add_argument("--blocks", type=int, default=None, help="SRDS blocks")
-    parser.add_argument("--srds-tol", type=float, default=1e-3)
-    parser.add_argument("--precision", choices=sorted(DTYPES), default="fp32", help="weights")
     parser.add_argument("--batch-size", type=int, default=1)
-    parser.add_argument("--draft-devices", type=int, default=None)
-    parser.add_argument("--timeout", type=float, default=600.0, help="collective timeout (s)")
     parser.add_argument("--out", type=Path, default=Path(f"outputs/{family.name}"))
     parser.add_argument("--tiny", action="store_true", help="random tiny model built in code")
-    add_fabric_args(parser, precision=False)
+    add_sampler_args(parser, default=("aggressive",))
+    add_session_args(parser, precision=False)
     args = parser.parse_args(argv)
+    check_sampler_args(parser, args)
+    if args.sampler is not None and len(args.sampler) > 1:
+        parser.error("give one --sampler (this recipe writes one image per prompt)")
     prompts = list(args.prompt or [])
     if args.prompts_file:
         if not args.prompts_file.is_file():
@@ -108,59 +100,50 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
         parser.error("--rounds calibrates against a VP reference solve: sd21 and sdxl only")
     if args.reference_points < 20:
         parser.error(f"--reference-points must be >= 20, got {args.reference_points}")
-    if args.drafts is not None and args.drafts < 1:
-        parser.error(f"--drafts must be >= 1, got {args.drafts}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     return args
 
 
+def load_family_pipeline(family: Family, model: str, tiny: bool, precision: str) -> tuple:
+    """``(pipe, default size)``: the family's pipeline from ``model`` (a hub id or folder), or a
+    tiny random one built in code; a missing model fails here, before any process starts."""
+    if tiny:
+        from driffusion.adapters.tiny import build_tiny_pipeline
+
+        return build_tiny_pipeline(family.name), 32
+    return load_pipeline(family.name, model, WEIGHT_DTYPES[precision]), family.size
+
+
 def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
     """Load (or build, with ``--tiny``) the pipeline, sample every prompt, write the outputs.
 
-    Returns the per-image report rows on rank 0 (an empty list elsewhere).
+    Returns the per-image report rows on the leader (an empty list elsewhere).
     """
     family = FAMILIES[family_name]
     args = parse_args(family, argv)
-    if args.tiny:
-        from driffusion.adapters.tiny import build_tiny_pipeline
+    pipe, size = load_family_pipeline(family, args.model, args.tiny, args.precision)
+    with Session.from_args(args, callbacks=[ProgressBar(family.name)]) as session:
+        return generate(args, family, pipe.to(session.device), size, session)
 
-        pipe = build_tiny_pipeline(family.name)
-        size = 32
-    else:
-        pipe = load_pipeline(family.name, args.model, DTYPES[args.precision])  # fails early
-        size = family.size
-    fabric = build_fabric(args, callbacks=[ProgressBar(family.name)])
-    layout = make_layout(args.draft_devices, timeout_s=args.timeout)
-    pipe = pipe.to(fabric.device)
-    adapter = adapt_pipeline(
-        pipe,
-        args.steps or family.steps,
-        height=args.height or size,
-        width=args.width or size,
-        guidance=args.guidance,
-    )
+
+def generate(
+    args: argparse.Namespace, family: Family, pipe: Any, size: int, session: Session
+) -> list[dict]:
+    """Sample every prompt of ``args`` in the session; the leader writes the outputs."""
+    height, width = args.height or size, args.width or size
+
+    def adapt(steps: int) -> PipelineAdapter:
+        return adapt_pipeline(pipe, steps, height=height, width=width, guidance=args.guidance)
+
     calibration = None
     if args.rounds is not None:
-        calibration = calibrate_prompt(args, pipe, adapter, layout.draft_devices)
+        calibration = calibrate_prompt(args, pipe, adapt(family.steps), session.draft_devices)
         args.steps = calibration.best.steps
-        adapter = adapt_pipeline(
-            pipe,
-            args.steps,
-            height=args.height or size,
-            width=args.width or size,
-            guidance=args.guidance,
-        )
-        spec = calibration.best.spec()
+        sampler: SamplerFn = calibration.best.make_sampler()
     else:
-        spec = SamplerSpec(
-            args.sampler,
-            drafts=args.drafts or layout.draft_devices,
-            blocks=args.blocks,
-            tol=args.srds_tol,
-            solver=args.solver,
-        )
-    module = PromptSamplerModule(adapter, spec)
+        sampler = samplers_from_args(args, session.draft_devices)[0]
+    module = PromptSamplerModule(adapt(args.steps), sampler)
     items = [
         {
             "id": f"{k:05d}",
@@ -170,15 +153,10 @@ def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
         }
         for k, p in enumerate(args.prompts)
     ]
-    outputs = run_predict(
-        fabric, module, items, batch_size=args.batch_size, layout=layout, collate_fn=collate_prompts
-    )
-    rows = []
-    if fabric.global_rank == 0:
-        rows = write_outputs(args, family, spec, items, outputs, layout.draft_devices, calibration)
-    gather_objects(layout, None)  # keep ranks together until rank 0 has written
-    finish()
-    return rows
+    outputs = session.predict(module, items, batch_size=args.batch_size, collate_fn=collate_prompts)
+    if not session.is_leader:
+        return []
+    return write_outputs(args, family, sampler, items, outputs, session.draft_devices, calibration)
 
 
 def calibrate_prompt(
@@ -216,7 +194,7 @@ def calibrate_prompt(
 def write_outputs(
     args: argparse.Namespace,
     family: Family,
-    spec: SamplerSpec,
+    sampler: SamplerFn,
     items: list[dict],
     outputs: list,
     devices: int,
@@ -233,7 +211,7 @@ def write_outputs(
                 "prompt": item["prompt"],
                 "negative_prompt": item["negative_prompt"],
                 "seed": item["seed"],
-                "sampler": spec.label(),
+                "sampler": repr(sampler),
                 "steps": args.steps,
                 "guidance": args.guidance,
                 "model": "tiny" if args.tiny else args.model,
@@ -251,15 +229,15 @@ def write_outputs(
                     "evaluations": output.stats.evaluations,
                 }
             )
-    grid = labelled_grid([(spec.label(), images)], scale=1)
-    atomic_write(args.out / "grid.png", lambda p: grid.save(p, format="PNG"))
+    grid = labelled_grid([(repr(sampler), images)], scale=1)
+    save_png(args.out / "grid.png", grid, {"sampler": repr(sampler)})
     report = {
         "family": family.name,
         "command": " ".join(sys.argv),
         "images": rows,
         "calibration": calibration.to_dict() if calibration is not None else None,
     }
-    atomic_write(args.out / "report.json", lambda p: p.write_text(json.dumps(report, indent=2)))
+    write_json(args.out / "report.json", report)
     print(f"{family.name}: wrote {len(rows)} image(s), grid.png and report.json to {args.out}")
     for row in rows:
         rounds, evaluations = row["rounds"], row["evaluations"]

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from driffusion.io import atomic_write
-from driffusion.lightning import add_fabric_args, build_fabric, finish
+from driffusion.lightning import Session, add_fabric_args
 from driffusion.models.digits import (
     NULL_LABEL,
     REFERENCE,
@@ -170,7 +170,12 @@ def main() -> None:
     if args.write_reference:
         print(json.dumps(write_reference(args.out)["reference_sample"], indent=2))
         return
-    fabric = build_fabric(args)
+    with Session.from_args(args) as session:
+        train(args, session)
+
+
+def train(args: argparse.Namespace, session: Session) -> None:
+    fabric = session.fabric
     fabric.seed_everything(args.seed)
     images, labels = digits_dataset("train")
     test_images, test_labels = digits_dataset("test")
@@ -179,7 +184,7 @@ def main() -> None:
     unet_seconds = time.perf_counter() - started
     classifier, accuracy = train_classifier(args, images, labels, test_images, test_labels)
     total_seconds = time.perf_counter() - started
-    if fabric.global_rank == 0:
+    if session.is_leader:
         from safetensors.torch import save_file
 
         meta = {
@@ -223,7 +228,6 @@ def main() -> None:
         meta = write_reference(args.out)
         print(json.dumps(meta, indent=2))
         print(f"wrote {args.out}")
-    finish()
 
 
 if __name__ == "__main__":

@@ -6,9 +6,8 @@ import pytest
 import torch
 
 from driffusion.core import (
-    SamplerSpec,
+    SerialReduced,
     reduced_grid,
-    run_sampler,
     sample_paradigms,
     sample_serial,
     sample_serial_reduced,
@@ -77,8 +76,8 @@ def test_serial_reduced_is_serial_on_the_coarse_grid() -> None:
     assert torch.equal(
         sample_serial_reduced(oracle, x, sched, rounds=50).x, sample_serial(oracle, x, sched).x
     )
-    spec = run_sampler(SamplerSpec("serial_reduced", rounds=10), oracle, x, sched)
-    assert torch.equal(spec.x, result.x)
+    value = SerialReduced(rounds=10)(oracle, x, sched)
+    assert torch.equal(value.x, result.x)
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from driffusion.core import (
-    SamplerSpec,
+    Aggressive,
+    PicardDRiffusion,
     draft,
-    run_sampler,
     sample_driffusion,
     sample_paradigms,
     sample_picard_driffusion,
@@ -30,7 +30,7 @@ def test_new_modes_reduce_to_serial_with_one_draft(family: str, mode: str) -> No
     second = sample_driffusion(oracle, x, sched, drafts=1, mode=mode, order=2)  # type: ignore[arg-type]
     adaptive = sample_driffusion(oracle, x, sched, drafts=1, mode=mode, adaptive_tol=1e-3)  # type: ignore[arg-type]
     assert torch.equal(second.x, serial) and torch.equal(adaptive.x, serial)
-    assert torch.equal(sample_picard_driffusion(oracle, x, sched, drafts=1, tol=0.5).x, serial)
+    assert torch.equal(sample_picard_driffusion(oracle, x, sched, window=1, tol=0.5).x, serial)
 
 
 @pytest.mark.parametrize("steps", [1, 2, 9, 30])
@@ -40,7 +40,7 @@ def test_picard_driffusion_at_zero_tolerance_is_serial(family: str, steps: int) 
     x = make_noise()
     serial = sample_serial(oracle, x, sched)
     for k in (2, 4, 7):
-        result = sample_picard_driffusion(oracle, x, sched, drafts=k, tol=0.0)
+        result = sample_picard_driffusion(oracle, x, sched, window=k, tol=0.0)
         assert torch.equal(result.x, serial.x)
         assert result.stats.rounds <= steps and result.stats.width <= k
 
@@ -52,7 +52,7 @@ def test_picard_driffusion_with_one_pass_is_plain_driffusion() -> None:
             oracle = make_oracle(sched)
             x = make_noise()
             for k in (1, 2, 3, 5):
-                picard = sample_picard_driffusion(oracle, x, sched, drafts=k, max_iters=1)
+                picard = sample_picard_driffusion(oracle, x, sched, window=k, max_iters=1)
                 plain = sample_driffusion(oracle, x, sched, drafts=k)
                 assert torch.equal(picard.x, plain.x), (family, steps, k)
                 assert picard.stats.rounds == plain.stats.rounds
@@ -65,14 +65,14 @@ def test_picard_driffusion_beats_paradigms_at_equal_tolerance(tol: float) -> Non
         sched = make_family(50, family)
         oracle = make_oracle(sched)
         x = make_noise(8)
-        ours = sample_picard_driffusion(oracle, x, sched, drafts=4, tol=tol)
+        ours = sample_picard_driffusion(oracle, x, sched, window=4, tol=tol)
         theirs = sample_paradigms(oracle, x, sched, window=4, tol=tol)
         assert ours.stats.rounds < theirs.stats.rounds, (family, tol)
         assert ours.stats.evaluations < theirs.stats.evaluations, (family, tol)
     serial = sample_serial(oracle, x, sched).x
     assert (
         float(
-            (sample_picard_driffusion(oracle, x, sched, drafts=4, tol=1e-4).x - serial).abs().max()
+            (sample_picard_driffusion(oracle, x, sched, window=4, tol=1e-4).x - serial).abs().max()
         )
         < 1e-4
     )
@@ -117,13 +117,13 @@ def test_adaptive_drafting_trades_rounds_for_accuracy() -> None:
     assert adaptive.stats.evaluations == 25
 
 
-def test_registry_runs_the_new_modes() -> None:
+def test_sampler_values_run_the_new_modes() -> None:
     sched = make_family(12, "epsilon")
     oracle = make_oracle(sched)
     x = make_noise()
-    exact = run_sampler(SamplerSpec("picard_driffusion", drafts=3, tol=0.0), oracle, x, sched)
+    exact = PicardDRiffusion(window=3, tol=0.0)(oracle, x, sched)
     assert torch.equal(exact.x, sample_serial(oracle, x, sched).x)
-    second = run_sampler(SamplerSpec("aggressive", drafts=3, order=2), oracle, x, sched)
+    second = Aggressive(drafts=3, order=2)(oracle, x, sched)
     assert torch.equal(second.x, sample_driffusion(oracle, x, sched, drafts=3, order=2).x)
 
 
@@ -133,8 +133,8 @@ def test_registry_runs_the_new_modes() -> None:
         (lambda s, o, x: sample_driffusion(o, x, s, order=3), "order must be 1 or 2, got 3"),
         (lambda s, o, x: sample_driffusion(o, x, s, adaptive_tol=0.0), "adaptive_tol"),
         (
-            lambda s, o, x: sample_picard_driffusion(o, x, s, drafts=0),
-            "drafts must be an integer >= 1, got 0",
+            lambda s, o, x: sample_picard_driffusion(o, x, s, window=0),
+            "window must be an integer >= 1, got 0",
         ),
         (lambda s, o, x: sample_picard_driffusion(o, x, s, tol=-1.0), "got -1.0"),
         (
@@ -154,9 +154,9 @@ def test_picard_driffusion_max_iters_caps_refinements() -> None:
     oracle = make_oracle(sched)
     x = make_noise()
     serial = sample_serial(oracle, x, sched).x
-    one = sample_picard_driffusion(oracle, x, sched, drafts=4, max_iters=1, tol=0.0)
-    two = sample_picard_driffusion(oracle, x, sched, drafts=4, max_iters=2, tol=0.0)
-    exact = sample_picard_driffusion(oracle, x, sched, drafts=4, tol=0.0)
+    one = sample_picard_driffusion(oracle, x, sched, window=4, max_iters=1, tol=0.0)
+    two = sample_picard_driffusion(oracle, x, sched, window=4, max_iters=2, tol=0.0)
+    exact = sample_picard_driffusion(oracle, x, sched, window=4, tol=0.0)
     assert one.stats.iterations == 1 and two.stats.iterations <= 2 < exact.stats.iterations
     assert one.stats.rounds < two.stats.rounds < exact.stats.rounds
     dev = [float((r.x - serial).abs().max()) for r in (one, two, exact)]

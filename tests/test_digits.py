@@ -11,7 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-from driffusion.core import BatchedExecutor, RowwiseModel, SamplerSpec, initial_noise, run_sampler
+from driffusion.core import (
+    SRDS,
+    Aggressive,
+    BatchedExecutor,
+    Conservative,
+    RowwiseModel,
+    Serial,
+    initial_noise,
+)
 from driffusion.eval.digits_fid import digits_fid
 from driffusion.models.digits import (
     NUM_CLASSES,
@@ -22,7 +30,7 @@ from driffusion.models.digits import (
     reference_sample,
 )
 
-from .test_distributed import FABRIC, run_script
+from .test_distributed import fabric_run, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,16 +47,16 @@ def samples(model):  # type: ignore[no-untyped-def]
     network = RowwiseModel(model.denoiser(2.0), {"label": labels})
     x = initial_noise(list(range(len(labels))), (1, 16, 16))
     schedule = model.schedule(50)
-    specs = {
-        "serial": SamplerSpec("serial"),
-        "aggressive": SamplerSpec("aggressive", drafts=2),
-        "conservative": SamplerSpec("conservative", drafts=2),
-        "srds": SamplerSpec("srds", tol=1e-3),
+    samplers = {
+        "serial": Serial(),
+        "aggressive": Aggressive(drafts=2),
+        "conservative": Conservative(drafts=2),
+        "srds": SRDS(tol=1e-3),
     }
     with torch.inference_mode():
         return labels, {
-            name: run_sampler(spec, BatchedExecutor(network), x, schedule).x
-            for name, spec in specs.items()
+            name: sampler(BatchedExecutor(network), x, schedule).x
+            for name, sampler in samplers.items()
         }
 
 
@@ -125,7 +133,8 @@ def check_outputs(out: Path, samplers: list[str], steps: int, devices: int) -> l
 
 def test_main_job_on_one_process(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "recipes" / "digits.py"), "--accelerator", "cpu"]
-    cmd += ["--steps", "8", "--n-per-class", "1", "--samplers", "serial,aggressive,srds"]
+    cmd += ["--steps", "8", "--n-per-class", "1"]
+    cmd += ["--sampler", "serial", "--sampler", "aggressive", "--sampler", "srds"]
     cmd += ["--reference-points", "60"]
     result = run_script([*cmd, "--out", str(tmp_path)], timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
@@ -155,9 +164,10 @@ def test_main_job_picks_a_configuration_for_a_round_budget(tmp_path: Path) -> No
 
 
 def test_main_job_on_two_processes(tmp_path: Path) -> None:
-    cmd = [str(FABRIC), "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    cmd = fabric_run(2)
     cmd += [str(ROOT / "recipes" / "digits.py"), "--steps", "8", "--n-per-class", "1"]
-    cmd += ["--samplers", "serial,aggressive,conservative", "--no-fid", "--out", str(tmp_path)]
+    cmd += ["--sampler", "serial", "--sampler", "aggressive", "--sampler", "conservative"]
+    cmd += ["--no-fid", "--out", str(tmp_path)]
     cmd += ["--reference-points", "60"]
     result = run_script(cmd, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
@@ -166,3 +176,22 @@ def test_main_job_on_two_processes(tmp_path: Path) -> None:
     assert rows[1]["rounds"] == 1 + 4  # 1 + ceil(7 / 2)
     assert rows[3]["rounds"] == 2 * (8 // 3) + min(8 % 3, 2)
     assert rows[1]["max_abs_dev"] > 0
+
+
+def test_a_user_sampler_file_runs_through_the_main_job_on_two_processes(tmp_path: Path) -> None:
+    """`--sampler path/to/file.py:NAME` under `fabric run --devices 2`: in the report by label."""
+    example = ROOT / "docs" / "examples" / "custom_sampler.py"
+    cmd = fabric_run(2)
+    cmd += [str(ROOT / "recipes" / "digits.py"), "--steps", "20", "--n-per-class", "1"]
+    cmd += ["--sampler", f"{example}:DRAFT_TWICE", "--no-fid", "--reference-points", "60"]
+    result = run_script([*cmd, "--out", str(tmp_path)], timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    rows = json.loads((tmp_path / "report.json").read_text())["rows"]
+    assert [r["sampler"] for r in rows][:2] == ["serial", "draft_twice"]
+    mine = rows[1]
+    assert mine["setting"] == "DraftTwice(drafts=4)" and mine["devices"] == 2
+    assert mine["rounds"] == 3 * 5  # 3 rounds per block of 4 steps
+    assert mine["max_abs_dev"] > 0 and mine["err_ref"] < 0.5
+    assert "| draft_twice | 2 | 20 | 15 |" in result.stdout
+    png = Image.open(tmp_path / "draft_twice" / "digit0_seed0.png")
+    assert png.text["sampler"] == "DraftTwice(drafts=4)"

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from driffusion.core import BatchedExecutor, run_sampler
+from driffusion.core import BatchedExecutor
 from driffusion.lightning import DiffusionSamplerModule
 from driffusion.lightning.loop import collate
 
@@ -24,6 +25,20 @@ from .scripts import common
 
 SCRIPTS = Path(__file__).parent / "scripts"
 FABRIC = Path(sys.executable).with_name("fabric")
+
+
+def free_port() -> int:
+    """A port nobody listens on now: `fabric run` binds 29400 unless told otherwise, so two
+    runs on one machine (a test and the main job) would collide."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fabric_run(devices: int = 2) -> list[str]:
+    """``fabric run`` on ``devices`` CPU processes (ddp) with a free rendezvous port."""
+    cmd = [str(FABRIC), "run", "--accelerator", "cpu", "--devices", str(devices)]
+    return [*cmd, "--strategy", "ddp", "--main-port", str(free_port())]
 
 
 def group_alive(pgid: int) -> bool:
@@ -66,7 +81,7 @@ def run_script(
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("parallel")
-    cmd = [str(FABRIC), "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    cmd = fabric_run(2)
     result = run_script([*cmd, str(SCRIPTS / "parallel_check.py"), "--out", str(out)], timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
     return out
@@ -81,8 +96,8 @@ def test_ranks_hold_identical_results(two_process_run: Path) -> None:
 @pytest.mark.parametrize("name", list(common.SPECS))
 def test_two_processes_equal_one_process_batched(two_process_run: Path, name: str) -> None:
     saved = torch.load(two_process_run / "results.pt")["samplers"][name]
-    reference = run_sampler(
-        common.SPECS[name], BatchedExecutor(common.oracle()), common.start(), common.schedule()
+    reference = common.SPECS[name](
+        BatchedExecutor(common.oracle()), common.start(), common.schedule()
     )
     assert torch.equal(saved["x"], reference.x)
     assert saved["rounds"] == reference.stats.rounds
@@ -170,7 +185,7 @@ def test_module_runs_in_trainer_predict(tmp_path: Path) -> None:
 
 def test_speedup_benchmark_runs_under_fabric(tmp_path: Path) -> None:
     out = tmp_path / "speedup.json"
-    cmd = [str(FABRIC), "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    cmd = fabric_run(2)
     script = str(Path(__file__).parents[1] / "benchmarks" / "speedup.py")
     args = ["--eval-ms", "2", "--steps", "6", "--repeats", "1", "--json", str(out)]
     result = run_script([*cmd, script, *args], timeout=300)

@@ -111,6 +111,9 @@ def test_readme_example_runs_and_says_what_it_measures(capsys: pytest.CaptureFix
 
 
 EXAMPLE_MODULES = [
+    "driffusion.core.samplers.registry",
+    "driffusion.lightning.session",
+    "driffusion.io.tables",
     "driffusion.core.samplers.serial",
     "driffusion.core.samplers.driffusion",
     "driffusion.core.samplers.picard_driffusion",

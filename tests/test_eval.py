@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch_fidelity
 
-from driffusion.core import SamplerSpec
-from driffusion.eval.callbacks import FidelityCallback, SerialDeviationCallback
+from driffusion.core import Aggressive, Serial
+from driffusion.eval.callbacks import FidelityCallback, SerialDeviationCallback, outputs_by_id
 from driffusion.eval.coco import digits_captions, first_captions
 from driffusion.eval.digits_fid import register_digits_extractor
 from driffusion.eval.scores import (
@@ -27,7 +27,7 @@ from driffusion.eval.scores import (
     load_png_folder,
 )
 from driffusion.io import save_png
-from driffusion.lightning import DiffusionSamplerModule, build_fabric, run_predict
+from driffusion.lightning import DiffusionSamplerModule, Session
 from driffusion.models.digits import digits_dataset, load_digits
 
 from .test_distributed import run_script
@@ -47,18 +47,17 @@ def digits_run(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-unt
         {"id": key, "seed": k, **extra} for k, (key, _, extra) in enumerate(digits_captions(20))
     ]
     fidelity = FidelityCallback(folder / "reference", feature_extractor="driffusion-digits")
-    fabric = build_fabric(callbacks=[fidelity])
     serial_module = DiffusionSamplerModule(
-        model.denoiser(2.0), model.schedule(10), (1, 16, 16), SamplerSpec("serial")
+        model.denoiser(2.0), model.schedule(10), (1, 16, 16), Serial()
     )
-    serial = run_predict(fabric, serial_module, items, batch_size=8)
-    serial_by_id = {i: x for o in serial for i, x in zip(o.ids, o.x, strict=True)}
-    deviation = SerialDeviationCallback(serial_by_id)
-    fabric._callbacks = [deviation]
     module = DiffusionSamplerModule(
-        model.denoiser(2.0), model.schedule(10), (1, 16, 16), SamplerSpec("aggressive", drafts=3)
+        model.denoiser(2.0), model.schedule(10), (1, 16, 16), Aggressive(drafts=3)
     )
-    run_predict(fabric, module, items, batch_size=8)
+    with Session(accelerator="cpu") as session:
+        serial = session.predict(serial_module, items, batch_size=8, callbacks=[fidelity])
+        serial_by_id = outputs_by_id(serial)
+        deviation = SerialDeviationCallback(serial_by_id)
+        session.predict(module, items, batch_size=8, callbacks=[deviation])
     for sample_id, x in serial_by_id.items():
         save_png(folder / "generated" / f"{sample_id}.png", x, {})
     return folder, fidelity.results, deviation.results
@@ -167,7 +166,7 @@ def test_first_captions(tmp_path: Path) -> None:
 
 EVAL = [sys.executable, str(ROOT / "recipes" / "eval_coco.py"), "--accelerator", "cpu"]
 DIGITS = ["--recipe", "digits", "--limit", "20", "--steps", "10", "--batch-size", "2"]
-DIGITS += ["--samplers", "serial,aggressive,srds"]
+DIGITS += ["--sampler", "serial", "--sampler", "aggressive", "--sampler", "srds"]
 
 
 def read_metrics(out: Path) -> list[dict]:
@@ -182,6 +181,7 @@ def test_digits_protocol_and_resume_after_sigkill(tmp_path: Path) -> None:
     rows = read_metrics(whole)
     assert [r["sampler"] for r in rows] == ["serial", "aggressive", "srds", "serial_reduced"]
     assert rows[0]["max_abs_dev"] == 0.0 and rows[1]["max_abs_dev"] > 0
+    assert rows[0]["psnr"] is None  # infinite: strict JSON has no Infinity
     assert rows[3]["rounds"] == rows[1]["rounds"] == 1 + 5  # equal serial rounds
     assert all(r["fid"] >= 0 for r in rows)
     assert "| sampler | setting |" in (whole / "metrics.md").read_text()
@@ -217,7 +217,8 @@ def test_digits_protocol_and_resume_after_sigkill(tmp_path: Path) -> None:
     for a, b in zip(read_metrics(resumed), rows, strict=True):
         assert a.keys() == b.keys()
         for key, value in b.items():
-            expected = value if isinstance(value, str) else pytest.approx(value, rel=1e-6)
+            exact = isinstance(value, str) or value is None  # None: PSNR of identical images
+            expected = value if exact else pytest.approx(value, rel=1e-6)
             assert a[key] == expected, (b["sampler"], key)
     # finished images were not regenerated: same files, untouched
     ids, again = load_png_folder(resumed / "aggressive", sorted(done_before))
@@ -235,7 +236,8 @@ def test_sd21_protocol_with_tiny_model_and_clip(tmp_path: Path) -> None:
         save_png(reference / f"{k}.png", torch.rand(3, 32, 32) * 2 - 1, {})
     clip = build_tiny_clip(tmp_path / "clip")
     cmd = [*EVAL, "--recipe", "sd21", "--tiny", "--captions", str(tmp_path / "captions.json")]
-    cmd += ["--limit", "20", "--steps", "4", "--samplers", "serial,aggressive", "--batch-size", "5"]
+    cmd += ["--limit", "20", "--steps", "4", "--batch-size", "5"]
+    cmd += ["--sampler", "serial", "--sampler", "aggressive"]
     cmd += [
         "--reference",
         str(reference),

@@ -18,15 +18,14 @@ from driffusion.adapters.diffusers import (
 )
 from driffusion.adapters.tiny import build_tiny_pipeline
 from driffusion.core import (
+    SAMPLERS,
     RowwiseModel,
-    SamplerSpec,
     initial_noise,
-    run_sampler,
     sample_driffusion,
     sample_serial,
 )
 
-from .test_distributed import FABRIC, run_script
+from .test_distributed import fabric_run, run_script
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [("sd21", "epsilon"), ("sd21", "v_prediction"), ("sdxl", "epsilon"), ("sd3", "epsilon")]
@@ -76,7 +75,7 @@ def test_one_draft_equals_serial_through_the_adapter(tiny, mode: str) -> None:  
     with torch.no_grad():
         serial = sample_serial(model, x, adapter.schedule).x
         drafted = sample_driffusion(model, x, adapter.schedule, drafts=1, mode=mode).x  # type: ignore[arg-type]
-        parallel = run_sampler(SamplerSpec(mode, drafts=3), model, x, adapter.schedule)
+        parallel = SAMPLERS[mode](drafts=3)(model, x, adapter.schedule)  # type: ignore[call-arg]
     assert torch.equal(drafted, serial)
     assert parallel.stats.evaluations == 6 and not torch.equal(parallel.x, serial)
 
@@ -155,21 +154,21 @@ def test_recipe_end_to_end_tiny(tmp_path: Path, family: str) -> None:
     cmd += ["--prompt", prompts[0], "--prompt", prompts[1], "--out", str(tmp_path)]
     result = run_script([*cmd, "--accelerator", "cpu"], timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
-    report = check_recipe_outputs(tmp_path, prompts, 5, "aggressive")
+    report = check_recipe_outputs(tmp_path, prompts, 5, "Aggressive(drafts=1)")
     assert all(row["rounds"] == 5 for row in report["images"])  # one device: drafts = 1
 
 
 def test_sdxl_recipe_on_two_processes(tmp_path: Path) -> None:
     prompts = ["a red cat", "a blue dog", "a green bird"]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
-    cmd = [str(FABRIC), "run", "--accelerator", "cpu", "--devices", "2", "--strategy", "ddp"]
+    cmd = fabric_run(2)
     cmd += [str(ROOT / "recipes" / "sdxl.py"), "--tiny", "--steps", "5", "--seed", "7"]
     cmd += ["--guidance", "4", "--negative-prompt", "ugly", "--sampler", "conservative"]
     cmd += ["--solver", "dpmpp_2m"]
     cmd += ["--prompts-file", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "out")]
     result = run_script(cmd, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
-    report = check_recipe_outputs(tmp_path / "out", prompts, 5, "conservative")
+    report = check_recipe_outputs(tmp_path / "out", prompts, 5, "Conservative(drafts=2")
     assert all(row["devices"] == 2 for row in report["images"])
     assert all("dpmpp_2m" in row["sampler"] for row in report["images"])
     assert all(row["rounds"] == 2 * (5 // 3) + min(5 % 3, 2) for row in report["images"])

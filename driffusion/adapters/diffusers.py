@@ -46,6 +46,13 @@ class Family:
     size: int
 
 
+WEIGHT_DTYPES: dict[str, torch.dtype] = {
+    "fp32": torch.float32,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+"""Weight dtypes by the names the command lines use."""
+
 FAMILIES: dict[str, Family] = {
     "sd21": Family(
         "sd21", "StableDiffusionPipeline", "stabilityai/stable-diffusion-2-1", 50, 7.5, 768

@@ -26,15 +26,23 @@ from torch import Tensor
 
 from driffusion.core.model import Model
 from driffusion.core.parameterization import PredictionType
-from driffusion.core.samplers.base import check_positive_int
-from driffusion.core.samplers.driffusion import conservative_rounds
-from driffusion.core.samplers.registry import SamplerSpec, run_sampler
-from driffusion.core.samplers.serial import sample_serial
+from driffusion.core.samplers.base import Sampler, check_positive_int
+from driffusion.core.samplers.driffusion import Aggressive, Conservative, conservative_rounds
+from driffusion.core.samplers.serial import Serial, sample_serial
 from driffusion.core.schedule import Schedule, reference_schedule
 from driffusion.core.solvers import DPMSolverPP, get_solver
 
 CALIBRATION_SOLVERS: tuple[str, ...] = ("ddim", "dpmpp_2m", "unipc", "plms")
 MAX_STEPS = 500
+
+
+def relative_error(x: Tensor, reference: Tensor) -> float:
+    """``||x - x_ref|| / ||x_ref||`` (Frobenius over the whole batch, in float64): the error to a
+    reference solution that the frontier, the calibration and the recipes report as ``err_ref``."""
+    if x.shape != reference.shape:
+        raise ValueError(f"shapes differ: {tuple(x.shape)} vs {tuple(reference.shape)}")
+    reference = reference.double()
+    return float((x.double() - reference).norm() / reference.norm())
 
 
 @dataclass(frozen=True)
@@ -57,9 +65,12 @@ class Candidate:
     rounds: int
     err_ref: float | None = None
 
-    def spec(self) -> SamplerSpec:
-        """The [`SamplerSpec`][driffusion.core.samplers.registry.SamplerSpec] that runs it."""
-        return SamplerSpec(self.sampler, drafts=self.drafts, solver=self.solver)
+    def make_sampler(self) -> Sampler:
+        """The sampler value that runs it (run it on a grid of ``steps`` steps)."""
+        if self.sampler == "serial":
+            return Serial(solver=self.solver)
+        cls = Aggressive if self.sampler == "aggressive" else Conservative
+        return cls(drafts=self.drafts, solver=self.solver)
 
     def label(self) -> str:
         """E.g. ``aggressive over dpmpp_2m, N=29, k=4 (8 rounds)``."""
@@ -181,16 +192,15 @@ def calibrate(
             f"reference shape {tuple(reference.shape)} differs from x {tuple(x.shape)}"
         )
     measured = []
-    norm = float(reference.double().norm())
     for candidate in candidates(rounds, devices, solvers):
         try:
             schedule = make_schedule(candidate.steps)
         except ValueError:  # a step count the user's grid cannot make (e.g. trailing, N=201)
             continue
-        result = run_sampler(candidate.spec(), model, x, schedule)
+        result = candidate.make_sampler()(model, x, schedule)
         if result.stats.rounds > rounds:
             raise AssertionError(f"{candidate.label()} took {result.stats.rounds} rounds")
-        error = float((result.x.double() - reference.double()).norm()) / norm
+        error = relative_error(result.x, reference)
         measured.append(
             Candidate(
                 candidate.sampler,

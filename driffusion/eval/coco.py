@@ -4,14 +4,13 @@ atomic per-image writer, scoring of every sampler side by side, and the metrics 
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from driffusion.core.samplers.registry import SamplerSpec
 from driffusion.eval.scores import (
     ClipScorer,
     HPSv21Scorer,
@@ -19,7 +18,7 @@ from driffusion.eval.scores import (
     fidelity_metrics,
     load_png_folder,
 )
-from driffusion.io import atomic_write, save_png
+from driffusion.io import atomic_write, markdown_table, save_png, write_json
 from driffusion.lightning.callbacks import PredictCallback
 
 COLUMNS = [
@@ -37,6 +36,36 @@ COLUMNS = [
     "psnr",
     "max_abs_dev",
 ]
+
+
+@dataclass(frozen=True)
+class ScoringConfig:
+    """What [`score_samplers`][driffusion.eval.coco.score_samplers] needs to know.
+
+    Attributes:
+        out: the evaluation folder, holding one sub-folder of images per sampler.
+        samplers: the sampler folders, in order; the first is the serial baseline.
+        reference: a folder of real images for FID (``None`` with ``digits``: the held-out
+            digits are written to ``out/reference``).
+        digits: the offline digits protocol (FID with the shipped digit classifier's features).
+        fid_extractor: a torch-fidelity extractor name (default Inception, or the digits one).
+        fid_weights: local weights of the extractor.
+        clip_model: CLIP model id or folder for the CLIP score (``None``: skipped).
+        pickscore_model: PickScore model id or folder (``None``: skipped).
+        pickscore_processor: its processor (default: the model's).
+        hps_checkpoint: an HPSv2.1 checkpoint (``None``: skipped).
+    """
+
+    out: Path
+    samplers: tuple[str, ...]
+    reference: Path | None = None
+    digits: bool = False
+    fid_extractor: str | None = None
+    fid_weights: Path | None = None
+    clip_model: str | None = None
+    pickscore_model: str | None = None
+    pickscore_processor: str | None = None
+    hps_checkpoint: Path | None = None
 
 
 def first_captions(path: str | Path, limit: int) -> list[tuple[str, str, dict]]:
@@ -72,17 +101,18 @@ class ImageWriter(PredictCallback):
     def __init__(self, items: Mapping[str, Mapping[str, Any]]) -> None:
         self.items = items
         self.folder: Path | None = None
-        self.spec: SamplerSpec | None = None
+        self.label = ""
         self.steps = 0
 
-    def target(self, folder: Path, spec: SamplerSpec, steps: int) -> None:
-        """Where (and for which sampler and step count) the next images go."""
-        self.folder, self.spec, self.steps = folder, spec, steps
+    def target(self, folder: Path, sampler: object, steps: int) -> None:
+        """Where (and for which sampler, labelled by its ``repr``, and step count) the next
+        images go."""
+        self.folder, self.label, self.steps = folder, repr(sampler), steps
 
     def on_predict_batch_end(self, loop: Any, output: Any, batch_idx: int) -> None:
         if not loop.layout.is_group_leader:
             return
-        if self.folder is None or self.spec is None:
+        if self.folder is None:
             raise RuntimeError("ImageWriter.target(folder, spec, steps) was not called")
         images = output.images if output.images is not None else output.x
         for sample_id, image in zip(output.ids, images, strict=True):
@@ -90,6 +120,8 @@ class ImageWriter(PredictCallback):
                 continue  # finished earlier (a resumed batch): never overwritten
             item = self.items[sample_id]
             sidecar = {
+                "sampler": self.label,
+                "steps": self.steps,
                 "wall_s": output.wall_s / len(output.ids),
                 "rounds": output.stats.rounds,
                 "evaluations": output.stats.evaluations,
@@ -98,7 +130,7 @@ class ImageWriter(PredictCallback):
             meta = {
                 "prompt": item["prompt"],
                 "seed": item["seed"],
-                "sampler": self.spec.label(),
+                "sampler": self.label,
                 "steps": self.steps,
             }
             save_png(self.folder / f"{sample_id}.png", image, meta)
@@ -111,14 +143,14 @@ def _text_writer(text: str) -> Any:
     return write
 
 
-def _reference(args: Any) -> Path:
-    if args.reference is not None:
-        return Path(args.reference)
-    if args.recipe != "digits":
-        raise ValueError("--reference (a folder of real images) is required for FID")
+def _reference(config: ScoringConfig) -> Path:
+    if config.reference is not None:
+        return Path(config.reference)
+    if not config.digits:
+        raise ValueError("a reference folder of real images is required for FID")
     from driffusion.models.digits import digits_dataset
 
-    folder = args.out / "reference"
+    folder = config.out / "reference"
     images, labels = digits_dataset("test")
     for k, (image, label) in enumerate(zip(images, labels, strict=True)):
         path = folder / f"{k:04d}.png"
@@ -127,29 +159,32 @@ def _reference(args: Any) -> Path:
     return folder
 
 
-def score_samplers(args: Any, items: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row of metrics per sampler folder under ``args.out``."""
+def score_samplers(
+    config: ScoringConfig, items: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """One row of metrics per sampler folder under ``config.out``."""
     ids = [item["id"] for item in items]
     prompts = [item["prompt"] for item in items]
-    reference = _reference(args)
-    extractor = args.fid_extractor or ("driffusion-digits" if args.recipe == "digits" else None)
+    reference = _reference(config)
+    extractor = config.fid_extractor or ("driffusion-digits" if config.digits else None)
     scorers: dict[str, Any] = {}
-    if args.clip_model:
-        scorers["clip_score"] = ClipScorer(args.clip_model)
-    if args.pickscore_model:
+    if config.clip_model:
+        scorers["clip_score"] = ClipScorer(config.clip_model)
+    if config.pickscore_model:
         scorers["pickscore"] = ClipScorer(
-            args.pickscore_model, args.pickscore_processor, "pickscore"
+            config.pickscore_model, config.pickscore_processor, "pickscore"
         )
-    if args.hps_checkpoint:
-        scorers["hpsv21"] = HPSv21Scorer(args.hps_checkpoint)
-    _, serial_images = load_png_folder(args.out / "serial", ids)
+    if config.hps_checkpoint:
+        scorers["hpsv21"] = HPSv21Scorer(config.hps_checkpoint)
+    _, serial_images = load_png_folder(config.out / config.samplers[0], ids)
     rows = []
-    for name in args.samplers:
-        folder = args.out / name
+    for name in config.samplers:
+        folder = config.out / name
         _, images = load_png_folder(folder, ids)
         sidecars = [json.loads((folder / f"{i}.json").read_text()) for i in ids]
         row: dict[str, Any] = {
             "sampler": name,
+            "setting": sidecars[0].get("sampler", name),
             "images": len(ids),
             "latency_s": sum(s["wall_s"] for s in sidecars) / len(ids),
             "rounds": sum(s["rounds"] for s in sidecars) / len(ids),
@@ -159,46 +194,22 @@ def score_samplers(args: Any, items: Sequence[Mapping[str, Any]]) -> list[dict[s
             folder,
             reference,
             feature_extractor=extractor,
-            feature_extractor_weights_path=args.fid_weights,
+            feature_extractor_weights_path=config.fid_weights,
         )
         row["fid"] = fid["frechet_inception_distance"]
         for key, scorer in scorers.items():
             row[key] = float(scorer(images, prompts).mean())
         row.update(deviation_from_serial(images, serial_images))
-        with_setting = json.loads(json.dumps(row))
-        rows.append(with_setting)
+        rows.append(row)
     serial_latency = rows[0]["latency_s"]
     for row in rows:
         row["speedup"] = serial_latency / row["latency_s"]
-        row["setting"] = _setting(args, row["sampler"])
     return rows
 
 
-def _setting(args: Any, name: str) -> str:
-    folder = args.out / name
-    first = next(iter(sorted(folder.glob("*.png"))), None)
-    if first is None:
-        return name
-    from PIL import Image
-
-    with Image.open(first) as image:
-        return str(image.text.get("sampler", name))
-
-
 def write_metrics(out: Path, rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> None:
-    """``metrics.json`` (rows + meta) and ``metrics.md`` (the side-by-side table)."""
-    payload = {**meta, "rows": rows}
-    text = json.dumps(payload, indent=2)
-    atomic_write(out / "metrics.json", lambda p: p.write_text(text))
+    """``metrics.json`` (rows + meta, strict JSON) and ``metrics.md`` (the side-by-side table)."""
+    write_json(out / "metrics.json", {**meta, "rows": rows})
     columns = [c for c in COLUMNS if any(c in row for row in rows)]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in rows:
-        cells = []
-        for column in columns:
-            value = row.get(column, "")
-            if isinstance(value, float):
-                value = "inf" if math.isinf(value) else f"{value:.4g}"
-            cells.append(str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    table = "\n".join(lines) + "\n"
+    table = markdown_table(rows, columns, digits=4) + "\n"
     atomic_write(out / "metrics.md", lambda p: p.write_text(table))

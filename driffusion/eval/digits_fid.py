@@ -92,22 +92,9 @@ def to_uint8(images: Tensor) -> Tensor:
 
 def digits_fid(generated: Tensor, reference: Tensor, kid: bool = False) -> dict[str, float]:
     """FID (and optionally KID) between two image sets in ``[-1, 1]`` with the digits features."""
-    import torch_fidelity
+    from driffusion.eval.scores import fidelity_metrics
 
-    name = register_digits_extractor()
-    metrics = torch_fidelity.calculate_metrics(
-        input1=UInt8Images(generated),
-        input2=UInt8Images(reference),
-        fid=True,
-        kid=kid,
-        kid_subset_size=min(len(generated), len(reference), 100),
-        feature_extractor=name,
-        feature_layer_fid=FEATURE,
-        feature_layer_kid=FEATURE,
-        cuda=False,
-        cache=False,
-        verbose=False,
-        save_cpu_ram=True,  # no DataLoader worker processes
-        batch_size=256,
+    metrics = ("fid", "kid") if kid else ("fid",)
+    return fidelity_metrics(
+        generated, reference, metrics=metrics, feature_extractor=register_digits_extractor()
     )
-    return {key: float(value) for key, value in metrics.items()}

@@ -1,5 +1,16 @@
-"""Outputs on disk: PNGs with their settings in text metadata, labelled grids, atomic writes."""
+"""Outputs on disk: PNGs with their settings in text metadata, labelled grids, atomic writes,
+markdown tables and strict JSON reports."""
 
 from driffusion.io.images import atomic_write, labelled_grid, save_png, to_pil
+from driffusion.io.tables import format_cell, markdown_table, strict, write_json
 
-__all__ = ["atomic_write", "labelled_grid", "save_png", "to_pil"]
+__all__ = [
+    "atomic_write",
+    "format_cell",
+    "labelled_grid",
+    "markdown_table",
+    "save_png",
+    "strict",
+    "to_pil",
+    "write_json",
+]

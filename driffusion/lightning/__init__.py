@@ -1,10 +1,18 @@
-"""Lightning layer: a LightningModule whose ``predict_step`` runs a core sampler, and a Fabric
-predict loop that spreads the drafts of each round across the ranks of a draft group."""
+"""Lightning layer: a [`Session`][driffusion.lightning.session.Session] that owns a run, a
+LightningModule whose ``predict_step`` runs any sampler, the Fabric predict loop that spreads the
+evaluations of each round across a draft group, and the shared command-line flags."""
 
 from driffusion.lightning.callbacks import LatentWriter, PredictCallback, ProgressBar
-from driffusion.lightning.launch import add_fabric_args, build_fabric, finish
+from driffusion.lightning.cli import (
+    add_fabric_args,
+    add_sampler_args,
+    add_session_args,
+    check_sampler_args,
+    samplers_from_args,
+)
 from driffusion.lightning.loop import PredictOutput, run_predict
 from driffusion.lightning.module import DiffusionSamplerModule
+from driffusion.lightning.session import Session
 from driffusion.lightning.text2image import PromptSamplerModule, collate_prompts
 
 __all__ = [
@@ -14,9 +22,12 @@ __all__ = [
     "PredictOutput",
     "ProgressBar",
     "PromptSamplerModule",
+    "Session",
     "add_fabric_args",
-    "build_fabric",
+    "add_sampler_args",
+    "add_session_args",
+    "check_sampler_args",
     "collate_prompts",
-    "finish",
     "run_predict",
+    "samplers_from_args",
 ]

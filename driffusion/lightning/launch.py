@@ -1,4 +1,5 @@
-"""Start Fabric either under ``fabric run`` or from code, with the same flags.
+"""Start Fabric either under ``fabric run`` or from code, with the same flags (used by the
+[`Session`][driffusion.lightning.session.Session]).
 
 Under ``fabric run`` (which sets ``LT_CLI_USED=1``) the CLI owns accelerator, devices, strategy,
 nodes and precision: the script passes none of them and must not call ``launch()``. Launched as
@@ -7,13 +8,12 @@ nodes and precision: the script passes none of them and must not call ``launch()
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import os
 import subprocess
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,43 +28,26 @@ def under_fabric_cli() -> bool:
     return os.environ.get("LT_CLI_USED") == "1"
 
 
-def add_fabric_args(
-    parser: argparse.ArgumentParser, precision: bool = True
-) -> argparse.ArgumentParser:
-    """Add ``--accelerator --devices --strategy --num-nodes [--precision]`` (as ``fabric run``).
-
-    ``precision=False`` leaves ``--precision`` to the script (e.g. a weight dtype).
-    """
-    group = parser.add_argument_group("launch (ignored under `fabric run`, which sets them)")
-    group.add_argument("--accelerator", default="auto", help="cpu, cuda, mps, auto")
-    group.add_argument("--devices", default="1", help="devices per node (int, list or 'auto')")
-    group.add_argument("--strategy", default="auto", help="ddp, auto, ...")
-    group.add_argument("--num-nodes", type=int, default=1, dest="num_nodes")
-    if precision:
-        group.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, ...")
-    # remember which flags are Fabric's: build_fabric passes exactly these
-    parser.set_defaults(fabric_flags=[f for f in FABRIC_FLAGS if precision or f != "precision"])
-    return parser
-
-
-def build_fabric(args: argparse.Namespace | None = None, callbacks: Sequence[Any] = ()) -> Fabric:
-    """A launched Fabric: from the CLI's environment, or from ``args`` and ``launch()``.
+def launch_fabric(flags: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> Fabric:
+    """A launched Fabric: joined from ``fabric run``'s environment, or built from ``flags``
+    (``accelerator``, ``devices``, ``strategy``, ``num_nodes``, ``precision``) and launched.
 
     ``callbacks`` are plain objects with ``on_predict_*`` hooks, dispatched with ``fabric.call``.
     """
-    flags: list[str] = list(getattr(args, "fabric_flags", ()))
-    values = {f: getattr(args, f) for f in flags}
+    values = {k: v for k, v in flags.items() if k in FABRIC_FLAGS}
     if under_fabric_cli():
         ignored = [f for f, v in values.items() if v not in (None, "auto", "1", 1)]
         if ignored:
             warnings.warn(
                 f"under `fabric run` the CLI sets {ignored}; the script's values are ignored",
-                stacklevel=2,
+                stacklevel=3,
             )
         return _share_cpu_cores(Fabric(callbacks=list(callbacks)))
     devices = values.get("devices")
     if isinstance(devices, str) and devices.isdigit():
         values["devices"] = int(devices)
+    if values.get("precision") is None:
+        values.pop("precision", None)
     fabric = Fabric(**values, callbacks=list(callbacks))
     fabric.launch()
     _reap_children_at_exit(fabric)

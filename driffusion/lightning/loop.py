@@ -2,9 +2,11 @@
 
 Read it top to bottom, like a Fabric example:
 
-1. build the [`ParallelLayout`][driffusion.adapters.distributed.ParallelLayout] (``world = g x r``);
+1. the [`Session`][driffusion.lightning.session.Session] has built the
+   [`ParallelLayout`][driffusion.adapters.distributed.ParallelLayout] (``world = g x r``) and
+   passes its executor;
 2. move the frozen module to the device with ``fabric.to_device`` (not ``fabric.setup``: DDP
-   refuses modules without trainable parameters) and give it a distributed executor;
+   refuses modules without trainable parameters);
 3. each replica takes every ``r``-th item; all ranks of a draft group run the same batches;
 4. after each batch, ``fabric.call`` runs the callbacks given to ``Fabric(callbacks=...)`` on
    every rank (writers act on group leaders only);
@@ -22,16 +24,9 @@ import torch
 from lightning.fabric import Fabric
 from torch import Tensor
 
-from driffusion.adapters.distributed import (
-    DEFAULT_TIMEOUT_S,
-    DistributedExecutor,
-    ParallelLayout,
-    barrier,
-    gather_objects,
-    make_layout,
-)
-from driffusion.core.model import NetworkFn, SamplerStats
-from driffusion.lightning.module import DiffusionSamplerModule
+from driffusion.adapters.distributed import ParallelLayout, barrier, gather_objects
+from driffusion.core.model import SamplerStats
+from driffusion.lightning.module import DiffusionSamplerModule, ExecutorFactory
 
 
 @dataclass
@@ -75,30 +70,33 @@ def collate(items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 def run_predict(
     fabric: Fabric,
+    layout: ParallelLayout,
     module: DiffusionSamplerModule,
     items: Sequence[Mapping[str, Any]],
     *,
+    executor_factory: ExecutorFactory,
     batch_size: int = 8,
-    draft_devices: int | None = None,
-    timeout_s: float = DEFAULT_TIMEOUT_S,
-    verify: bool = False,
-    layout: ParallelLayout | None = None,
     collate_fn: Callable[[list[Mapping[str, Any]]], dict[str, Any]] | None = None,
+    callbacks: Sequence[Any] = (),
 ) -> list[PredictOutput]:
     """Generate every item exactly once across ``world = draft_devices x replicas`` ranks.
 
+    Most code calls this through [`Session.predict`][driffusion.lightning.session.Session.predict],
+    which owns the Fabric, the layout and the executor.
+
     Args:
         fabric: a launched Fabric (under ``fabric run`` or after ``fabric.launch()``).
-        module: the sampler module; moved to the device here.
+        layout: the [`ParallelLayout`][driffusion.adapters.distributed.ParallelLayout].
+        module: the sampler module; moved to the device here. Its own ``executor_factory``, when
+            set, wins over ``executor_factory``.
         items: ``{"id": key, "seed": int, "cond": {name: tensor}}`` per sample; ids must be
             unique.
+        executor_factory: ``network -> model`` for each batch (the draft group's executor).
         batch_size: samples per ``predict_step`` call.
-        draft_devices: ranks per draft group (default: all ranks in one group).
-        timeout_s: collective timeout; a dead or hung peer raises ``CollectiveError``.
-        verify: checksum the states of each round across the group (debug).
-        layout: reuse a layout made earlier (process groups are costly to create).
         collate_fn: turns a list of items into a batch
             (default: [`collate`][driffusion.lightning.loop.collate]).
+        callbacks: objects with ``on_predict_*`` hooks for this call only, run after the ones
+            given to ``Fabric(callbacks=...)``.
 
     Returns:
         All replicas' outputs (every item once), ordered by item index, on every rank.
@@ -108,22 +106,25 @@ def run_predict(
     ids = [item["id"] for item in items]
     if len(set(ids)) != len(ids):
         raise ValueError("item ids must be unique")
-    layout = layout or make_layout(draft_devices, timeout_s)
     fabric.to_device(module)  # in place; frozen weights need no fabric.setup
+    executor = module.executor_factory or executor_factory
 
-    def executor(network: NetworkFn) -> DistributedExecutor:
-        return DistributedExecutor(network, layout, verify=verify)
+    def call(hook: str, *args: Any) -> None:
+        fabric.call(hook, *args)
+        for callback in callbacks:
+            method = getattr(callback, hook, None)
+            if callable(method):
+                method(*args)
 
-    module.executor_factory = executor
     mine = layout.shard(len(items))
     batches = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
     state = PredictLoopState(fabric, module, layout, len(batches))
-    fabric.call("on_predict_start", state)
+    call("on_predict_start", state)
     local: list[tuple[int, PredictOutput]] = []
     for batch_idx, indices in enumerate(batches):
         batch = (collate_fn or collate)([items[i] for i in indices])
         start = time.perf_counter()
-        result = module.predict_step(batch, batch_idx)
+        result = module.sample(batch, executor)
         output = PredictOutput(
             ids=result["id"],
             seeds=result["seed"],
@@ -133,12 +134,12 @@ def run_predict(
             wall_s=time.perf_counter() - start,
             replica=layout.replica,
         )
-        fabric.call("on_predict_batch_end", state, output, batch_idx)
+        call("on_predict_batch_end", state, output, batch_idx)
         if layout.is_group_leader:
             local.append((indices[0], output))
     gathered = [pair for part in gather_objects(layout, local) for pair in part]
     outputs = [output for _, output in sorted(gathered, key=lambda pair: pair[0])]
     state.outputs = outputs
-    fabric.call("on_predict_end", state, outputs)
+    call("on_predict_end", state, outputs)
     barrier(layout, "end of prediction")
     return outputs

@@ -12,10 +12,9 @@ from torch import Tensor, nn
 
 from driffusion.core.model import BatchedExecutor, Model, NetworkFn, RowwiseModel
 from driffusion.core.noise import ddpm_noise, initial_noise
-from driffusion.core.samplers.base import Callback
-from driffusion.core.samplers.registry import SamplerSpec, run_sampler
+from driffusion.core.samplers.base import Callback, SamplerFn
 from driffusion.core.schedule import Schedule
-from driffusion.core.solvers import get_solver
+from driffusion.core.solvers import Solver, get_solver
 
 ExecutorFactory = Callable[[NetworkFn], Model]
 
@@ -33,10 +32,16 @@ class DiffusionSamplerModule(L.LightningModule):
             Its weights are frozen here (sampling never trains).
         schedule: the sampling grid.
         sample_shape: shape of one sample's state, e.g. ``(4, 64, 64)``.
-        sampler: which sampler to run and its knobs.
+        sampler: any sampler ([`SamplerFn`][driffusion.core.samplers.base.SamplerFn]): a
+            built-in value such as ``Aggressive(drafts=4)`` or your own. If it has a stochastic
+            ``solver``, per-seed step noise is drawn and passed as ``noise=``.
         decode: optional ``decode(x) -> images`` applied to the final states.
-        executor_factory: wraps the per-round network into the model the sampler calls;
-            the Fabric loop installs a distributed executor here. Default: batched.
+        executor_factory: wraps the per-round network into the model the sampler calls. When
+            set, it is used everywhere, the Fabric loop included; when ``None``,
+            ``predict_step`` batches every round on this device and the loop
+            ([`Session.predict`][driffusion.lightning.session.Session.predict]) passes its
+            distributed executor to
+            [`sample`][driffusion.lightning.module.DiffusionSamplerModule.sample].
     """
 
     def __init__(
@@ -44,7 +49,7 @@ class DiffusionSamplerModule(L.LightningModule):
         network: nn.Module,
         schedule: Schedule,
         sample_shape: Sequence[int],
-        sampler: SamplerSpec,
+        sampler: SamplerFn,
         *,
         decode: Callable[[Tensor], Tensor] | None = None,
         executor_factory: ExecutorFactory | None = None,
@@ -55,7 +60,7 @@ class DiffusionSamplerModule(L.LightningModule):
         self.sample_shape = tuple(sample_shape)
         self.sampler = sampler
         self.decode = decode
-        self.executor_factory: ExecutorFactory = executor_factory or BatchedExecutor
+        self.executor_factory: ExecutorFactory | None = executor_factory
         self.step_callback: Callback | None = None
 
     def conditioning(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -64,22 +69,26 @@ class DiffusionSamplerModule(L.LightningModule):
         return {name: torch.as_tensor(value).to(self.device) for name, value in cond.items()}
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int = 0) -> dict[str, Any]:
-        """Sample the batch; return ids, seeds, final states, images (if decoding) and stats.
+        """Sample the batch with this module's executor (batched on this device by default)."""
+        return self.sample(batch, self.executor_factory or BatchedExecutor)
+
+    def sample(self, batch: Mapping[str, Any], executor: ExecutorFactory) -> dict[str, Any]:
+        """Sample the batch, evaluating each round through ``executor(network)``; return ids,
+        seeds, final states, images (if decoding) and stats.
 
         ``stats`` is [`SamplerStats`][driffusion.core.model.SamplerStats] as a dict.
         """
         seeds = [int(seed) for seed in batch["seed"]]
         x = initial_noise(seeds, self.sample_shape, device=self.device)
-        solver = get_solver(self.sampler.solver)
-        noise = None
-        if solver.stochastic:  # per-seed step noise, drawn after the initial state's
-            steps = solver.prepare(self.schedule).num_steps
-            noise = ddpm_noise(seeds, steps, self.sample_shape, device=self.device)
-        model = self.executor_factory(RowwiseModel(self.network, self.conditioning(batch)))
+        extra: dict[str, Any] = {}
+        solver = getattr(self.sampler, "solver", None)
+        if isinstance(solver, (str, Solver)) and get_solver(solver).stochastic:
+            # per-seed step noise, drawn after the initial state's
+            steps = get_solver(solver).prepare(self.schedule).num_steps
+            extra["noise"] = ddpm_noise(seeds, steps, self.sample_shape, device=self.device)
+        model = executor(RowwiseModel(self.network, self.conditioning(batch)))
         with torch.inference_mode():
-            result = run_sampler(
-                self.sampler, model, x, self.schedule, callback=self.step_callback, noise=noise
-            )
+            result = self.sampler(model, x, self.schedule, callback=self.step_callback, **extra)
             images = self.decode(result.x) if self.decode is not None else None
         return {
             "id": list(batch["id"]),

@@ -9,14 +9,14 @@ from typing import Any
 from torch import Tensor
 
 from driffusion.adapters.diffusers import PipelineAdapter
-from driffusion.core import SamplerSpec
+from driffusion.core import SamplerFn
 from driffusion.lightning.module import DiffusionSamplerModule
 
 
 class PromptSamplerModule(DiffusionSamplerModule):
     """Encodes the batch's prompts with the pipeline's own text encoders."""
 
-    def __init__(self, adapter: PipelineAdapter, sampler: SamplerSpec) -> None:
+    def __init__(self, adapter: PipelineAdapter, sampler: SamplerFn) -> None:
         super().__init__(
             adapter.network, adapter.schedule, adapter.latent_shape, sampler, decode=adapter.decode
         )

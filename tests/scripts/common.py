@@ -5,8 +5,13 @@ from __future__ import annotations
 import torch
 
 from driffusion.core import (
-    SamplerSpec,
+    SRDS,
+    Aggressive,
+    Conservative,
+    ParaDiGMS,
     Schedule,
+    Serial,
+    SerialReduced,
     alphas_cumprod_from_betas,
     vp_schedule,
     vp_timesteps,
@@ -17,17 +22,17 @@ SHAPE = (2, 4, 4)
 ABAR = alphas_cumprod_from_betas()
 
 SPECS = {
-    "serial": SamplerSpec("serial"),
-    "aggressive_k2": SamplerSpec("aggressive", drafts=2),
-    "aggressive_k3": SamplerSpec("aggressive", drafts=3),
-    "conservative_k2": SamplerSpec("conservative", drafts=2),
-    "conservative_k3": SamplerSpec("conservative", drafts=3),
-    "srds_exact": SamplerSpec("srds", blocks=4, tol=0.0),
-    "srds_tol": SamplerSpec("srds", blocks=4, tol=1e-3),
-    "srds_pipelined": SamplerSpec("srds_pipelined", blocks=5, tol=0.0),
-    "paradigms_exact": SamplerSpec("paradigms", window=5, tol=0.0),
-    "paradigms_tol": SamplerSpec("paradigms", window=3, tol=1e-3),
-    "serial_reduced": SamplerSpec("serial_reduced", rounds=7),
+    "serial": Serial(),
+    "aggressive_k2": Aggressive(drafts=2),
+    "aggressive_k3": Aggressive(drafts=3),
+    "conservative_k2": Conservative(drafts=2),
+    "conservative_k3": Conservative(drafts=3),
+    "srds_exact": SRDS(blocks=4, tol=0.0),
+    "srds_tol": SRDS(blocks=4, tol=1e-3),
+    "srds_pipelined": SRDS(blocks=5, tol=0.0, pipelined=True),
+    "paradigms_exact": ParaDiGMS(window=5, tol=0.0),
+    "paradigms_tol": ParaDiGMS(window=3, tol=1e-3),
+    "serial_reduced": SerialReduced(rounds=7),
 }
 
 

@@ -14,23 +14,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import common
 
-from driffusion.lightning import (
-    DiffusionSamplerModule,
-    LatentWriter,
-    add_fabric_args,
-    build_fabric,
-    finish,
-    run_predict,
-)
+from driffusion.lightning import DiffusionSamplerModule, LatentWriter, Session, add_session_args
 from driffusion.testing import OracleNetwork
 
-parser = add_fabric_args(argparse.ArgumentParser())
+parser = add_session_args(argparse.ArgumentParser())
 parser.add_argument("--out", type=Path, required=True)
 parser.add_argument("--fault", choices=["die", "hang"], required=True)
-parser.add_argument("--timeout", type=float, default=5.0)
+parser.set_defaults(draft_devices=2)
 args = parser.parse_args()
 
-fabric = build_fabric(args, callbacks=[LatentWriter(args.out)])
+session = Session.from_args(args, callbacks=[LatentWriter(args.out)]).launch()
+fabric = session.fabric
 
 
 class Faulty(OracleNetwork):
@@ -50,6 +44,6 @@ class Faulty(OracleNetwork):
 module = DiffusionSamplerModule(
     Faulty(common.oracle()), common.schedule(), common.SHAPE, common.SPECS["aggressive_k2"]
 )
-run_predict(fabric, module, common.items(4), batch_size=4, draft_devices=2, timeout_s=args.timeout)
+with session:
+    session.predict(module, common.items(4), batch_size=4)
 print("UNEXPECTED: prediction finished", flush=True)
-finish()

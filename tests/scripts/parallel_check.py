@@ -13,58 +13,50 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import common
 
-from driffusion.adapters.distributed import DistributedExecutor, gather_objects, make_layout
-from driffusion.core import run_sampler
-from driffusion.lightning import (
-    DiffusionSamplerModule,
-    LatentWriter,
-    build_fabric,
-    finish,
-    run_predict,
-)
+from driffusion.lightning import DiffusionSamplerModule, LatentWriter, Session
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--out", type=Path, required=True)
 args = parser.parse_args()
 
-writer_dp = LatentWriter(args.out / "dp")
-writer_draft = LatentWriter(args.out / "draft")
-fabric = build_fabric(callbacks=[])
-report: dict = {"world_size": fabric.world_size, "ranks_agree": {}}
+with Session(timeout_s=60, verify=True) as session:
+    report: dict = {"world_size": session.world_size, "ranks_agree": {}}
 
-# 1. Core samplers with the two ranks of one draft group splitting each round.
-layout = make_layout(draft_devices=None, timeout_s=60)
-oracle = common.oracle()
-x = common.start()
-results = {}
-for name, spec in common.SPECS.items():
-    executor = DistributedExecutor(oracle, layout, verify=True)
-    result = run_sampler(spec, executor, x, common.schedule())
-    results[name] = {
-        "x": result.x,
-        "rounds": result.stats.rounds,
-        "evaluations": result.stats.evaluations,
-    }
-everyone = gather_objects(layout, results)
-for name in results:
-    report["ranks_agree"][name] = all(
-        torch.equal(r[name]["x"], results[name]["x"]) for r in everyone
-    )
+    # 1. Core samplers with the two ranks of one draft group splitting each round.
+    oracle = common.oracle()
+    x = common.start()
+    results = {}
+    for name, sampler in common.SPECS.items():
+        result = sampler(session.executor(oracle), x, common.schedule())
+        results[name] = {
+            "x": result.x,
+            "rounds": result.stats.rounds,
+            "evaluations": result.stats.evaluations,
+        }
+    everyone = session.gather(results)
+    for name in results:
+        report["ranks_agree"][name] = all(
+            torch.equal(r[name]["x"], results[name]["x"]) for r in everyone
+        )
 
-# 2. The Fabric predict loop, data-parallel (2 replicas of 1 device) and draft-parallel (1 of 2).
-outputs = {}
-for mode, draft_devices, writer in (("dp", 1, writer_dp), ("draft", 2, writer_draft)):
-    fabric._callbacks = [writer]  # one writer per run
-    module = DiffusionSamplerModule(
-        common.network(), common.schedule(), common.SHAPE, common.SPECS["aggressive_k2"]
-    )
-    outs = run_predict(fabric, module, common.items(), batch_size=2, draft_devices=draft_devices)
-    outputs[mode] = [
-        {"ids": o.ids, "x": o.x, "replica": o.replica, "rounds": o.stats.rounds} for o in outs
-    ]
+    # 2. The predict loop, data-parallel (2 replicas of 1 device) and draft-parallel (1 of 2).
+    outputs = {}
+    for mode, draft_devices in (("dp", 1), ("draft", 2)):
+        module = DiffusionSamplerModule(
+            common.network(), common.schedule(), common.SHAPE, common.SPECS["aggressive_k2"]
+        )
+        outs = session.predict(
+            module,
+            common.items(),
+            batch_size=2,
+            draft_devices=draft_devices,
+            callbacks=[LatentWriter(args.out / mode)],
+        )
+        outputs[mode] = [
+            {"ids": o.ids, "x": o.x, "replica": o.replica, "rounds": o.stats.rounds} for o in outs
+        ]
 
-if fabric.global_rank == 0:
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.save({"samplers": results, "predict": outputs}, args.out / "results.pt")
-    (args.out / "report.json").write_text(json.dumps(report))
-finish()
+    if session.is_leader:
+        args.out.mkdir(parents=True, exist_ok=True)
+        torch.save({"samplers": results, "predict": outputs}, args.out / "results.pt")
+        (args.out / "report.json").write_text(json.dumps(report))

@@ -1,7 +1,10 @@
-"""Samplers sharing one leading signature: ``sample_X(model, x, schedule, *, ..., callback)``."""
+"""Samplers: pure functions ``sample_X(model, x, schedule, *, ..., callback)`` and, over them,
+frozen sampler values (``Aggressive(drafts=4)``) called as ``sampler(model, x, schedule)``."""
 
-from driffusion.core.samplers.base import Callback, evaluate, payload
+from driffusion.core.samplers.base import Callback, Sampler, SamplerFn, evaluate, payload
 from driffusion.core.samplers.driffusion import (
+    Aggressive,
+    Conservative,
     aggressive_rounds,
     conservative_rounds,
     draft,
@@ -9,22 +12,43 @@ from driffusion.core.samplers.driffusion import (
     sample_driffusion,
 )
 from driffusion.core.samplers.paradigms import (
+    ParaDiGMS,
+    SerialReduced,
     reduced_grid,
     sample_paradigms,
     sample_serial_reduced,
 )
-from driffusion.core.samplers.picard_driffusion import sample_picard_driffusion
-from driffusion.core.samplers.serial import sample_serial
-from driffusion.core.samplers.srds import block_boundaries, default_blocks, sample_srds
+from driffusion.core.samplers.picard_driffusion import PicardDRiffusion, sample_picard_driffusion
+from driffusion.core.samplers.registry import (
+    SAMPLER_NAMES,
+    SAMPLERS,
+    parse_sampler,
+    sampler_name,
+    unique_names,
+)
+from driffusion.core.samplers.serial import Serial, sample_serial
+from driffusion.core.samplers.srds import SRDS, block_boundaries, default_blocks, sample_srds
 
 __all__ = [
+    "SAMPLERS",
+    "SAMPLER_NAMES",
+    "SRDS",
+    "Aggressive",
     "Callback",
+    "Conservative",
+    "ParaDiGMS",
+    "PicardDRiffusion",
+    "Sampler",
+    "SamplerFn",
+    "Serial",
+    "SerialReduced",
     "aggressive_rounds",
     "block_boundaries",
     "conservative_rounds",
     "default_blocks",
     "draft",
     "evaluate",
+    "parse_sampler",
     "payload",
     "reduced_grid",
     "refine",
@@ -34,4 +58,6 @@ __all__ = [
     "sample_serial",
     "sample_serial_reduced",
     "sample_srds",
+    "sampler_name",
+    "unique_names",
 ]

@@ -1,21 +1,89 @@
-"""What sampler authors share: argument checks, one round of evaluations
-([`evaluate`][driffusion.core.samplers.base.evaluate]), the callback payload and the solver set-up.
+"""What sampler authors share: the [`Sampler`][driffusion.core.samplers.base.Sampler] value
+base and its [`SamplerFn`][driffusion.core.samplers.base.SamplerFn] contract, argument checks,
+one round of evaluations ([`evaluate`][driffusion.core.samplers.base.evaluate]), the callback
+payload and the solver set-up.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
-from driffusion.core.model import CountingModel
+from driffusion.core.model import CountingModel, Model, SampleResult
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import DDPM, Solver, SolverState, check_step_noise, get_solver
 
 Callback = Callable[[dict[str, Any]], None]
+
+
+@runtime_checkable
+class SamplerFn(Protocol):
+    """What makes a sampler: ``sampler(model, x, schedule, *, callback=None) -> SampleResult``.
+
+    Anything with this call signature goes through the recipes, the Lightning module, the Fabric
+    loop, the benchmarks and the evaluation. A sampler over a stochastic solver also takes
+    ``noise=`` (``[N, B, *shape]``, drawn per seed by the module). Its ``repr`` is its label in
+    reports; a ``name`` attribute (optional) names its output folder.
+    """
+
+    def __call__(
+        self, model: Model, x: Tensor, schedule: Schedule, *, callback: Callback | None = None
+    ) -> SampleResult: ...
+
+
+@dataclasses.dataclass(frozen=True, repr=False)
+class Sampler:
+    """Base of the built-in samplers: a frozen dataclass of settings, called like a function.
+
+    Subclasses declare their settings as dataclass fields and implement ``__call__`` by calling
+    their pure function. The ``repr`` is the label used in reports and grids: the class name with
+    every setting that is not ``None`` and either differs from its default or is marked
+    ``metadata={"label": True}`` (the settings that define the sampler, such as ``drafts``), e.g.
+    ``Aggressive(drafts=4, solver='dpmpp_2m')``. It parses back with
+    [`parse_sampler`][driffusion.core.samplers.registry.parse_sampler].
+
+    Attributes:
+        name: the registry name (``"aggressive"``); also the default output folder.
+        parallel: ``False`` for samplers that evaluate one state per round (one device's work).
+    """
+
+    name: ClassVar[str] = ""
+    parallel: ClassVar[bool] = True
+
+    def __call__(
+        self,
+        model: Model,
+        x: Tensor,
+        schedule: Schedule,
+        *,
+        callback: Callback | None = None,
+        noise: Tensor | None = None,
+        check_finite: bool = True,
+    ) -> SampleResult:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None or (value == f.default and not f.metadata.get("label")):
+                continue
+            shown.append(f"{f.name}={value!r}")
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    def replace(self, **changes: Any) -> Sampler:
+        """A copy with some settings changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
+
+
+def label_field(default: Any) -> Any:
+    """A dataclass field that always appears in the sampler's label."""
+    return dataclasses.field(default=default, metadata={"label": True})
 
 
 def check_state(x: Tensor, schedule: Schedule) -> None:
@@ -59,6 +127,15 @@ def check_tolerance(tol: object) -> float:
     ):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
     return float(tol)
+
+
+def check_solver(solver: object) -> None:
+    """``solver`` must be ``None``, a [`Solver`][driffusion.core.solvers.Solver] or a known
+    solver's name (``ValueError`` otherwise)."""
+    if solver is not None and not isinstance(solver, Solver):
+        if not isinstance(solver, str):
+            raise ValueError(f"solver must be a Solver or a solver's name, got {solver!r}")
+        get_solver(solver)
 
 
 def max_rms(a: Tensor, b: Tensor) -> float:

@@ -17,7 +17,8 @@ sampler bit for bit.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -25,14 +26,18 @@ from torch import Tensor
 from driffusion.core.model import CountingModel, Model, SampleResult
 from driffusion.core.samplers.base import (
     Callback,
+    Sampler,
     check_positive_int,
+    check_solver,
     evaluate,
+    label_field,
     max_rms,
     payload,
     setup_solver,
 )
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import (
+    DRAFT_RULES,
     DraftRule,
     Solver,
     SolverState,
@@ -318,3 +323,102 @@ def _largest_change(new: Tensor, old: Tensor, schedule: Schedule, first: int) ->
         diff, sigma = max_rms(new[j], old[j]), schedule.sigma(first + j)
         worst = max(worst, diff / sigma if sigma > 0 else diff)
     return worst
+
+
+@dataclass(frozen=True, repr=False)
+class _DRiffusion(Sampler):
+    """The settings both DRiffusion modes share (see
+    [`sample_driffusion`][driffusion.core.samplers.driffusion.sample_driffusion])."""
+
+    mode: ClassVar[Mode] = "aggressive"
+    drafts: int = label_field(2)
+    solver: str | Solver | None = None
+    draft_rule: DraftRule | None = None
+    order: int = 1
+    adaptive_tol: float | None = None
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.drafts, "drafts")
+        check_solver(self.solver)
+        if self.draft_rule is not None and self.draft_rule not in DRAFT_RULES:
+            raise ValueError(f"draft_rule must be one of {DRAFT_RULES}, got {self.draft_rule!r}")
+        if self.order not in (1, 2):
+            raise ValueError(f"order must be 1 or 2, got {self.order!r}")
+
+    def __call__(
+        self,
+        model: Model,
+        x: Tensor,
+        schedule: Schedule,
+        *,
+        callback: Callback | None = None,
+        noise: Tensor | None = None,
+        check_finite: bool = True,
+    ) -> SampleResult:
+        return sample_driffusion(
+            model,
+            x,
+            schedule,
+            drafts=self.drafts,
+            mode=self.mode,
+            solver=self.solver,
+            draft_rule=self.draft_rule,
+            order=self.order,
+            adaptive_tol=self.adaptive_tol,
+            noise=noise,
+            callback=callback,
+            check_finite=check_finite,
+        )
+
+    def rounds(self, num_steps: int) -> int:
+        """Serial rounds over ``num_steps`` steps (fixed drafts)."""
+        if self.mode == "aggressive":
+            return aggressive_rounds(num_steps, self.drafts)
+        return conservative_rounds(num_steps, self.drafts)
+
+
+@dataclass(frozen=True, repr=False)
+class Aggressive(_DRiffusion):
+    """Aggressive DRiffusion as a value: all ``k`` drafts of a round in parallel.
+
+    Attributes:
+        drafts: ``k``, evaluations per parallel round.
+        solver: the solver's name or value (``None``: DDIM / flow Euler).
+        draft_rule: ``"skip"`` or ``"solver"`` (``None``: the solver's default).
+        order: draft order of first-order solvers (1 or 2).
+        adaptive_tol: adaptive drafting target (``None``: fixed ``k``).
+
+    Examples:
+        >>> from driffusion.testing import toy_problem
+        >>> model, x, schedule = toy_problem(steps=50)
+        >>> sampler = Aggressive(drafts=4, solver="dpmpp_2m")
+        >>> sampler
+        Aggressive(drafts=4, solver='dpmpp_2m')
+        >>> sampler(model, x, schedule).stats.rounds == sampler.rounds(50) == 14
+        True
+    """
+
+    name = "aggressive"
+    mode = "aggressive"
+
+
+@dataclass(frozen=True, repr=False)
+class Conservative(_DRiffusion):
+    """Conservative DRiffusion as a value: an exact anchor evaluation, then ``k`` drafts.
+
+    Attributes:
+        drafts: ``k``, drafts per parallel round.
+        solver: the solver's name or value (``None``: DDIM / flow Euler).
+        draft_rule: ``"skip"`` or ``"solver"`` (``None``: the solver's default).
+        order: draft order of first-order solvers (1 or 2).
+        adaptive_tol: adaptive drafting target (``None``: fixed ``k``).
+
+    Examples:
+        >>> from driffusion.testing import toy_problem
+        >>> model, x, schedule = toy_problem(steps=50)
+        >>> Conservative(drafts=4)(model, x, schedule).stats.rounds  # 2 (50 // 5) + 0
+        20
+    """
+
+    name = "conservative"
+    mode = "conservative"

@@ -20,15 +20,20 @@ sample up to float rounding, on any grid.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
 from driffusion.core.samplers.base import (
     Callback,
+    Sampler,
     check_positive_int,
+    check_solver,
     check_tolerance,
     evaluate,
+    label_field,
     max_rms,
     payload,
     setup_solver,
@@ -155,3 +160,102 @@ def sample_serial_reduced(
         callback=callback,
         check_finite=check_finite,
     )
+
+
+@dataclass(frozen=True, repr=False)
+class ParaDiGMS(Sampler):
+    """[`sample_paradigms`][driffusion.core.samplers.paradigms.sample_paradigms] as a value.
+
+    Attributes:
+        window: points per round.
+        tol: accept a step once its RMS change is at most ``tol * sigma``.
+        solver: the solver's name or value (``None``: DDIM / flow Euler).
+
+    Examples:
+        >>> from driffusion.testing import toy_problem
+        >>> model, x, schedule = toy_problem(steps=50)
+        >>> ParaDiGMS(window=8)
+        ParaDiGMS(window=8, tol=0.001)
+        >>> ParaDiGMS(window=8)(model, x, schedule).stats.rounds < 50
+        True
+    """
+
+    name = "paradigms"
+    window: int = label_field(8)
+    tol: float = label_field(1e-3)
+    solver: str | Solver | None = None
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.window, "window")
+        check_tolerance(self.tol)
+        check_solver(self.solver)
+
+    def __call__(
+        self,
+        model: Model,
+        x: Tensor,
+        schedule: Schedule,
+        *,
+        callback: Callback | None = None,
+        noise: Tensor | None = None,
+        check_finite: bool = True,
+    ) -> SampleResult:
+        return sample_paradigms(
+            model,
+            x,
+            schedule,
+            window=self.window,
+            tol=self.tol,
+            solver=self.solver,
+            noise=noise,
+            callback=callback,
+            check_finite=check_finite,
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class SerialReduced(Sampler):
+    """[`sample_serial_reduced`][driffusion.core.samplers.paradigms.sample_serial_reduced] as a
+    value: the serial solver on a ``rounds``-step sub-grid (the step-reduction baseline).
+
+    Attributes:
+        rounds: steps of the sub-grid (its serial rounds).
+        solver: the solver's name or value (``None``: DDIM / flow Euler).
+
+    Examples:
+        >>> from driffusion.testing import toy_problem
+        >>> model, x, schedule = toy_problem(steps=50)
+        >>> SerialReduced(rounds=14)(model, x, schedule).stats.rounds
+        14
+    """
+
+    name = "serial_reduced"
+    parallel = False
+    rounds: int = label_field(10)
+    solver: str | Solver | None = None
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.rounds, "rounds")
+        check_solver(self.solver)
+
+    def __call__(
+        self,
+        model: Model,
+        x: Tensor,
+        schedule: Schedule,
+        *,
+        callback: Callback | None = None,
+        noise: Tensor | None = None,
+        check_finite: bool = True,
+    ) -> SampleResult:
+        if noise is not None:
+            raise ValueError("serial_reduced runs on a sub-grid: per-step noise is not supported")
+        return sample_serial_reduced(
+            model,
+            x,
+            schedule,
+            rounds=self.rounds,
+            solver=self.solver,
+            callback=callback,
+            check_finite=check_finite,
+        )

@@ -17,20 +17,32 @@ anchor evaluated in the same round as its drafts (``ceil(N / k)`` rounds).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
 from driffusion.core.samplers.base import (
     Callback,
+    Sampler,
     check_positive_int,
+    check_solver,
     check_tolerance,
     evaluate,
+    label_field,
     max_rms,
     payload,
     setup_solver,
 )
 from driffusion.core.schedule import Schedule
-from driffusion.core.solvers import DraftRule, Solver, SolverState, clean_estimate, draft_states
+from driffusion.core.solvers import (
+    DRAFT_RULES,
+    DraftRule,
+    Solver,
+    SolverState,
+    clean_estimate,
+    draft_states,
+)
 
 
 def sample_picard_driffusion(
@@ -38,7 +50,7 @@ def sample_picard_driffusion(
     x: Tensor,
     schedule: Schedule,
     *,
-    drafts: int = 4,
+    window: int = 4,
     tol: float = 1e-3,
     max_iters: int | None = None,
     solver: Solver | str | None = None,
@@ -47,7 +59,7 @@ def sample_picard_driffusion(
     callback: Callback | None = None,
     check_finite: bool = True,
 ) -> SampleResult:
-    """Convergent draft-and-refine on a sliding window of ``drafts`` points.
+    """Convergent draft-and-refine on a sliding window of ``window`` points.
 
     With a multistep solver the refine threads the solver state through the window (the state
     of every window point is kept), so the fixed point is the serial run of the same solver.
@@ -56,7 +68,7 @@ def sample_picard_driffusion(
         model: ``model(xs[K, B, ...], t[K]) -> out``.
         x: initial state ``[B, *shape]`` at point 0.
         schedule: the grid (deterministic base sampler).
-        drafts: window size ``k``: evaluations per round (the draft-group size).
+        window: window size ``k``: evaluations per round (the draft-group size).
         tol: accept a step once its RMS change is at most ``tol * sigma`` (largest over the
             batch); ``0`` reproduces the serial sample.
         max_iters: accept a step after this many refinements regardless (``None``: no cap).
@@ -76,14 +88,14 @@ def sample_picard_driffusion(
         >>> from driffusion.testing import toy_problem
         >>> model, x, schedule = toy_problem(steps=50)  # an exact denoiser, noise, a grid
         >>> from driffusion.core import sample_picard_driffusion, sample_serial
-        >>> exact = sample_picard_driffusion(model, x, schedule, drafts=4, tol=0.0)
+        >>> exact = sample_picard_driffusion(model, x, schedule, window=4, tol=0.0)
         >>> torch.equal(exact.x, sample_serial(model, x, schedule).x)
         True
-        >>> sample_picard_driffusion(model, x, schedule, drafts=4, tol=1e-3).stats.rounds < 50
+        >>> sample_picard_driffusion(model, x, schedule, window=4, tol=1e-3).stats.rounds < 50
         True
     """
     solver, schedule, start = setup_solver(solver, x, schedule, noise)
-    k = check_positive_int(drafts, "drafts")
+    k = check_positive_int(window, "window")
     if max_iters is not None:
         check_positive_int(max_iters, "max_iters")
     check_tolerance(tol)
@@ -138,3 +150,68 @@ def sample_picard_driffusion(
         t += stride
         states = {t: new_states[t]}
     return SampleResult(guesses[n], counter.stats(iterations=most))
+
+
+@dataclass(frozen=True, repr=False)
+class PicardDRiffusion(Sampler):
+    """[`sample_picard_driffusion`][driffusion.core.samplers.picard_driffusion.sample_picard_driffusion]
+    as a value.
+
+    Attributes:
+        window: points per round (the draft-group size).
+        tol: accept a step once its RMS change is at most ``tol * sigma``.
+        max_iters: accept a step after this many refinements regardless (``None``: no cap).
+        solver: the solver's name or value (``None``: DDIM / flow Euler).
+        draft_rule: how new window points are drafted (``None``: the solver's default).
+
+    Examples:
+        >>> import torch
+        >>> from driffusion.testing import toy_problem
+        >>> model, x, schedule = toy_problem(steps=50)
+        >>> exact = PicardDRiffusion(window=4, tol=0.0)
+        >>> exact
+        PicardDRiffusion(window=4, tol=0.0)
+        >>> from driffusion.core import Serial
+        >>> torch.equal(exact(model, x, schedule).x, Serial()(model, x, schedule).x)
+        True
+    """
+
+    name = "picard_driffusion"
+    window: int = label_field(4)
+    tol: float = label_field(1e-3)
+    max_iters: int | None = None
+    solver: str | Solver | None = None
+    draft_rule: DraftRule | None = None
+
+    def __post_init__(self) -> None:
+        check_positive_int(self.window, "window")
+        check_tolerance(self.tol)
+        if self.max_iters is not None:
+            check_positive_int(self.max_iters, "max_iters")
+        check_solver(self.solver)
+        if self.draft_rule is not None and self.draft_rule not in DRAFT_RULES:
+            raise ValueError(f"draft_rule must be one of {DRAFT_RULES}, got {self.draft_rule!r}")
+
+    def __call__(
+        self,
+        model: Model,
+        x: Tensor,
+        schedule: Schedule,
+        *,
+        callback: Callback | None = None,
+        noise: Tensor | None = None,
+        check_finite: bool = True,
+    ) -> SampleResult:
+        return sample_picard_driffusion(
+            model,
+            x,
+            schedule,
+            window=self.window,
+            tol=self.tol,
+            max_iters=self.max_iters,
+            solver=self.solver,
+            draft_rule=self.draft_rule,
+            noise=noise,
+            callback=callback,
+            check_finite=check_finite,
+        )

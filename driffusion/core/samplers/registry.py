@@ -1,162 +1,172 @@
-"""Samplers by name, so that recipes, modules and benchmarks pick them from a string."""
+"""Samplers from text: the built-in sampler values by name, and anyone's by import path.
+
+A sampler is any callable ``sampler(model, x, schedule, *, callback=None) -> SampleResult``
+([`SamplerFn`][driffusion.core.samplers.base.SamplerFn]); the built-in ones are frozen dataclasses
+([`Sampler`][driffusion.core.samplers.base.Sampler]) whose ``repr`` is their label. On a command
+line a sampler is written as
+
+- a built-in name, optionally with settings: ``aggressive``, ``aggressive(drafts=4,
+  solver='dpmpp_2m')``, or the label itself, ``Aggressive(drafts=4, solver='dpmpp_2m')``;
+- an import path to a sampler value (or a class or factory, called with the settings given, or
+  with none): ``my_package.samplers:FAST`` or ``path/to/file.py:FAST``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ast
+import dataclasses
+import importlib
+import importlib.util
+import sys
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
-from torch import Tensor
+from driffusion.core.samplers.base import Sampler, SamplerFn
+from driffusion.core.samplers.driffusion import Aggressive, Conservative
+from driffusion.core.samplers.paradigms import ParaDiGMS, SerialReduced
+from driffusion.core.samplers.picard_driffusion import PicardDRiffusion
+from driffusion.core.samplers.serial import Serial
+from driffusion.core.samplers.srds import SRDS
 
-from driffusion.core.model import Model, SampleResult
-from driffusion.core.samplers.base import Callback
-from driffusion.core.samplers.driffusion import Mode, sample_driffusion
-from driffusion.core.samplers.paradigms import sample_paradigms, sample_serial_reduced
-from driffusion.core.samplers.picard_driffusion import sample_picard_driffusion
-from driffusion.core.samplers.serial import sample_serial
-from driffusion.core.samplers.srds import sample_srds
-from driffusion.core.schedule import Schedule
-from driffusion.core.solvers import DRAFT_RULES, DraftRule, get_solver
+SAMPLERS: dict[str, type[Sampler]] = {
+    cls.name: cls
+    for cls in (Serial, Aggressive, Conservative, SRDS, ParaDiGMS, PicardDRiffusion, SerialReduced)
+}
+"""The built-in samplers by name."""
 
-SAMPLER_NAMES: tuple[str, ...] = (
-    "serial",
-    "aggressive",
-    "conservative",
-    "srds",
-    "srds_pipelined",
-    "paradigms",
-    "serial_reduced",
-    "picard_driffusion",
-)
+SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
 
 
-@dataclass(frozen=True)
-class SamplerSpec:
-    """A sampler and its knobs, as plain data.
+def parse_sampler(text: str, defaults: Mapping[str, Any] | None = None) -> SamplerFn:
+    """The sampler that ``text`` names (see the module's description for the forms).
 
-    Attributes:
-        name: one of [`SAMPLER_NAMES`][driffusion.core.samplers.registry.SAMPLER_NAMES].
-        drafts: DRiffusion drafts per round (``k``).
-        blocks: SRDS blocks (``None``: ``round(sqrt(N))``).
-        tol: SRDS stopping tolerance.
-        max_iters: SRDS iteration cap (``None``: ``blocks``).
-        window: ParaDiGMS window (points per round).
-        rounds: serial rounds of the step-reduced baseline.
-        order: DRiffusion draft order (1 or 2).
-        adaptive_tol: DRiffusion adaptive drafting target (``None``: fixed drafts).
-        solver: the solver's name (see [`SOLVER_NAMES`][driffusion.core.solvers.SOLVER_NAMES]);
-            ``None``: DDIM / flow Euler, or DDPM when noise is passed.
-        draft_rule: DRiffusion / Picard draft rule, ``"skip"`` or ``"solver"`` (``None``: the
-            solver's default).
+    Args:
+        text: a built-in name or label with optional settings, or an import path.
+        defaults: settings applied to a built-in sampler for each of its fields that ``text``
+            does not set (e.g. ``{"drafts": 4, "window": 4, "solver": "dpmpp_2m"}`` from the
+            command line); a field the sampler does not have is ignored. Not applied to samplers
+            loaded by import path: they are what their author wrote.
+
+    Returns:
+        The sampler.
+
+    Raises:
+        ValueError: an unknown name, a malformed setting, an unknown setting, or an import path
+            that does not lead to a callable.
+
+    Examples:
+        >>> parse_sampler("aggressive(drafts=4)", {"drafts": 2, "solver": "dpmpp_2m"})
+        Aggressive(drafts=4, solver='dpmpp_2m')
+        >>> parse_sampler("SRDS(tol=0.01, pipelined=True)")
+        SRDS(tol=0.01, pipelined=True)
     """
-
-    name: str = "serial"
-    drafts: int = 2
-    blocks: int | None = None
-    tol: float = 1e-3
-    max_iters: int | None = None
-    window: int = 8
-    rounds: int = 10
-    order: int = 1
-    adaptive_tol: float | None = None
-    solver: str | None = None
-    draft_rule: DraftRule | None = None
-
-    def __post_init__(self) -> None:
-        if self.name not in SAMPLER_NAMES:
-            raise ValueError(f"unknown sampler {self.name!r}; choose one of {SAMPLER_NAMES}")
-        if self.solver is not None:
-            get_solver(self.solver)
-        if self.draft_rule is not None and self.draft_rule not in DRAFT_RULES:
-            raise ValueError(f"draft_rule must be one of {DRAFT_RULES}, got {self.draft_rule!r}")
-
-    def label(self) -> str:
-        """A short human-readable label, e.g. ``aggressive(k=4,dpmpp_2m)``."""
-        base = self._label()
-        extra = [self.solver] if self.solver is not None else []
-        if self.draft_rule is not None:
-            extra.append(f"drafts={self.draft_rule}")
-        if not extra:
-            return base
-        if base.endswith(")"):
-            return f"{base[:-1]},{','.join(extra)})"
-        return f"{base}({','.join(extra)})"
-
-    def _label(self) -> str:
-        if self.name in ("aggressive", "conservative"):
-            extra = f",order={self.order}" if self.order != 1 else ""
-            extra += f",adaptive={self.adaptive_tol:g}" if self.adaptive_tol is not None else ""
-            return f"{self.name}(k={self.drafts}{extra})"
-        if self.name == "picard_driffusion":
-            return f"picard_driffusion(k={self.drafts},tol={self.tol:g})"
-        if self.name.startswith("srds"):
-            return f"{self.name}(B={self.blocks or 'sqrtN'},tol={self.tol:g})"
-        if self.name == "paradigms":
-            return f"paradigms(window={self.window},tol={self.tol:g})"
-        if self.name == "serial_reduced":
-            return f"serial_reduced(steps={self.rounds})"
-        return self.name
+    text = text.strip()
+    head, settings = _split_settings(text)
+    if ":" in head:
+        return _from_import_path(head, settings, text)
+    cls = _builtin(head)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(settings) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no setting(s) {unknown}; it has {sorted(names)}")
+    merged = {k: v for k, v in (defaults or {}).items() if k in names and k not in settings}
+    return cls(**merged, **settings)
 
 
-def run_sampler(
-    spec: SamplerSpec,
-    model: Model,
-    x: Tensor,
-    schedule: Schedule,
-    *,
-    callback: Callback | None = None,
-    noise: Tensor | None = None,
-    check_finite: bool = True,
-) -> SampleResult:
-    """Run the sampler ``spec`` names with the shared signature."""
-    common: dict[str, Any] = {
-        "callback": callback,
-        "check_finite": check_finite,
-        "solver": spec.solver,
-    }
-    if spec.name == "serial":
-        return sample_serial(model, x, schedule, noise=noise, **common)
-    if spec.name in ("aggressive", "conservative"):
-        mode: Mode = "aggressive" if spec.name == "aggressive" else "conservative"
-        return sample_driffusion(
-            model,
-            x,
-            schedule,
-            drafts=spec.drafts,
-            mode=mode,
-            order=spec.order,
-            adaptive_tol=spec.adaptive_tol,
-            draft_rule=spec.draft_rule,
-            noise=noise,
-            **common,
+def sampler_name(sampler: object) -> str:
+    """A short name for folders and table rows: the sampler's ``name`` or its class name."""
+    name = getattr(sampler, "name", None)
+    return name if isinstance(name, str) and name else type(sampler).__name__.lower()
+
+
+def unique_names(samplers: list[Any]) -> list[str]:
+    """One distinct [`sampler_name`][driffusion.core.samplers.registry.sampler_name] per sampler
+    (``aggressive``, ``aggressive_2``, ...): folder names for runs of several settings."""
+    names: list[str] = []
+    for sampler in samplers:
+        base = name = sampler_name(sampler)
+        count = 1
+        while name in names:
+            count += 1
+            name = f"{base}_{count}"
+        names.append(name)
+    return names
+
+
+def _builtin(name: str) -> type[Sampler]:
+    by_class = {cls.__name__.lower(): cls for cls in SAMPLERS.values()}
+    cls = SAMPLERS.get(name) or by_class.get(name.lower())
+    if cls is None:
+        raise ValueError(
+            f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}, or give an "
+            "import path (package.module:NAME or path/to/file.py:NAME)"
         )
-    if spec.name == "paradigms":
-        return sample_paradigms(
-            model, x, schedule, window=spec.window, tol=spec.tol, noise=noise, **common
-        )
-    if spec.name == "picard_driffusion":
-        return sample_picard_driffusion(
-            model,
-            x,
-            schedule,
-            drafts=spec.drafts,
-            tol=spec.tol,
-            max_iters=spec.max_iters,
-            draft_rule=spec.draft_rule,
-            noise=noise,
-            **common,
-        )
-    if spec.name == "serial_reduced":
-        if noise is not None:
-            raise ValueError("serial_reduced runs on a sub-grid: per-step noise is not supported")
-        return sample_serial_reduced(model, x, schedule, rounds=spec.rounds, **common)
-    return sample_srds(
-        model,
-        x,
-        schedule,
-        blocks=spec.blocks,
-        tol=spec.tol,
-        max_iters=spec.max_iters,
-        pipelined=spec.name == "srds_pipelined",
-        noise=noise,
-        **common,
-    )
+    return cls
+
+
+def _split_settings(text: str) -> tuple[str, dict[str, Any]]:
+    """``"name(a=1, b='x')"`` -> ``("name", {"a": 1, "b": "x"})`` (values are literals)."""
+    if "(" not in text:
+        return text, {}
+    head, sep, _ = text.partition("(")
+    if not sep or not head:
+        raise ValueError(f"cannot read sampler {text!r}: expected NAME or NAME(key=value, ...)")
+    try:
+        call = ast.parse(f"f{text[len(head) :]}", mode="eval").body
+    except SyntaxError as error:
+        raise ValueError(f"cannot read the settings of sampler {text!r}: {error.msg}") from None
+    assert isinstance(call, ast.Call)
+    if call.args:
+        raise ValueError(f"sampler settings are key=value pairs, got {text!r}")
+    settings = {}
+    for keyword in call.keywords:
+        if keyword.arg is None:
+            raise ValueError(f"sampler settings are key=value pairs, got {text!r}")
+        try:
+            settings[keyword.arg] = ast.literal_eval(keyword.value)
+        except ValueError:
+            raise ValueError(
+                f"setting {keyword.arg} of sampler {text!r} is not a literal (a number, string, "
+                "True/False/None)"
+            ) from None
+    return head.strip(), settings
+
+
+def _from_import_path(head: str, settings: dict[str, Any], text: str) -> SamplerFn:
+    location, _, attribute = head.rpartition(":")
+    if not location or not attribute.isidentifier():
+        raise ValueError(f"an import path is MODULE:NAME or FILE.py:NAME, got {text!r}")
+    module = _load_module(location)
+    try:
+        obj = getattr(module, attribute)
+    except AttributeError:
+        raise ValueError(f"{location} has no attribute {attribute!r}") from None
+    if isinstance(obj, type) or (settings and not dataclasses.is_dataclass(obj)):
+        obj = obj(**settings)  # a class or a factory
+    elif settings:
+        obj = dataclasses.replace(obj, **settings)
+    if not callable(obj):
+        raise ValueError(f"{text!r} is not a sampler: {type(obj).__name__} is not callable")
+    return obj
+
+
+def _load_module(location: str) -> Any:
+    if location.endswith(".py"):
+        path = Path(location).expanduser().resolve()
+        if not path.is_file():
+            raise ValueError(f"sampler file {location} does not exist")
+        module_name = f"driffusion_user_{path.stem}_{abs(hash(str(path)))}"
+        if module_name in sys.modules:
+            return sys.modules[module_name]
+        spec = importlib.util.spec_from_file_location(module_name, path)
+        if spec is None or spec.loader is None:
+            raise ValueError(f"cannot import {location}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[module_name] = module  # dataclasses look their module up while building
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(location)
+    except ImportError as error:
+        raise ValueError(f"cannot import module {location!r}: {error}") from None

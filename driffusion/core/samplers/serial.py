@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
-from driffusion.core.samplers.base import Callback, evaluate, payload, setup_solver
+from driffusion.core.samplers.base import (
+    Callback,
+    Sampler,
+    check_solver,
+    evaluate,
+    payload,
+    setup_solver,
+)
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import Solver, clean_estimate
 
@@ -63,3 +72,48 @@ def sample_serial(
             denoised = clean_estimate(out, before, schedule, i)
             callback(payload(i + 1, x, denoised, schedule, counter.rounds))
     return SampleResult(x, counter.stats())
+
+
+@dataclass(frozen=True, repr=False)
+class Serial(Sampler):
+    """[`sample_serial`][driffusion.core.samplers.serial.sample_serial] as a value.
+
+    Attributes:
+        solver: the solver's name (``None``: DDIM / flow Euler, or DDPM with noise).
+
+    Examples:
+        >>> from driffusion.testing import toy_problem
+        >>> model, x, schedule = toy_problem(steps=20)
+        >>> sampler = Serial(solver="dpmpp_2m")
+        >>> sampler
+        Serial(solver='dpmpp_2m')
+        >>> sampler(model, x, schedule).stats.rounds
+        20
+    """
+
+    name = "serial"
+    parallel = False
+    solver: str | Solver | None = None
+
+    def __post_init__(self) -> None:
+        check_solver(self.solver)
+
+    def __call__(
+        self,
+        model: Model,
+        x: Tensor,
+        schedule: Schedule,
+        *,
+        callback: Callback | None = None,
+        noise: Tensor | None = None,
+        check_finite: bool = True,
+    ) -> SampleResult:
+        return sample_serial(
+            model,
+            x,
+            schedule,
+            solver=self.solver,
+            noise=noise,
+            callback=callback,
+            check_finite=check_finite,
+        )

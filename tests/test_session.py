@@ -1,0 +1,177 @@
+"""The Session owns a run: launch (or join `fabric run`), layout, executor, leader writes,
+gather, barrier and teardown; recipes, benchmarks and evaluation never call a collective."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from driffusion.core import Aggressive, BatchedExecutor, ParaDiGMS, Serial
+from driffusion.lightning import (
+    DiffusionSamplerModule,
+    Session,
+    add_sampler_args,
+    add_session_args,
+    check_sampler_args,
+    samplers_from_args,
+)
+from driffusion.lightning.loop import collate
+
+from .scripts import common
+from .test_distributed import FABRIC, SCRIPTS, free_port
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def one_process_outputs() -> dict[str, torch.Tensor]:
+    module = DiffusionSamplerModule(
+        common.network(), common.schedule(), common.SHAPE, common.SPECS["aggressive_k2"]
+    )
+    result = module.sample(collate(common.items()), BatchedExecutor)
+    return dict(zip(result["id"], result["x"], strict=True))
+
+
+def test_a_session_runs_tears_down_and_refuses_use_outside() -> None:
+    session = Session(accelerator="cpu")
+    with pytest.raises(RuntimeError, match="not launched"):
+        session.layout  # noqa: B018
+    with session:
+        module = DiffusionSamplerModule(
+            common.network(), common.schedule(), common.SHAPE, common.SPECS["aggressive_k2"]
+        )
+        outputs = session.predict(module, common.items(), batch_size=3)
+        assert session.gather(5) == [5] and session.is_leader
+        assert session.on_leader(lambda: "done") == "done"
+        wall, value = session.timed(lambda: 7)
+        assert value == 7 and wall >= 0
+    assert not (dist.is_available() and dist.is_initialized())
+    expected = one_process_outputs()
+    for output in outputs:
+        for sample_id, x in zip(output.ids, output.x, strict=True):
+            assert torch.equal(x, expected[sample_id])
+    with pytest.raises(ValueError, match="timeout_s must be positive"):
+        Session(timeout_s=0)
+
+
+def test_the_module_keeps_the_executor_it_was_given() -> None:
+    """A module built with its own executor keeps it inside the loop (not overwritten)."""
+    calls: list[int] = []
+
+    def counting(network):  # type: ignore[no-untyped-def]
+        executor = BatchedExecutor(network)
+
+        def run(xs, t):  # type: ignore[no-untyped-def]
+            calls.append(xs.shape[0])
+            return executor(xs, t)
+
+        return run
+
+    module = DiffusionSamplerModule(
+        common.network(), common.schedule(), common.SHAPE, Serial(), executor_factory=counting
+    )
+    with Session(accelerator="cpu") as session:
+        session.predict(module, common.items(2), batch_size=2)
+    assert len(calls) == common.schedule().num_steps
+
+
+def test_two_nodes_simulated_on_one_machine(tmp_path: Path) -> None:
+    """`fabric run --num-nodes 2 --node-rank r` (one process each) gives the 1-process samples."""
+    port = str(free_port())
+    procs = []
+    for node_rank in (0, 1):
+        cmd = [str(FABRIC), "run", "--accelerator", "cpu", "--devices", "1", "--strategy", "ddp"]
+        cmd += ["--num-nodes", "2", "--node-rank", str(node_rank)]
+        cmd += ["--main-address", "127.0.0.1", "--main-port", port]
+        cmd += [str(SCRIPTS / "session_check.py"), "--out", str(tmp_path)]
+        env = {"PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env={**os.environ, **env},
+            )
+        )
+    logs = []
+    for proc in procs:
+        try:
+            logs.append(proc.communicate(timeout=240)[0])
+        finally:
+            proc.kill()
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-3000:] for log in logs)
+    reports = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank, report in enumerate(reports):
+        assert report["world_size"] == 2 and report["global_rank"] == rank
+        assert report["draft_devices"] == 2  # both nodes in one draft group
+        assert report["every_rank_saw_the_same"] and report["marker_exists_everywhere"]
+    assert [r["leader_wrote"] for r in reports] == [True, False]
+    saved = torch.load(tmp_path / "x.pt")
+    expected = one_process_outputs()
+    assert saved.keys() == expected.keys()
+    for sample_id, x in expected.items():
+        assert torch.equal(saved[sample_id], x), sample_id
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_session_args(parser)
+    add_sampler_args(parser, default=("serial", "aggressive"), solver="dpmpp_2m")
+    args = parser.parse_args(argv)
+    check_sampler_args(parser, args)
+    return args
+
+
+def test_one_set_of_sampler_flags() -> None:
+    args = parse([])
+    assert samplers_from_args(args, devices=4) == [
+        Serial(solver="dpmpp_2m"),
+        Aggressive(drafts=4, solver="dpmpp_2m"),
+    ]
+    args = parse(["--sampler", "aggressive(drafts=3)", "--sampler", "paradigms", "--tol", "0.01"])
+    assert samplers_from_args(args, devices=2) == [
+        Aggressive(drafts=3, solver="dpmpp_2m"),
+        ParaDiGMS(window=2, tol=0.01, solver="dpmpp_2m"),
+    ]
+    assert args.timeout == 180.0 and args.draft_devices is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--sampler", "nope"],
+        ["--sampler", "aggressive(drafts=0)"],
+        ["--drafts", "0"],
+        ["--tol", "nan"],
+        ["--tol", "-1"],
+        ["--timeout", "0"],
+        ["--draft-devices", "0"],
+    ],
+)
+def test_bad_sampler_flags_stop_the_parser(argv: list[str], capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as raised:
+        parse(argv)
+    assert raised.value.code == 2
+    assert "error:" in capsys.readouterr().err
+
+
+def test_no_script_calls_a_collective_itself() -> None:
+    """Only the Session (and the distributed adapter under it) touches torch.distributed."""
+    forbidden = re.compile(
+        r"\b(barrier|all_gather\w*|gather_objects|destroy_process_group|make_layout|finish)\s*\("
+    )
+    offenders = []
+    folders = [ROOT / "recipes", ROOT / "benchmarks", ROOT / "driffusion" / "eval"]
+    for path in sorted(p for folder in folders for p in folder.rglob("*.py")):
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if forbidden.search(line) and "session." not in line:
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert offenders == []

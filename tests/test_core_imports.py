@@ -1,4 +1,5 @@
-"""driffusion.core is pure torch: no distributed, diffusers, lightning, tqdm or PIL imports."""
+"""driffusion.core is pure torch (plus einops, tensor notation over torch): no distributed,
+diffusers, lightning, tqdm or PIL imports."""
 
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def test_core_imports_only_torch_and_stdlib() -> None:
             top = name.split(".")[0]
             allowed = (
                 top in sys.stdlib_module_names
-                or top == "torch"
+                or top in ("torch", "einops")
                 or name.startswith("driffusion.core")
             )
             if not allowed or any(name == f or name.startswith(f + ".") for f in FORBIDDEN):

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from driffusion.core.schedule import Schedule, flow_schedule, vp_schedule
@@ -119,8 +120,18 @@ def _dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
+def _pair(unconditional: Tensor, conditional: Tensor) -> Tensor:
+    """The guidance batch ``[uncond; cond]`` (diffusers' order), rows ``(pair b)``."""
+    return rearrange([unconditional, conditional], "pair b ... -> (pair b) ...")
+
+
+def _twice(x: Tensor) -> Tensor:
+    """The same rows for both halves of the guidance batch."""
+    return repeat(x, "b ... -> (pair b) ...", pair=2)
+
+
 def _guide(out: Tensor, guidance: float) -> Tensor:
-    unconditional, conditional = out.chunk(2)
+    unconditional, conditional = rearrange(out, "(pair b) ... -> pair b ...", pair=2)
     return unconditional + guidance * (conditional - unconditional)
 
 
@@ -144,13 +155,12 @@ class GuidedUNet(nn.Module):
         if "text_embeds" in cond:
             added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}
         if guided:
-            x = torch.cat([x, x])
-            t = torch.cat([t, t])
-            embeds = torch.cat([cond["negative_prompt_embeds"], embeds])
+            x, t = _twice(x), _twice(t)
+            embeds = _pair(cond["negative_prompt_embeds"], embeds)
             if added is not None:
                 added = {
-                    "text_embeds": torch.cat([cond["negative_text_embeds"], added["text_embeds"]]),
-                    "time_ids": torch.cat([added["time_ids"], added["time_ids"]]),
+                    "text_embeds": _pair(cond["negative_text_embeds"], added["text_embeds"]),
+                    "time_ids": _twice(added["time_ids"]),
                 }
         out = self.unet(
             x.to(dtype), t, encoder_hidden_states=embeds.to(dtype), added_cond_kwargs=added
@@ -175,9 +185,9 @@ class GuidedSD3Transformer(nn.Module):
         embeds, pooled = cond["prompt_embeds"], cond["pooled"]
         guided = self.guidance > 1.0
         if guided:
-            x, t = torch.cat([x, x]), torch.cat([t, t])
-            embeds = torch.cat([cond["negative_prompt_embeds"], embeds])
-            pooled = torch.cat([cond["negative_pooled"], pooled])
+            x, t = _twice(x), _twice(t)
+            embeds = _pair(cond["negative_prompt_embeds"], embeds)
+            pooled = _pair(cond["negative_pooled"], pooled)
         out = self.transformer(
             hidden_states=x.to(dtype),
             timestep=t,

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
+from einops import rearrange, repeat
 from torch import Tensor
 
 
@@ -178,9 +179,7 @@ class RowwiseModel:
 
     def __call__(self, xs: Tensor, t: Tensor) -> Tensor:
         k, b = xs.shape[:2]
-        rows = xs.reshape(k * b, *xs.shape[2:])
-        cond = {
-            name: value.repeat(k, *([1] * (value.ndim - 1))) for name, value in self.cond.items()
-        }
-        out = self.network(rows, t.repeat_interleave(b), **cond)
-        return out.reshape(xs.shape)
+        rows = rearrange(xs, "k b ... -> (k b) ...")
+        cond = {name: repeat(v, "b ... -> (k b) ...", k=k) for name, v in self.cond.items()}
+        out = self.network(rows, repeat(t, "k -> (k b)", b=b), **cond)
+        return rearrange(out, "(k b) ... -> k b ...", k=k)

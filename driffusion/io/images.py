@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw, PngImagePlugin
 from torch import Tensor
+from torchvision.utils import make_grid
 
 
 def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
@@ -52,20 +53,27 @@ def save_png(path: str | Path, image: Tensor | Image.Image, metadata: Mapping[st
 def labelled_grid(
     rows: Sequence[tuple[str, Sequence[Tensor]]], scale: int = 4, label_width: int = 200
 ) -> Image.Image:
-    """One row per label: the label text, then the row's images (``[C, H, W]`` in ``[-1, 1]``)."""
+    """One row per label: the label text, then the row's images (``[C, H, W]`` in ``[-1, 1]``,
+    ``C`` = 1 or 3), each enlarged ``scale`` times (nearest neighbour); shorter rows end blank.
+
+    The images are tiled by ``torchvision.utils.make_grid``; the labels are drawn with PIL.
+    """
     if not rows or not rows[0][1]:
         raise ValueError("a grid needs at least one row with one image")
-    first = to_pil(rows[0][1][0])
-    cell_w, cell_h = first.width * scale, first.height * scale
     columns = max(len(images) for _, images in rows)
-    grid = Image.new(
-        "RGB", (label_width + columns * (cell_w + 2), len(rows) * (cell_h + 2)), "white"
-    )
+    first = rows[0][1][0]
+    blank = torch.ones(3, first.shape[-2], first.shape[-1])
+    cells = []
+    for _, images in rows:
+        row = [image.detach().float().cpu().clamp(-1, 1).add(1).div(2) for image in images]
+        row = [cell.expand(3, -1, -1) if cell.shape[0] == 1 else cell for cell in row]
+        cells += row + [blank] * (columns - len(row))
+    stacked = torch.stack(cells).repeat_interleave(scale, -1).repeat_interleave(scale, -2)
+    tiles = make_grid(stacked, nrow=columns, padding=2, pad_value=1.0)
+    grid = Image.new("RGB", (label_width + tiles.shape[-1], tiles.shape[-2]), "white")
+    grid.paste(to_pil(tiles * 2 - 1), (label_width, 0))
     draw = ImageDraw.Draw(grid)
-    for r, (label, images) in enumerate(rows):
-        top = r * (cell_h + 2)
-        draw.text((4, top + cell_h // 2 - 6), label, fill="black")
-        for c, image in enumerate(images):
-            cell = to_pil(image).convert("RGB").resize((cell_w, cell_h), Image.Resampling.NEAREST)
-            grid.paste(cell, (label_width + c * (cell_w + 2), top))
+    cell_h = first.shape[-2] * scale
+    for r, (label, _) in enumerate(rows):
+        draw.text((4, 2 + r * (cell_h + 2) + cell_h // 2 - 6), label, fill="black")
     return grid

@@ -329,7 +329,7 @@ def test_every_sampler_calls_back_with_one_payload() -> None:
         "conservative": lambda cb: sample_driffusion(
             oracle, x, sched, drafts=3, mode="conservative", solver="unipc", callback=cb
         ),
-        "picard": lambda cb: sample_picard_driffusion(oracle, x, sched, drafts=3, callback=cb),
+        "picard": lambda cb: sample_picard_driffusion(oracle, x, sched, window=3, callback=cb),
         "paradigms": lambda cb: sample_paradigms(oracle, x, sched, window=3, callback=cb),
         "reduced": lambda cb: sample_serial_reduced(oracle, x, sched, rounds=5, callback=cb),
         "srds": lambda cb: sample_srds(oracle, x, sched, blocks=3, callback=cb),

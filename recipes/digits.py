@@ -61,15 +61,7 @@ from driffusion.eval.callbacks import (
     outputs_by_id,
 )
 from driffusion.io import atomic_write, labelled_grid, markdown_table, save_png, write_json
-from driffusion.lightning import (
-    DiffusionSamplerModule,
-    ProgressBar,
-    Session,
-    add_sampler_args,
-    add_session_args,
-    check_sampler_args,
-    samplers_from_args,
-)
+from driffusion.lightning import DiffusionSamplerModule, ProgressBar, Session, cli
 from driffusion.models.digits import NUM_CLASSES, DigitsModel, digits_dataset, load_digits
 
 KEYS = [
@@ -89,8 +81,8 @@ KEYS = [
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_session_args(parser)
-    add_sampler_args(
+    cli.add_session_args(parser)
+    cli.add_sampler_args(
         parser,
         default=("serial", "aggressive", "conservative", "srds", "paradigms"),
         solver="dpmpp_2m",
@@ -109,7 +101,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=Path("outputs/digits"))
     parser.add_argument("--no-fid", action="store_true", help="skip FID (faster)")
     args = parser.parse_args(argv)
-    check_sampler_args(parser, args)
+    cli.check_sampler_args(parser, args)
     if args.steps is None and args.rounds is None:
         args.steps = 50
     for name in ("steps", "rounds"):
@@ -133,7 +125,7 @@ def plan(args: argparse.Namespace, devices: int, calibration: Calibration | None
             {"name": "best_serial", "sampler": serial.make_sampler(), "steps": serial.steps}
         )
         return runs
-    samplers: list[SamplerFn] = samplers_from_args(args, devices)
+    samplers: list[SamplerFn] = cli.samplers_from_args(args, devices)
     baseline = Serial(solver=args.solver)
     if baseline not in samplers:
         samplers.insert(0, baseline)  # the reference for speedup and deviation

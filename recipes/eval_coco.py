@@ -36,16 +36,7 @@ from driffusion.eval.coco import (
     score_samplers,
     write_metrics,
 )
-from driffusion.lightning import (
-    DiffusionSamplerModule,
-    ProgressBar,
-    Session,
-    add_sampler_args,
-    add_session_args,
-    check_sampler_args,
-    samplers_from_args,
-)
-from driffusion.lightning.cli import sampler_defaults
+from driffusion.lightning import DiffusionSamplerModule, ProgressBar, Session, cli
 
 
 def parse_args() -> argparse.Namespace:
@@ -71,12 +62,12 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--max-images", type=int, default=None, help="stop after this many (test aid)"
     )
-    add_sampler_args(parser, default=("serial", "aggressive", "conservative", "srds"))
-    add_session_args(parser)
+    cli.add_sampler_args(parser, default=("serial", "aggressive", "conservative", "srds"))
+    cli.add_session_args(parser)
     # the paper's protocol: data parallel (one device per replica), drafts batched on it
     parser.set_defaults(draft_devices=1, drafts=2, window=2)
     args = parser.parse_args()
-    check_sampler_args(parser, args)
+    cli.check_sampler_args(parser, args)
     if args.recipe != "digits" and args.captions is None:
         parser.error("--captions is required for the Stable Diffusion recipes")
     if args.limit < 1 or args.batch_size < 1:
@@ -87,9 +78,9 @@ def parse_args() -> argparse.Namespace:
 def plan(args: argparse.Namespace, devices: int, steps: int) -> list[SamplerFn]:
     """The samplers: serial first (the baseline), and the step-reduced serial baseline at the
     rounds of the first aggressive DRiffusion."""
-    samplers = samplers_from_args(args, devices)
+    samplers = cli.samplers_from_args(args, devices)
     if not any(getattr(s, "name", None) == "serial" for s in samplers):
-        samplers.insert(0, parse_sampler("serial", sampler_defaults(args, devices)))
+        samplers.insert(0, parse_sampler("serial", cli.sampler_defaults(args, devices)))
     aggressive = next((s for s in samplers if isinstance(s, Aggressive)), None)
     if aggressive is not None and not any(isinstance(s, SerialReduced) for s in samplers):
         samplers.append(SerialReduced(rounds=aggressive.rounds(steps), solver=args.solver))

@@ -39,14 +39,7 @@ from driffusion.core import (
     reference_solution,
 )
 from driffusion.io import labelled_grid, save_png, write_json
-from driffusion.lightning import (
-    ProgressBar,
-    Session,
-    add_sampler_args,
-    add_session_args,
-    check_sampler_args,
-    samplers_from_args,
-)
+from driffusion.lightning import ProgressBar, Session, cli
 from driffusion.lightning.text2image import PromptSamplerModule, collate_prompts
 
 
@@ -77,10 +70,10 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(f"outputs/{family.name}"))
     parser.add_argument("--tiny", action="store_true", help="random tiny model built in code")
-    add_sampler_args(parser, default=("aggressive",))
-    add_session_args(parser, precision=False)
+    cli.add_sampler_args(parser, default=("aggressive",))
+    cli.add_session_args(parser, precision=False)
     args = parser.parse_args(argv)
-    check_sampler_args(parser, args)
+    cli.check_sampler_args(parser, args)
     if args.sampler is not None and len(args.sampler) > 1:
         parser.error("give one --sampler (this recipe writes one image per prompt)")
     prompts = list(args.prompt or [])
@@ -142,7 +135,7 @@ def generate(
         args.steps = calibration.best.steps
         sampler: SamplerFn = calibration.best.make_sampler()
     else:
-        sampler = samplers_from_args(args, session.draft_devices)[0]
+        sampler = cli.samplers_from_args(args, session.draft_devices)[0]
     module = PromptSamplerModule(adapt(args.steps), sampler)
     items = [
         {

@@ -12,7 +12,8 @@ run``), the session (draft groups, collective timeout) and the samplers.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from driffusion.adapters.distributed import DEFAULT_TIMEOUT_S
@@ -150,22 +151,19 @@ def check_sampler_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error(f"--sampler: {error}")
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _number(kind: type, minimum: float, inclusive: bool) -> Callable[[str], Any]:
+    """An argparse type: a finite ``kind`` above ``minimum`` (or equal to it if ``inclusive``)."""
+    bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
-    return value
-
-
-def _nonnegative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
-    return value
+_positive_int = _number(int, 1, inclusive=True)
+_positive_float = _number(float, 0, inclusive=False)
+_nonnegative_float = _number(float, 0, inclusive=True)

@@ -7,6 +7,7 @@ payload and the solver set-up.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -16,7 +17,14 @@ from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
 from driffusion.core.schedule import Schedule
-from driffusion.core.solvers import DDPM, Solver, SolverState, check_step_noise, get_solver
+from driffusion.core.solvers import (
+    DDPM,
+    DRAFT_RULES,
+    Solver,
+    SolverState,
+    check_step_noise,
+    get_solver,
+)
 
 Callback = Callable[[dict[str, Any]], None]
 
@@ -40,8 +48,12 @@ class SamplerFn(Protocol):
 class Sampler:
     """Base of the built-in samplers: a frozen dataclass of settings, called like a function.
 
-    Subclasses declare their settings as dataclass fields and implement ``__call__`` by calling
-    their pure function. The ``repr`` is the label used in reports and grids: the class name with
+    A built-in subclass declares its settings as dataclass fields named like the keywords of its
+    pure ``function`` (which ``__call__`` calls with them) and gets them checked on construction
+    (``drafts``, ``window``, ``rounds``, ``blocks``, ``max_iters``: integers >= 1; ``tol``: finite
+    >= 0; ``solver``, ``draft_rule``, ``order``, ``pipelined``, ``adaptive_tol``: known values).
+    A sampler of your own may instead override ``__call__``. The ``repr`` is the label used in
+    reports and grids: the class name with
     every setting that is not ``None`` and either differs from its default or is marked
     ``metadata={"label": True}`` (the settings that define the sampler, such as ``drafts``), e.g.
     ``Aggressive(drafts=4, solver='dpmpp_2m')``. It parses back with
@@ -54,6 +66,11 @@ class Sampler:
 
     name: ClassVar[str] = ""
     parallel: ClassVar[bool] = True
+    function: ClassVar[Callable[..., SampleResult] | None] = None
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            _check_setting(f.name, getattr(self, f.name))
 
     def __call__(
         self,
@@ -65,7 +82,21 @@ class Sampler:
         noise: Tensor | None = None,
         check_finite: bool = True,
     ) -> SampleResult:
-        raise NotImplementedError
+        function = type(self).function
+        if function is None:
+            raise NotImplementedError(f"{type(self).__name__} sets no function: override __call__")
+        settings = self.keywords()
+        if noise is not None:
+            if "noise" not in inspect.signature(function).parameters:
+                raise ValueError(f"{self!r} does not take per-step noise (a stochastic solver)")
+            settings["noise"] = noise
+        return function(
+            model, x, schedule, callback=callback, check_finite=check_finite, **settings
+        )
+
+    def keywords(self) -> dict[str, Any]:
+        """The keyword arguments of ``function``: the settings by field name."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     def __repr__(self) -> str:
         shown = []
@@ -79,6 +110,30 @@ class Sampler:
     def replace(self, **changes: Any) -> Sampler:
         """A copy with some settings changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
+
+
+def _check_setting(name: str, value: object) -> None:
+    """Check a built-in sampler setting by its name (``ValueError`` naming it)."""
+    if value is None and name not in ("order", "pipelined", "tol"):
+        return
+    if name in ("drafts", "window", "rounds", "blocks", "max_iters"):
+        check_positive_int(value, name)
+    elif name == "tol":
+        check_tolerance(value)
+    elif name == "solver":
+        check_solver(value)
+    elif name == "draft_rule" and value not in DRAFT_RULES:
+        raise ValueError(f"draft_rule must be one of {DRAFT_RULES}, got {value!r}")
+    elif name == "order" and value not in (1, 2):
+        raise ValueError(f"order must be 1 or 2, got {value!r}")
+    elif name == "pipelined" and not isinstance(value, bool):
+        raise ValueError(f"pipelined must be True or False, got {value!r}")
+    elif name == "adaptive_tol" and (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not (math.isfinite(value) and value > 0)
+    ):
+        raise ValueError(f"adaptive_tol must be a positive number, got {value!r}")
 
 
 def label_field(default: Any) -> Any:

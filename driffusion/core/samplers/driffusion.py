@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -28,7 +28,6 @@ from driffusion.core.samplers.base import (
     Callback,
     Sampler,
     check_positive_int,
-    check_solver,
     evaluate,
     label_field,
     max_rms,
@@ -37,7 +36,6 @@ from driffusion.core.samplers.base import (
 )
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import (
-    DRAFT_RULES,
     DraftRule,
     Solver,
     SolverState,
@@ -331,44 +329,15 @@ class _DRiffusion(Sampler):
     [`sample_driffusion`][driffusion.core.samplers.driffusion.sample_driffusion])."""
 
     mode: ClassVar[Mode] = "aggressive"
+    function = sample_driffusion
     drafts: int = label_field(2)
     solver: str | Solver | None = None
     draft_rule: DraftRule | None = None
     order: int = 1
     adaptive_tol: float | None = None
 
-    def __post_init__(self) -> None:
-        check_positive_int(self.drafts, "drafts")
-        check_solver(self.solver)
-        if self.draft_rule is not None and self.draft_rule not in DRAFT_RULES:
-            raise ValueError(f"draft_rule must be one of {DRAFT_RULES}, got {self.draft_rule!r}")
-        if self.order not in (1, 2):
-            raise ValueError(f"order must be 1 or 2, got {self.order!r}")
-
-    def __call__(
-        self,
-        model: Model,
-        x: Tensor,
-        schedule: Schedule,
-        *,
-        callback: Callback | None = None,
-        noise: Tensor | None = None,
-        check_finite: bool = True,
-    ) -> SampleResult:
-        return sample_driffusion(
-            model,
-            x,
-            schedule,
-            drafts=self.drafts,
-            mode=self.mode,
-            solver=self.solver,
-            draft_rule=self.draft_rule,
-            order=self.order,
-            adaptive_tol=self.adaptive_tol,
-            noise=noise,
-            callback=callback,
-            check_finite=check_finite,
-        )
+    def keywords(self) -> dict[str, Any]:
+        return {**super().keywords(), "mode": self.mode}
 
     def rounds(self, num_steps: int) -> int:
         """Serial rounds over ``num_steps`` steps (fixed drafts)."""
@@ -404,14 +373,8 @@ class Aggressive(_DRiffusion):
 
 @dataclass(frozen=True, repr=False)
 class Conservative(_DRiffusion):
-    """Conservative DRiffusion as a value: an exact anchor evaluation, then ``k`` drafts.
-
-    Attributes:
-        drafts: ``k``, drafts per parallel round.
-        solver: the solver's name or value (``None``: DDIM / flow Euler).
-        draft_rule: ``"skip"`` or ``"solver"`` (``None``: the solver's default).
-        order: draft order of first-order solvers (1 or 2).
-        adaptive_tol: adaptive drafting target (``None``: fixed ``k``).
+    """Conservative DRiffusion as a value: an exact anchor evaluation, then ``k`` drafts; the
+    settings are [`Aggressive`][driffusion.core.samplers.driffusion.Aggressive]'s.
 
     Examples:
         >>> from driffusion.testing import toy_problem

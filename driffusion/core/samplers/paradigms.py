@@ -30,7 +30,6 @@ from driffusion.core.samplers.base import (
     Callback,
     Sampler,
     check_positive_int,
-    check_solver,
     check_tolerance,
     evaluate,
     label_field,
@@ -181,36 +180,10 @@ class ParaDiGMS(Sampler):
     """
 
     name = "paradigms"
+    function = sample_paradigms
     window: int = label_field(8)
     tol: float = label_field(1e-3)
     solver: str | Solver | None = None
-
-    def __post_init__(self) -> None:
-        check_positive_int(self.window, "window")
-        check_tolerance(self.tol)
-        check_solver(self.solver)
-
-    def __call__(
-        self,
-        model: Model,
-        x: Tensor,
-        schedule: Schedule,
-        *,
-        callback: Callback | None = None,
-        noise: Tensor | None = None,
-        check_finite: bool = True,
-    ) -> SampleResult:
-        return sample_paradigms(
-            model,
-            x,
-            schedule,
-            window=self.window,
-            tol=self.tol,
-            solver=self.solver,
-            noise=noise,
-            callback=callback,
-            check_finite=check_finite,
-        )
 
 
 @dataclass(frozen=True, repr=False)
@@ -230,32 +203,7 @@ class SerialReduced(Sampler):
     """
 
     name = "serial_reduced"
+    function = sample_serial_reduced
     parallel = False
     rounds: int = label_field(10)
     solver: str | Solver | None = None
-
-    def __post_init__(self) -> None:
-        check_positive_int(self.rounds, "rounds")
-        check_solver(self.solver)
-
-    def __call__(
-        self,
-        model: Model,
-        x: Tensor,
-        schedule: Schedule,
-        *,
-        callback: Callback | None = None,
-        noise: Tensor | None = None,
-        check_finite: bool = True,
-    ) -> SampleResult:
-        if noise is not None:
-            raise ValueError("serial_reduced runs on a sub-grid: per-step noise is not supported")
-        return sample_serial_reduced(
-            model,
-            x,
-            schedule,
-            rounds=self.rounds,
-            solver=self.solver,
-            callback=callback,
-            check_finite=check_finite,
-        )

@@ -26,7 +26,6 @@ from driffusion.core.samplers.base import (
     Callback,
     Sampler,
     check_positive_int,
-    check_solver,
     check_tolerance,
     evaluate,
     label_field,
@@ -36,7 +35,6 @@ from driffusion.core.samplers.base import (
 )
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import (
-    DRAFT_RULES,
     DraftRule,
     Solver,
     SolverState,
@@ -177,41 +175,9 @@ class PicardDRiffusion(Sampler):
     """
 
     name = "picard_driffusion"
+    function = sample_picard_driffusion
     window: int = label_field(4)
     tol: float = label_field(1e-3)
     max_iters: int | None = None
     solver: str | Solver | None = None
     draft_rule: DraftRule | None = None
-
-    def __post_init__(self) -> None:
-        check_positive_int(self.window, "window")
-        check_tolerance(self.tol)
-        if self.max_iters is not None:
-            check_positive_int(self.max_iters, "max_iters")
-        check_solver(self.solver)
-        if self.draft_rule is not None and self.draft_rule not in DRAFT_RULES:
-            raise ValueError(f"draft_rule must be one of {DRAFT_RULES}, got {self.draft_rule!r}")
-
-    def __call__(
-        self,
-        model: Model,
-        x: Tensor,
-        schedule: Schedule,
-        *,
-        callback: Callback | None = None,
-        noise: Tensor | None = None,
-        check_finite: bool = True,
-    ) -> SampleResult:
-        return sample_picard_driffusion(
-            model,
-            x,
-            schedule,
-            window=self.window,
-            tol=self.tol,
-            max_iters=self.max_iters,
-            solver=self.solver,
-            draft_rule=self.draft_rule,
-            noise=noise,
-            callback=callback,
-            check_finite=check_finite,
-        )

@@ -10,7 +10,6 @@ from driffusion.core.model import CountingModel, Model, SampleResult
 from driffusion.core.samplers.base import (
     Callback,
     Sampler,
-    check_solver,
     evaluate,
     payload,
     setup_solver,
@@ -92,28 +91,6 @@ class Serial(Sampler):
     """
 
     name = "serial"
+    function = sample_serial
     parallel = False
     solver: str | Solver | None = None
-
-    def __post_init__(self) -> None:
-        check_solver(self.solver)
-
-    def __call__(
-        self,
-        model: Model,
-        x: Tensor,
-        schedule: Schedule,
-        *,
-        callback: Callback | None = None,
-        noise: Tensor | None = None,
-        check_finite: bool = True,
-    ) -> SampleResult:
-        return sample_serial(
-            model,
-            x,
-            schedule,
-            solver=self.solver,
-            noise=noise,
-            callback=callback,
-            check_finite=check_finite,
-        )

@@ -34,7 +34,6 @@ from driffusion.core.samplers.base import (
     Callback,
     Sampler,
     check_positive_int,
-    check_solver,
     check_tolerance,
     evaluate,
     label_field,
@@ -301,42 +300,9 @@ class SRDS(Sampler):
     """
 
     name = "srds"
+    function = sample_srds
     blocks: int | None = None
     tol: float = label_field(1e-3)
     max_iters: int | None = None
     pipelined: bool = False
     solver: str | Solver | None = None
-
-    def __post_init__(self) -> None:
-        if self.blocks is not None:
-            check_positive_int(self.blocks, "blocks")
-        check_tolerance(self.tol)
-        if self.max_iters is not None:
-            check_positive_int(self.max_iters, "max_iters")
-        if not isinstance(self.pipelined, bool):
-            raise ValueError(f"pipelined must be True or False, got {self.pipelined!r}")
-        check_solver(self.solver)
-
-    def __call__(
-        self,
-        model: Model,
-        x: Tensor,
-        schedule: Schedule,
-        *,
-        callback: Callback | None = None,
-        noise: Tensor | None = None,
-        check_finite: bool = True,
-    ) -> SampleResult:
-        return sample_srds(
-            model,
-            x,
-            schedule,
-            blocks=self.blocks,
-            tol=self.tol,
-            max_iters=self.max_iters,
-            pipelined=self.pipelined,
-            solver=self.solver,
-            noise=noise,
-            callback=callback,
-            check_finite=check_finite,
-        )

@@ -4,6 +4,7 @@ embedded digits model and on a tiny SD2.1 (both offline)."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -92,6 +93,17 @@ def test_deviation_of_identical_images_is_infinite_psnr() -> None:
     assert result["psnr"] == float("inf") and result["max_abs_dev"] == 0.0
     with pytest.raises(ValueError, match="shapes differ"):
         deviation_from_serial(x, x[:2])
+
+
+def test_psnr_pools_the_mse_so_one_identical_image_stays_finite() -> None:
+    x = torch.zeros(2, 1, 4, 4)
+    y = x.clone()
+    y[1] += 0.2  # image 0 identical, image 1 off by 0.2 everywhere
+    result = deviation_from_serial(y, x)
+    pooled_mse = 0.2**2 / 2
+    assert result["psnr"] == pytest.approx(10 * math.log10(4 / pooled_mse))
+    assert result["psnr_min"] == pytest.approx(10 * math.log10(4 / 0.2**2))
+    assert result["max_abs_dev"] == pytest.approx(0.2)
 
 
 def build_tiny_clip(folder: Path) -> Path:

@@ -23,8 +23,8 @@ best parallel row (the honest comparison: what would the same latency buy serial
 from __future__ import annotations
 
 import argparse
-import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,19 +38,23 @@ from driffusion.core import (
     Model,
     RowwiseModel,
     SampleResult,
-    SamplerSpec,
+    SamplerFn,
     Schedule,
+    Serial,
+    UniPC,
     alphas_cumprod_from_betas,
     initial_noise,
+    parse_sampler,
+    reference_schedule,
     reference_solution,
-    run_sampler,
-    sample_serial,
     vp_schedule,
     vp_timesteps,
 )
-from driffusion.core.schedule import reference_schedule
-from driffusion.core.solvers import UniPC
 from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
+
+if not __package__:  # run as `python benchmarks/frontier.py`: the repo root holds `benchmarks`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import format_cell, markdown_table, relative_error, write_json
 
 KEYS = ["model", "sampler", "solver", "steps", "k", "rounds", "evaluations", "err_ref", "rel_dev"]
 SERIAL_SOLVERS = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "plms")
@@ -109,25 +113,18 @@ PROBLEMS: dict[str, Callable[[bool], Problem]] = {
 }
 
 
-def relative(x: torch.Tensor, target: torch.Tensor) -> float:
-    """``||x - target|| / ||target||`` in float64."""
-    return float((x.double() - target.double()).norm() / target.double().norm())
-
-
 def reference(problem: Problem, points: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """The reference solution and its two independent checks."""
     abar = problem.alphas_cumprod
     x_ref = reference_solution(problem.model, problem.x, abar, points)
-    unipc = sample_serial(
-        problem.model, problem.x, problem.reference_grid(points), solver=UniPC(3)
-    ).x
+    unipc = Serial(solver=UniPC(3))(problem.model, problem.x, problem.reference_grid(points)).x
     half = reference_solution(problem.model, problem.x, abar, points // 2)
     checks = {
         "solver": "dpmpp_3m",
         "points": points,
         "grid": "log-uniform sigma, sigma(999) -> sigma(0), then the final denoise",
-        "diff_unipc3_same_grid": relative(unipc, x_ref),
-        "diff_dpmpp_3m_half_points": relative(half, x_ref),
+        "diff_unipc3_same_grid": relative_error(unipc, x_ref),
+        "diff_dpmpp_3m_half_points": relative_error(half, x_ref),
     }
     return x_ref, checks
 
@@ -169,14 +166,20 @@ def trailing_grid_exists(steps: int) -> bool:
     return timesteps.numel() == steps and int(timesteps.min()) >= 0
 
 
+def build_sampler(sampler: str, solver: str, k: int, tol: float, options: dict) -> SamplerFn:
+    """The sampler value of one configuration (``k``: drafts, or the Picard / ParaDiGMS window;
+    a setting the sampler does not have is not applied)."""
+    settings = {"drafts": k, "window": k, "tol": tol, "solver": solver, **options}
+    return parse_sampler(sampler, settings)
+
+
 def run_one(
     problem: Problem, sampler: str, solver: str, steps: int, k: int, tol: float, options: dict
 ) -> SampleResult:
-    """One configuration through the registry (``k``: drafts, or the Picard window)."""
-    spec = SamplerSpec(
-        sampler, drafts=k, window=k, tol=tol, solver=solver, draft_rule=options.get("draft_rule")
+    """One configuration on the problem's ``steps``-step grid."""
+    return build_sampler(sampler, solver, k, tol, options)(
+        problem.model, problem.x, problem.grid(steps)
     )
-    return run_sampler(spec, problem.model, problem.x, problem.grid(steps))
 
 
 Task = tuple[str, str, int, int, dict[str, Any]]
@@ -204,8 +207,8 @@ def _run_task(task: Task, serial_x: torch.Tensor | None) -> tuple[dict[str, Any]
         "k": k,
         "rounds": result.stats.rounds,
         "evaluations": result.stats.evaluations,
-        "err_ref": relative(result.x, x_ref),
-        "rel_dev": 0.0 if serial_x is None else relative(result.x, serial_x),
+        "err_ref": relative_error(result.x, x_ref),
+        "rel_dev": 0.0 if serial_x is None else relative_error(result.x, serial_x),
         "draft_rule": rule if sampler in ("aggressive", "conservative") else None,
         "tol": tol if sampler in ("picard_driffusion", "paradigms") else None,
         "setting": label(sampler, solver, steps, k, options, tol),
@@ -221,7 +224,7 @@ def _map(pool: Any, tasks: list[Task], serial: list[torch.Tensor | None]) -> lis
         results = pool.map(_run_task, tasks, serial)
     out = []
     for row, x in results:
-        print(" | ".join(cell(row[key]) for key in KEYS), flush=True)
+        print(" | ".join(format_cell(row[key]) for key in KEYS), flush=True)
         out.append((row, x))
     return out
 
@@ -287,6 +290,31 @@ def label(sampler: str, solver: str, steps: int, k: int, options: dict, tol: flo
     return f"{sampler} over {solver}, N={steps}, k={k}{extra}"
 
 
+SUMMARY_COLUMNS = (
+    "rounds",
+    "best_serial",
+    "best_serial_err_ref",
+    "best_parallel",
+    "best_parallel_rounds",
+    "best_parallel_err_ref",
+    "ratio",
+)
+
+
+def summary_table(summary: list[dict[str, Any]]) -> str:
+    """The markdown table of a model's summary (best serial vs best parallel per budget)."""
+    return markdown_table(
+        summary,
+        SUMMARY_COLUMNS,
+        formats={"ratio": ".2f"},
+        headers={
+            "best_serial_err_ref": "err_ref",
+            "best_parallel_rounds": "rounds",
+            "best_parallel_err_ref": "err_ref",
+        },
+    )
+
+
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per round budget: the best serial row and the best parallel row within it."""
     out = []
@@ -310,12 +338,6 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def cell(value: Any) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.3g}"
-    return str(value)
 
 
 MARKERS = {"aggressive": "o", "conservative": "s", "picard_driffusion": "^", "paradigms": "v"}
@@ -425,16 +447,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     for name, result in results.items():
         print(f"\n{name}: best parallel vs best serial at equal rounds ({result['wall_s']:.0f} s)")
-        print("| rounds | best serial | err_ref | best parallel | rounds | err_ref | ratio |")
-        print("|---|---|---|---|---|---|---|")
-        for s in result["summary"]:
-            print(
-                f"| {s['rounds']} | {s['best_serial']} | {s['best_serial_err_ref']:.3g} | "
-                f"{s['best_parallel']} | {s['best_parallel_rounds']} | "
-                f"{s['best_parallel_err_ref']:.3g} | {s['ratio']:.2f} |"
-            )
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=2, allow_nan=False))
+        print(summary_table(result["summary"]))
+    write_json(args.json, results)
     plot(results, args.plot)
     print(f"wrote {args.json} and {args.plot}")
     return results

@@ -10,29 +10,33 @@ sampler on the exact Gaussian-mixture denoiser (a perfectly trained network).
 from __future__ import annotations
 
 import argparse
-import json
 import math
-from collections.abc import Callable
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from driffusion.core import (
-    SampleResult,
+    SRDS,
+    Aggressive,
+    Conservative,
+    ParaDiGMS,
+    PicardDRiffusion,
+    SamplerFn,
     Schedule,
-    aggressive_rounds,
+    Serial,
+    SerialReduced,
     alphas_cumprod_from_betas,
     default_blocks,
-    sample_driffusion,
-    sample_paradigms,
-    sample_serial,
-    sample_serial_reduced,
-    sample_srds,
     vp_schedule,
     vp_timesteps,
 )
 from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
+
+if not __package__:  # run as `python benchmarks/rounds.py`: the repo root holds `benchmarks`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import deviation, markdown_table, row_name, write_json
 
 KEYS = [
     "sampler",
@@ -47,10 +51,23 @@ KEYS = [
 ]
 
 
-def deviation(x: torch.Tensor, reference: torch.Tensor) -> tuple[float, float]:
-    """Max abs and relative (Frobenius) deviation of a sample from the serial one."""
-    diff = (x - reference).to(torch.float64)
-    return float(diff.abs().max()), float(diff.norm() / reference.to(torch.float64).norm())
+def samplers(
+    steps: int, ks: list[int], srds_tol: float, paradigms_tol: float
+) -> list[tuple[int, SamplerFn]]:
+    """``(k, sampler)`` for every row of a ``steps``-step grid: ``k`` is the drafts, the SRDS
+    blocks, the ParaDiGMS / Picard window, or for ``serial_reduced`` the drafts of the aggressive
+    sampler whose latency it matches."""
+    blocks = sorted({*ks, default_blocks(steps)})
+    windows = sorted({*ks, 8, 16})
+    out: list[tuple[int, SamplerFn]] = [(1, Serial())]
+    out += [(k, Aggressive(drafts=k)) for k in ks]
+    out += [(k, Conservative(drafts=k)) for k in ks]
+    out += [(b, SRDS(blocks=b, tol=srds_tol)) for b in blocks]
+    out += [(b, SRDS(blocks=b, tol=srds_tol, pipelined=True)) for b in blocks]
+    out += [(w, ParaDiGMS(window=w, tol=paradigms_tol)) for w in windows]
+    out += [(k, PicardDRiffusion(window=k, tol=paradigms_tol)) for k in ks]
+    out += [(k, SerialReduced(rounds=Aggressive(drafts=k).rounds(steps))) for k in ks]
+    return out
 
 
 def run(
@@ -64,7 +81,8 @@ def run(
     rows: list[dict[str, Any]] = []
     for n in steps:
         schedule = vp_schedule(abar, vp_timesteps(n, spacing="trailing"))
-        rows.extend(rows_for_schedule(oracle, x, schedule, ks, srds_tol, paradigms_tol))
+        settings = samplers(n, ks, srds_tol, paradigms_tol)
+        rows.extend(rows_for_schedule(oracle, x, schedule, settings))
     return rows
 
 
@@ -72,81 +90,50 @@ def rows_for_schedule(
     model: GaussianMixtureDenoiser,
     x: torch.Tensor,
     schedule: Schedule,
-    ks: list[int],
-    srds_tol: float,
-    paradigms_tol: float,
+    settings: list[tuple[int, SamplerFn]],
 ) -> list[dict[str, Any]]:
-    n = schedule.num_steps
-    serial = sample_serial(model, x, schedule)
-    samplers: dict[str, Callable[[int], SampleResult]] = {
-        "serial": lambda k: serial,
-        "aggressive": lambda k: sample_driffusion(model, x, schedule, drafts=k),
-        "conservative": lambda k: sample_driffusion(
-            model, x, schedule, drafts=k, mode="conservative"
-        ),
-        "srds": lambda k: sample_srds(model, x, schedule, blocks=k, tol=srds_tol),
-        "srds_pipelined": lambda k: sample_srds(
-            model, x, schedule, blocks=k, tol=srds_tol, pipelined=True
-        ),
-        "paradigms": lambda k: sample_paradigms(model, x, schedule, window=k, tol=paradigms_tol),
-        # step reduction at the latency of aggressive DRiffusion with k drafts
-        "serial_reduced": lambda k: sample_serial_reduced(
-            model, x, schedule, rounds=aggressive_rounds(n, k)
-        ),
-    }
+    """One row per ``(k, sampler)``, against the serial sample on the same grid."""
+    serial = Serial()(model, x, schedule)
     rows = []
-    for name, sample in samplers.items():
-        if name == "serial":
-            settings = [1]
-        elif name.startswith("srds"):
-            settings = sorted({*ks, default_blocks(n)})
-        elif name == "paradigms":
-            settings = sorted({*ks, 8, 16})
-        else:
-            settings = ks
-        for k in settings:
-            result = sample(k)
-            max_abs, rel = deviation(result.x, serial.x)
-            rows.append(
-                {
-                    "sampler": name,
-                    "steps": n,
-                    "k": k,
-                    "rounds": result.stats.rounds,
-                    "evaluations": result.stats.evaluations,
-                    "width": result.stats.width,
-                    "speedup_ideal": serial.stats.rounds / result.stats.rounds,
-                    "max_abs_dev": max_abs,
-                    "rel_dev": rel,
-                }
-            )
+    for k, sampler in settings:
+        result = serial if isinstance(sampler, Serial) else sampler(model, x, schedule)
+        rows.append(
+            {
+                "sampler": row_name(sampler),
+                "steps": schedule.num_steps,
+                "k": k,
+                "rounds": result.stats.rounds,
+                "evaluations": result.stats.evaluations,
+                "width": result.stats.width,
+                "speedup_ideal": serial.stats.rounds / result.stats.rounds,
+                **deviation(result.x, serial.x),
+                "setting": repr(sampler),
+            }
+        )
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    header = "| " + " | ".join(KEYS) + " |"
-    lines = [header, "|" + "---|" * len(KEYS)]
-    for row in rows:
-        cells = []
-        for key in KEYS:
-            value = row[key]
-            if key == "speedup_ideal":
-                cells.append(f"{value:.2f}")
-            elif isinstance(value, float):
-                cells.append(f"{value:.2e}")
-            else:
-                cells.append(str(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """The rounds table (ideal speedup to 2 decimals, other floats in scientific notation)."""
+    return markdown_table(rows, KEYS, formats={"speedup_ideal": ".2f"}, float_format=".2e")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")
     parser.add_argument("--steps", type=int, nargs="+", default=[25, 50, 100])
-    parser.add_argument("--k", type=int, nargs="+", default=[2, 3, 4], help="drafts / blocks")
-    parser.add_argument("--srds-tol", type=float, default=1e-3, help="SRDS stopping tolerance")
-    parser.add_argument("--paradigms-tol", type=float, default=1e-3, help="ParaDiGMS tolerance")
+    parser.add_argument(
+        "--k", type=int, nargs="+", default=[2, 3, 4], help="drafts / blocks / windows"
+    )
+    parser.add_argument(
+        "--srds-tol", type=float, default=1e-3, help="SRDS tolerance (relative to sigma)"
+    )
+    parser.add_argument(
+        "--paradigms-tol",
+        type=float,
+        default=1e-3,
+        help="ParaDiGMS and Picard-DRiffusion tolerance (relative to sigma)",
+    )
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -156,15 +143,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = run(args.steps, args.k, args.srds_tol, args.paradigms_tol, args.batch, args.seed)
     print(
         f"Rounds on the exact Gaussian-mixture oracle (DDIM, trailing spacing, "
-        f"SRDS tol={args.srds_tol:g}, ParaDiGMS tol={args.paradigms_tol:g}; k = drafts, SRDS "
-        "blocks, ParaDiGMS window, or for serial_reduced the drafts whose latency it matches)\n"
+        f"SRDS tol={args.srds_tol:g}, ParaDiGMS and Picard tol={args.paradigms_tol:g}; k = drafts, "
+        "SRDS blocks, ParaDiGMS / Picard window, or for serial_reduced the drafts whose latency "
+        "it matches)\n"
     )
     print(markdown(rows))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.json.with_suffix(".tmp")
-        tmp.write_text(json.dumps(rows, indent=2))
-        tmp.replace(args.json)  # atomic: no half-written file on interruption
+        write_json(args.json, rows)
         print(f"\nwrote {args.json}")
     assert all(math.isfinite(r["max_abs_dev"]) for r in rows)
     return rows

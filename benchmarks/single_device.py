@@ -14,30 +14,36 @@ Columns: model, sampler, drafts, steps, rounds, s_per_image, speedup.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
-from collections.abc import Callable
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from driffusion.adapters.diffusers import GuidedSD3Transformer, GuidedUNet
 from driffusion.core import (
+    Aggressive,
     BatchedExecutor,
+    Conservative,
     RowwiseModel,
-    SamplerSpec,
+    SamplerFn,
     Schedule,
+    Serial,
     alphas_cumprod_from_betas,
     flow_schedule,
     flow_sigmas,
     initial_noise,
-    run_sampler,
+    reduced_grid,
     vp_schedule,
     vp_timesteps,
 )
+
+if not __package__:  # run as `python benchmarks/single_device.py`: the repo root holds it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import markdown_table, row_name, timed, write_json
+
+KEYS = ["model", "sampler", "drafts", "steps", "rounds", "s_per_image", "speedup"]
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -130,19 +136,6 @@ def build(model: str, reduced: bool, dtype: torch.dtype, device: str, guidance: 
     return net, schedule, shape, cond
 
 
-def measure(run: Callable[[], Any], device: str, repeats: int) -> tuple[float, Any]:
-    walls, result = [], None
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        result = run()
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        walls.append(time.perf_counter() - start)
-    return statistics.median(walls), result
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -155,7 +148,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default=None)
     parser.add_argument("--drafts", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--steps", type=int, default=None, help="default: 50 (SD3: 28)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="a reduced grid of this many steps (default and most: 50; SD3: 28)",
+    )
     parser.add_argument("--reduced", action="store_true", help="small widths: a CPU smoke test")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path)
@@ -164,65 +162,49 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows: list[dict[str, Any]] = []
     for model in args.models:
         net, schedule, shape, cond = build(model, args.reduced, dtype, args.device, 5.0)
-        steps = args.steps or schedule.num_steps
-        if steps != schedule.num_steps:
-            schedule = schedule.subgrid(
-                torch.linspace(0, schedule.num_steps, steps + 1).round().long()
-            )
+        if args.steps is not None and args.steps != schedule.num_steps:
+            schedule = reduced_grid(schedule, args.steps)  # evenly spaced points, ends kept
         x = initial_noise([0], shape, device=args.device)
         executor = BatchedExecutor(RowwiseModel(net, cond))
 
         def run(
-            spec: SamplerSpec,
-            x: Tensor = x,
+            sampler: SamplerFn,
+            x: torch.Tensor = x,
             executor: BatchedExecutor = executor,
             schedule: Schedule = schedule,
         ) -> Any:
             with torch.inference_mode():
-                return run_sampler(spec, executor, x, schedule, check_finite=False)
+                return sampler(executor, x, schedule, check_finite=False)
 
-        specs = [SamplerSpec("serial")] + [
-            SamplerSpec(mode, drafts=k)
-            for mode in ("aggressive", "conservative")
-            for k in args.drafts
-        ]
-        run(specs[0])  # warm-up (kernels, allocator)
+        samplers: list[SamplerFn] = [Serial()]
+        samplers += [mode(drafts=k) for mode in (Aggressive, Conservative) for k in args.drafts]
+        run(samplers[0])  # warm-up (kernels, allocator)
         serial_wall = 0.0
-        for spec in specs:
-            wall, result = measure(lambda spec=spec: run(spec), args.device, args.repeats)
+        for sampler in samplers:
+            wall, result = timed(lambda s=sampler: run(s), args.device, args.repeats)
             serial_wall = serial_wall or wall
             rows.append(
                 {
                     "model": model,
-                    "sampler": spec.name,
-                    "drafts": spec.drafts if spec.name != "serial" else 1,
-                    "steps": steps,
+                    "sampler": row_name(sampler),
+                    "drafts": getattr(sampler, "drafts", 1),
+                    "steps": schedule.num_steps,
                     "rounds": result.stats.rounds,
                     "s_per_image": wall,
                     "speedup": serial_wall / wall,
                     "device": args.device,
                     "dtype": str(dtype).split(".")[-1],
                     "reduced": args.reduced,
+                    "setting": repr(sampler),
                 }
             )
         del net
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    keys = ["model", "sampler", "drafts", "steps", "rounds", "s_per_image", "speedup"]
     print(f"\nsingle-device latency on {args.device} ({dtype}), reduced={args.reduced}\n")
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for row in rows:
-        print(
-            "| "
-            + " | ".join(
-                f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in keys
-            )
-            + " |"
-        )
+    print(markdown_table(rows, KEYS, float_format=".3f"))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2))
+        write_json(args.json, rows)
     return rows
 
 

@@ -9,46 +9,47 @@ evaluation costs about ``--eval-ms`` on this machine (real tensor work, not a sl
 ``--model digits`` it is the embedded digits model (one sample of each digit per batch, guided).
 Serial runs on rank 0 alone with the same per-process thread count as the parallel runs
 (``serial_wall_s``), and again with every core (``serial_all_cores_wall_s``, CPU only).
-``speedup_ideal`` is ``N / sum_r ceil(width_r / g)``: the speedup if communication and sampler
-math were free; ``efficiency = speedup / ideal``.
+The parallel samplers run on a draft group of ``g`` processes (``--draft-devices``, default
+every process) through a ``driffusion.lightning.Session``; a run's wall time is its slowest
+process's from a common start, the median over ``--repeats``. ``speedup_ideal`` is
+``N / sum_r ceil(width_r / g)``: the speedup if communication and sampler math were free;
+``efficiency = speedup / ideal``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import statistics
-import time
-from collections.abc import Callable
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from driffusion.adapters.distributed import (
-    DistributedExecutor,
-    ParallelLayout,
-    barrier,
-    gather_objects,
-    make_layout,
-)
 from driffusion.core import (
+    SRDS,
+    Aggressive,
     BatchedExecutor,
+    Conservative,
     Model,
+    ParaDiGMS,
     RowwiseModel,
     SampleResult,
-    SamplerSpec,
-    aggressive_rounds,
+    SamplerFn,
+    SamplerStats,
+    Serial,
+    SerialReduced,
     alphas_cumprod_from_betas,
-    default_blocks,
     initial_noise,
-    run_sampler,
     vp_schedule,
     vp_timesteps,
 )
-from driffusion.lightning import add_fabric_args, build_fabric, finish
+from driffusion.lightning import Session, add_session_args
 from driffusion.testing.networks import ConvStackNetwork, conv_stack_depth
+
+if not __package__:  # run as `fabric run ... benchmarks/speedup.py`: the repo root holds it
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import markdown_table, row_name, timed, write_json
 
 KEYS = [
     "sampler",
@@ -63,28 +64,15 @@ KEYS = [
 ]
 
 
-def timed(run: Callable[[], SampleResult], device: torch.device, repeats: int) -> tuple[float, Any]:
-    """Median wall seconds of ``run`` over ``repeats`` runs, and its last result."""
-    walls, result = [], None
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        result = run()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        walls.append(time.perf_counter() - start)
-    return statistics.median(walls), result
-
-
-def main() -> None:
-    parser = add_fabric_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+def parse_args() -> argparse.Namespace:
+    parser = add_session_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.set_defaults(timeout=600.0)  # the others wait while rank 0 times serial sampling
     parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")
     parser.add_argument("--eval-ms", type=float, default=100.0, help="cost of one evaluation")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3, help="median of this many runs")
-    parser.add_argument("--srds-tol", type=float, default=1e-3)
-    parser.add_argument("--paradigms-tol", type=float, default=1e-3)
+    parser.add_argument("--srds-tol", type=float, default=1e-3, help="relative to sigma")
+    parser.add_argument("--paradigms-tol", type=float, default=1e-3, help="relative to sigma")
     parser.add_argument("--window", type=int, default=None, help="ParaDiGMS window (default: g)")
     parser.add_argument("--shape", type=int, nargs=3, default=[4, 32, 32])
     parser.add_argument("--model", choices=["synthetic", "digits"], default="synthetic")
@@ -94,135 +82,127 @@ def main() -> None:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.eval_ms <= 0:
         parser.error(f"--eval-ms must be positive, got {args.eval_ms}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    return args
 
-    fabric = build_fabric(args)
-    layout: ParallelLayout = make_layout(draft_devices=None, timeout_s=600)
-    g, rank, device = layout.world_size, fabric.global_rank, fabric.device
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // g) if device.type == "cpu" else torch.get_num_threads()
-    torch.set_num_threads(threads)
-    shape = tuple(args.shape)
 
+def problem(
+    args: argparse.Namespace, session: Session
+) -> tuple[torch.nn.Module, Any, dict[str, torch.Tensor], torch.Tensor]:
+    """(network, schedule, conditioning, start state), identical on every rank."""
+    device = session.device
     if args.model == "digits":
         from driffusion.models.digits import load_digits
 
         digits = load_digits()
-        network: torch.nn.Module = digits.denoiser(args.guidance).to(device).eval()
-        schedule = digits.schedule(args.steps)
+        network = digits.denoiser(args.guidance).to(device).eval()
         cond = {"label": torch.arange(10, device=device)}
         x = initial_noise(list(range(10)), (1, 16, 16), device=device)
-    else:
-        # One depth for every rank (calibrated on rank 0), identical weights from one seed.
-        depth = gather_objects(layout, conv_stack_depth(args.eval_ms, shape, device=device))[0]
-        network = ConvStackNetwork(shape[0], depth=depth, seed=0).to(device).eval()
-        schedule = vp_schedule(
-            alphas_cumprod_from_betas(), vp_timesteps(args.steps, spacing="trailing")
-        )
-        cond = {}
-        x = initial_noise([0], shape, device=device)
-
-    def sample(spec: SamplerSpec, model: Model) -> Callable[[], SampleResult]:
-        def run() -> SampleResult:
-            with torch.inference_mode():
-                return run_sampler(spec, model, x, schedule, check_finite=False)
-
-        return run
-
-    local = BatchedExecutor(RowwiseModel(network, cond))
-    serial_spec = SamplerSpec("serial")
-    # step reduction to the latency of aggressive DRiffusion on g devices, on one device
-    reduced_spec = SamplerSpec("serial_reduced", rounds=aggressive_rounds(args.steps, g))
-    serial_wall = serial_all_cores = reduced_wall = float("nan")
-    if rank == 0:  # the others wait at the barrier below
-        sample(serial_spec, local)()  # warm-up
-        serial_wall, _ = timed(sample(serial_spec, local), device, args.repeats)
-        reduced_wall, _ = timed(sample(reduced_spec, local), device, args.repeats)
-        if device.type == "cpu" and cores > threads:
-            torch.set_num_threads(cores)
-            serial_all_cores, _ = timed(sample(serial_spec, local), device, args.repeats)
-            torch.set_num_threads(threads)
-    barrier(layout, "serial baseline")
-    serial_wall, serial_all_cores, reduced_wall = gather_objects(
-        layout, (serial_wall, serial_all_cores, reduced_wall)
-    )[0]
-
-    distributed = DistributedExecutor(RowwiseModel(network, cond), layout)
-    specs = [
-        SamplerSpec("aggressive", drafts=g),
-        SamplerSpec("conservative", drafts=g),
-        SamplerSpec("srds", blocks=default_blocks(args.steps), tol=args.srds_tol),
-        SamplerSpec("srds_pipelined", blocks=default_blocks(args.steps), tol=args.srds_tol),
-        SamplerSpec("paradigms", window=args.window or g, tol=args.paradigms_tol),
-    ]
-    rows: list[dict[str, Any]] = [
-        {
-            "sampler": "serial",
-            "devices": 1,
-            "steps": args.steps,
-            "rounds": args.steps,
-            "wall_s": serial_wall,
-            "serial_wall_s": serial_wall,
-            "speedup": 1.0,
-            "speedup_ideal": 1.0,
-            "efficiency": 1.0,
-            "serial_all_cores_wall_s": serial_all_cores,
-            "setting": "threads/process",
-        }
-    ]
-    rows.append(
-        {
-            **rows[0],
-            "sampler": "serial_reduced",
-            "rounds": reduced_spec.rounds,
-            "wall_s": reduced_wall,
-            "speedup": serial_wall / reduced_wall,
-            "speedup_ideal": args.steps / reduced_spec.rounds,
-            "efficiency": serial_wall / reduced_wall / (args.steps / reduced_spec.rounds),
-            "setting": reduced_spec.label(),
-        }
+        return network, digits.schedule(args.steps), cond, x
+    shape = tuple(args.shape)
+    # one depth for every rank (calibrated on rank 0), identical weights from one seed
+    depth = session.gather(conv_stack_depth(args.eval_ms, shape, device=device))[0]
+    network = ConvStackNetwork(shape[0], depth=depth, seed=0).to(device).eval()
+    schedule = vp_schedule(
+        alphas_cumprod_from_betas(), vp_timesteps(args.steps, spacing="trailing")
     )
-    for spec in specs:
-        sample(spec, distributed)()  # warm-up (and identical on every rank)
-        wall, result = timed(sample(spec, distributed), device, args.repeats)
-        wall = max(gather_objects(layout, wall))  # the slowest rank sets the latency
-        ideal = args.steps / result.stats.latency_units(g)
-        rows.append(
-            {
-                "sampler": spec.name,
-                "devices": g,
-                "steps": args.steps,
-                "rounds": result.stats.rounds,
-                "wall_s": wall,
-                "serial_wall_s": serial_wall,
-                "speedup": serial_wall / wall,
-                "speedup_ideal": ideal,
-                "efficiency": serial_wall / wall / ideal,
-                "serial_all_cores_wall_s": serial_all_cores,
-                "setting": spec.label(),
-                "evaluations": result.stats.evaluations,
-            }
-        )
+    return network, schedule, {}, initial_noise([0], shape, device=device)
 
-    if rank == 0:
-        per_eval = serial_wall / args.steps * 1000
-        cost = f"--eval-ms {args.eval_ms:g}, " if args.model == "synthetic" else ""
-        print(
-            f"\n{args.model} denoiser: speedup on {g} x {device.type} processes ({threads} "
-            f"threads each), {args.steps} steps, {cost}measured {per_eval:.1f} ms/step serial; "
-            f"serial on all {cores} cores: {serial_all_cores:.2f}s\n"
+
+def main() -> None:
+    args = parse_args()
+    with Session.from_args(args) as session:
+        rows, note = measure(args, session)
+        if session.is_leader:
+            print(f"\n{note}\n")
+            print(markdown_table(rows, [*KEYS, "setting"], float_format=".3f"))
+            if args.json:
+                write_json(args.json, rows)
+                print(f"\nwrote {args.json}")
+
+
+Measurement = tuple[SamplerFn, int, float, SamplerStats]  # sampler, devices, wall, stats
+
+
+def measure(args: argparse.Namespace, session: Session) -> tuple[list[dict[str, Any]], str]:
+    """Every row (identical on every rank) and a line saying what was measured."""
+    g, device, steps = session.draft_devices, session.device, args.steps
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // session.world_size) if device.type == "cpu" else None
+    if threads is not None:
+        torch.set_num_threads(threads)
+    network, schedule, cond, x = problem(args, session)
+
+    def run(sampler: SamplerFn, model: Model) -> SampleResult:
+        with torch.inference_mode():
+            return sampler(model, x, schedule, check_finite=False)
+
+    def baselines() -> tuple[list[Measurement], float]:
+        """Serial and step reduction (to aggressive's latency on g devices) on this rank alone,
+        with the parallel runs' threads per process; and serial again with every core."""
+        local = BatchedExecutor(RowwiseModel(network, cond))
+        run(Serial(), local)  # warm-up
+        out: list[Measurement] = []
+        for sampler in (Serial(), SerialReduced(rounds=Aggressive(drafts=g).rounds(steps))):
+            wall, result = timed(lambda s=sampler: run(s, local), device, args.repeats)
+            out.append((sampler, 1, wall, result.stats))
+        all_cores = float("nan")
+        if threads is not None and cores > threads:
+            torch.set_num_threads(cores)
+            all_cores, _ = timed(lambda: run(Serial(), local), device, args.repeats)
+            torch.set_num_threads(threads)
+        return out, all_cores
+
+    # rank 0 times the baselines while the others wait; then every rank has them
+    measured, all_cores = session.gather(session.on_leader(baselines))[0]
+    distributed = session.executor(RowwiseModel(network, cond))
+    samplers: list[SamplerFn] = [
+        Aggressive(drafts=g),
+        Conservative(drafts=g),
+        SRDS(tol=args.srds_tol),
+        SRDS(tol=args.srds_tol, pipelined=True),
+        ParaDiGMS(window=args.window or g, tol=args.paradigms_tol),
+    ]
+    for sampler in samplers:
+        run(sampler, distributed)  # warm-up (and identical on every rank)
+        # per repeat: every rank from a common start, the slowest rank's wall is the latency
+        wall, result = timed(
+            lambda s=sampler: run(s, distributed), device, args.repeats, session.timed
         )
-        print("| " + " | ".join([*KEYS, "setting"]) + " |")
-        print("|" + "---|" * (len(KEYS) + 1))
-        for row in rows:
-            cells = [f"{row[k]:.3f}" if isinstance(row[k], float) else str(row[k]) for k in KEYS]
-            print("| " + " | ".join([*cells, row["setting"]]) + " |")
-        if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            tmp = args.json.with_suffix(".tmp")
-            tmp.write_text(json.dumps(rows, indent=2))
-            tmp.replace(args.json)
-            print(f"\nwrote {args.json}")
-    finish()
+        measured.append((sampler, g, wall, result.stats))
+
+    serial_wall = measured[0][2]
+    rows = [row(m, steps, serial_wall, all_cores) for m in measured]
+    cost = f"--eval-ms {args.eval_ms:g}, " if args.model == "synthetic" else ""
+    note = (
+        f"{args.model} denoiser: speedup on {g} x {device.type} processes "
+        f"({threads or torch.get_num_threads()} threads each), {steps} steps, {cost}measured "
+        f"{serial_wall / steps * 1000:.1f} ms/step serial; serial on all {cores} cores: "
+        f"{all_cores:.2f}s"
+    )
+    return rows, note
+
+
+def row(measured: Measurement, steps: int, serial_wall: float, all_cores: float) -> dict:
+    """One table row; ``speedup_ideal = N / sum_r ceil(width_r / devices)``."""
+    sampler, devices, wall, stats = measured
+    ideal = steps / stats.latency_units(devices)
+    speedup = serial_wall / wall
+    return {
+        "sampler": row_name(sampler),
+        "devices": devices,
+        "steps": steps,
+        "rounds": stats.rounds,
+        "wall_s": wall,
+        "serial_wall_s": serial_wall,
+        "speedup": speedup,
+        "speedup_ideal": ideal,
+        "efficiency": speedup / ideal,
+        "serial_all_cores_wall_s": all_cores,
+        "evaluations": stats.evaluations,
+        "setting": repr(sampler),
+    }
 
 
 if __name__ == "__main__":

@@ -7,8 +7,10 @@ import math
 from pathlib import Path
 
 from benchmarks import rounds
+from driffusion.core import parse_sampler
 
 KEYS = {"sampler", "steps", "k", "rounds", "evaluations", "speedup_ideal", "max_abs_dev", "rel_dev"}
+KEYS |= {"width", "setting"}
 
 
 def test_rounds_benchmark_json(tmp_path: Path) -> None:
@@ -22,10 +24,15 @@ def test_rounds_benchmark_json(tmp_path: Path) -> None:
         "srds",
         "srds_pipelined",
         "paradigms",
+        "picard_driffusion",
         "serial_reduced",
     }
     for row in rows:
         assert row.keys() >= KEYS
+        sampler = parse_sampler(row["setting"])  # the label is the sampler, as text
+        assert repr(sampler) == row["setting"]
+        pipelined = getattr(sampler, "pipelined", False)
+        assert row["sampler"] == sampler.name + "_pipelined" * pipelined
         n, k = row["steps"], row["k"]
         assert row["speedup_ideal"] == n / row["rounds"]
         if row["sampler"] == "serial":
@@ -39,6 +46,8 @@ def test_rounds_benchmark_json(tmp_path: Path) -> None:
     assert all(r["max_abs_dev"] > 0 for r in reduced)
     srds_k = {(r["steps"], r["k"]) for r in rows if r["sampler"] == "srds"}
     assert (16, 4) in srds_k  # sqrt(N) blocks are included
+    exact = [r for r in rows if r["sampler"] in ("srds", "srds_pipelined", "paradigms")]
+    assert all(r["rel_dev"] < 1e-3 for r in exact)  # they converge to the serial sample
 
 
 def test_frontier_benchmark_quick(tmp_path: Path) -> None:

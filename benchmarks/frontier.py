@@ -47,14 +47,15 @@ from driffusion.core import (
     parse_sampler,
     reference_schedule,
     reference_solution,
+    relative_error,
     vp_schedule,
     vp_timesteps,
 )
+from driffusion.io import format_cell, markdown_table, write_json
 from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
 
 if not __package__:  # run as `python benchmarks/frontier.py`: the repo root holds `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import format_cell, markdown_table, relative_error, write_json
 
 KEYS = ["model", "sampler", "solver", "steps", "k", "rounds", "evaluations", "err_ref", "rel_dev"]
 SERIAL_SOLVERS = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "plms")
@@ -301,20 +302,6 @@ SUMMARY_COLUMNS = (
 )
 
 
-def summary_table(summary: list[dict[str, Any]]) -> str:
-    """The markdown table of a model's summary (best serial vs best parallel per budget)."""
-    return markdown_table(
-        summary,
-        SUMMARY_COLUMNS,
-        formats={"ratio": ".2f"},
-        headers={
-            "best_serial_err_ref": "err_ref",
-            "best_parallel_rounds": "rounds",
-            "best_parallel_err_ref": "err_ref",
-        },
-    )
-
-
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Per round budget: the best serial row and the best parallel row within it."""
     out = []
@@ -447,7 +434,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     for name, result in results.items():
         print(f"\n{name}: best parallel vs best serial at equal rounds ({result['wall_s']:.0f} s)")
-        print(summary_table(result["summary"]))
+        print(markdown_table(result["summary"], SUMMARY_COLUMNS))
     write_json(args.json, results)
     plot(results, args.plot)
     print(f"wrote {args.json} and {args.plot}")

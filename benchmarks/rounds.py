@@ -32,11 +32,12 @@ from driffusion.core import (
     vp_schedule,
     vp_timesteps,
 )
+from driffusion.io import markdown_table, write_json
 from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
 
 if not __package__:  # run as `python benchmarks/rounds.py`: the repo root holds `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import deviation, markdown_table, row_name, write_json
+from benchmarks.common import deviation, row_name
 
 KEYS = [
     "sampler",
@@ -113,11 +114,6 @@ def rows_for_schedule(
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
-    """The rounds table (ideal speedup to 2 decimals, other floats in scientific notation)."""
-    return markdown_table(rows, KEYS, formats={"speedup_ideal": ".2f"}, float_format=".2e")
-
-
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")
@@ -147,7 +143,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "SRDS blocks, ParaDiGMS / Picard window, or for serial_reduced the drafts whose latency "
         "it matches)\n"
     )
-    print(markdown(rows))
+    print(markdown_table(rows, KEYS))
     if args.json:
         write_json(args.json, rows)
         print(f"\nwrote {args.json}")

@@ -38,10 +38,11 @@ from driffusion.core import (
     vp_schedule,
     vp_timesteps,
 )
+from driffusion.io import markdown_table, write_json
 
 if not __package__:  # run as `python benchmarks/single_device.py`: the repo root holds it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import markdown_table, row_name, timed, write_json
+from benchmarks.common import row_name, timed
 
 KEYS = ["model", "sampler", "drafts", "steps", "rounds", "s_per_image", "speedup"]
 
@@ -202,7 +203,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
     print(f"\nsingle-device latency on {args.device} ({dtype}), reduced={args.reduced}\n")
-    print(markdown_table(rows, KEYS, float_format=".3f"))
+    print(markdown_table(rows, KEYS))
     if args.json:
         write_json(args.json, rows)
     return rows

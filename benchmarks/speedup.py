@@ -44,12 +44,13 @@ from driffusion.core import (
     vp_schedule,
     vp_timesteps,
 )
+from driffusion.io import markdown_table, write_json
 from driffusion.lightning import Session, add_session_args
 from driffusion.testing.networks import ConvStackNetwork, conv_stack_depth
 
 if not __package__:  # run as `fabric run ... benchmarks/speedup.py`: the repo root holds it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import markdown_table, row_name, timed, write_json
+from benchmarks.common import row_name, timed
 
 KEYS = [
     "sampler",
@@ -108,18 +109,6 @@ def problem(
         alphas_cumprod_from_betas(), vp_timesteps(args.steps, spacing="trailing")
     )
     return network, schedule, {}, initial_noise([0], shape, device=device)
-
-
-def main() -> None:
-    args = parse_args()
-    with Session.from_args(args) as session:
-        rows, note = measure(args, session)
-        if session.is_leader:
-            print(f"\n{note}\n")
-            print(markdown_table(rows, [*KEYS, "setting"], float_format=".3f"))
-            if args.json:
-                write_json(args.json, rows)
-                print(f"\nwrote {args.json}")
 
 
 Measurement = tuple[SamplerFn, int, float, SamplerStats]  # sampler, devices, wall, stats
@@ -203,6 +192,18 @@ def row(measured: Measurement, steps: int, serial_wall: float, all_cores: float)
         "evaluations": stats.evaluations,
         "setting": repr(sampler),
     }
+
+
+def main() -> None:
+    args = parse_args()
+    with Session.from_args(args) as session:
+        rows, note = measure(args, session)
+        if session.is_leader:
+            print(f"\n{note}\n")
+            print(markdown_table(rows, [*KEYS, "setting"]))
+            if args.json:
+                write_json(args.json, rows)
+                print(f"\nwrote {args.json}")
 
 
 if __name__ == "__main__":

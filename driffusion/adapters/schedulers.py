@@ -38,6 +38,7 @@ SUPPORTED_SCHEDULERS: dict[str, str] = {
     "UniPCMultistepScheduler": "unipc (bh2, predict_x0, no solver_p)",
     "PNDMScheduler": "plms (skip_prk_steps=True)",
 }
+"""The diffusers schedulers that map to a core solver, with the settings each supports."""
 
 
 class UnsupportedSchedulerError(ValueError):

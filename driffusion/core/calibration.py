@@ -34,6 +34,7 @@ from driffusion.core.solvers import DPMSolverPP, get_solver
 
 CALIBRATION_SOLVERS: tuple[str, ...] = ("ddim", "dpmpp_2m", "unipc", "plms")
 MAX_STEPS = 500
+"""The longest grid a calibration tries."""
 
 
 def relative_error(x: Tensor, reference: Tensor) -> float:

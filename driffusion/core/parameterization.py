@@ -20,6 +20,7 @@ from torch import Tensor
 
 PredictionType = Literal["epsilon", "v_prediction", "sample", "flow"]
 PREDICTION_TYPES: tuple[str, ...] = get_args(PredictionType)
+"""The network parameterisations: ``epsilon``, ``v_prediction``, ``sample``, ``flow``."""
 
 
 def check_prediction_type(prediction_type: str) -> None:

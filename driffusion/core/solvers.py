@@ -737,6 +737,7 @@ SOLVERS: dict[str, Solver] = {
     "plms": PLMS(),
 }
 SOLVER_NAMES: tuple[str, ...] = tuple(SOLVERS)
+"""The solvers by name (the keys of ``SOLVERS``)."""
 
 
 def get_solver(solver: Solver | str | None, noise: Tensor | None = None) -> Solver:

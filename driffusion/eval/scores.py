@@ -8,7 +8,6 @@ missing (nothing is downloaded on machines without network).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any

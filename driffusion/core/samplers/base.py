@@ -27,6 +27,8 @@ from driffusion.core.solvers import (
 )
 
 Callback = Callable[[dict[str, Any]], None]
+"""``callback(payload)``, called with [`payload`][driffusion.core.samplers.base.payload] for
+each new state."""
 
 
 @runtime_checkable

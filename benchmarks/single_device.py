@@ -43,10 +43,9 @@ from driffusion.io import markdown_table, write_json
 if not __package__:  # run as `python benchmarks/single_device.py`: the repo root holds it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import row_name, timed
+from driffusion.adapters.diffusers import WEIGHT_DTYPES
 
 KEYS = ["model", "sampler", "drafts", "steps", "rounds", "s_per_image", "speedup"]
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def unet_sd21(reduced: bool) -> dict[str, Any]:
@@ -147,7 +146,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     )
     parser.add_argument("--models", nargs="+", default=["sd21", "sdxl", "sd3"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default=None)
+    parser.add_argument("--dtype", choices=sorted(WEIGHT_DTYPES), default=None)
     parser.add_argument("--drafts", type=int, nargs="+", default=[2, 4])
     parser.add_argument(
         "--steps",
@@ -159,7 +158,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    dtype = DTYPES[args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]
+    dtype = WEIGHT_DTYPES[args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]
     rows: list[dict[str, Any]] = []
     for model in args.models:
         net, schedule, shape, cond = build(model, args.reduced, dtype, args.device, 5.0)

@@ -325,7 +325,7 @@ def test_convergent_samplers_with_zero_tolerance_equal_serial(name: str) -> None
     model, x, schedule, noise, _ = setup(name, 14)
     serial = sample_serial(model, x, schedule, solver=name, noise=noise).x
     picard = sample_picard_driffusion(
-        model, x, schedule, drafts=4, tol=0.0, solver=name, noise=noise
+        model, x, schedule, window=4, tol=0.0, solver=name, noise=noise
     ).x
     assert torch.equal(picard, serial)
     paradigms = sample_paradigms(model, x, schedule, window=4, tol=0.0, solver=name, noise=noise).x

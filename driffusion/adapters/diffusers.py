@@ -14,7 +14,6 @@ its own dtype.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,9 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from driffusion.core.schedule import Schedule, flow_schedule, vp_schedule
+from driffusion.adapters.schedulers import from_scheduler
+from driffusion.core.schedule import Schedule
+from driffusion.core.solvers import Solver
 
 
 @dataclass(frozen=True)
@@ -89,31 +90,6 @@ def pipeline_family(pipe: Any) -> str:
             return family.name
     supported = ", ".join(f.pipeline_class for f in FAMILIES.values())
     raise ValueError(f"unsupported pipeline {name}; supported: {supported}")
-
-
-def read_schedule(scheduler: Any, steps: int, *, mu: float | None = None) -> Schedule:
-    """The sampling grid a scheduler would use for ``steps`` steps (on a copy: never mutated).
-
-    VP schedulers (DDIM, DDPM, Euler, ...) give ``vp_schedule(alphas_cumprod, timesteps,
-    final_alpha_cumprod, prediction_type)`` on the scheduler's actual timesteps; flow-matching
-    schedulers give ``flow_schedule(sigmas)`` (after shift, or dynamic shift ``mu``).
-    """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
-    sched = copy.deepcopy(scheduler)
-    if type(sched).__name__.startswith("FlowMatch"):
-        sched.set_timesteps(steps, **({"mu": mu} if mu is not None else {}))
-        return flow_schedule(sched.sigmas.cpu(), sched.config.num_train_timesteps)
-    sched.set_timesteps(steps)
-    timesteps = sched.timesteps.cpu()
-    if not torch.equal(timesteps, timesteps.round()):
-        raise ValueError(
-            f"{type(sched).__name__} uses non-integer timesteps (e.g. Karras sigmas); use a "
-            "scheduler on the training timesteps (DDIM, DDPM, Euler with default sigmas)"
-        )
-    final = float(getattr(sched, "final_alpha_cumprod", torch.tensor(1.0)))
-    prediction = sched.config.prediction_type
-    return vp_schedule(sched.alphas_cumprod.cpu(), timesteps.long(), final, prediction)
 
 
 def _dtype(module: nn.Module) -> torch.dtype:
@@ -206,19 +182,29 @@ class PipelineAdapter:
         pipe: the diffusers pipeline (its parts are used; ``__call__`` never is).
         family: ``sd21``, ``sdxl`` or ``sd3``.
         network: guided per-row network ``net(x, t, **cond)``.
-        schedule: the sampling grid.
+        schedule: the sampling grid of the pipeline's scheduler.
+        solver: the core solver of the pipeline's scheduler (same method, same grid).
         latent_shape: ``(C, H / f, W / f)``.
         height, width: image size in pixels.
+        guidance: the classifier-free guidance scale.
+        mu: SD3's dynamic shift of the grid (``None`` without dynamic shifting).
     """
 
     pipe: Any
     family: str
     network: nn.Module
     schedule: Schedule
+    solver: Solver
     latent_shape: tuple[int, int, int]
     height: int
     width: int
     guidance: float
+    mu: float | None = None
+
+    @property
+    def network_dtype(self) -> torch.dtype:
+        """The denoiser's weight dtype (prompt embeddings and initial latents are drawn in it)."""
+        return _dtype(self.network)
 
     @torch.no_grad()
     def encode(
@@ -275,12 +261,59 @@ class PipelineAdapter:
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """Latents to images ``[B, 3, H, W]`` in ``[-1, 1]`` (float32) with the VAE."""
+        """Latents to images ``[B, 3, H, W]`` in ``[-1, 1]`` (float32) with the VAE.
+
+        A half-precision VAE whose config says ``force_upcast`` decodes in float32, as diffusers
+        does (the SDXL VAE overflows in fp16).
+
+        Raises:
+            NonFiniteImageError: the decoded images hold NaN or inf (nothing should be saved).
+        """
         vae = self.pipe.vae
         scaling = vae.config.scaling_factor
         shift = getattr(vae.config, "shift_factor", None) or 0.0
         latents = latents / scaling + shift
-        return vae.decode(latents.to(vae.dtype)).sample.float().clamp(-1, 1)
+        dtype = _dtype(vae)
+        upcast = dtype in (torch.float16, torch.bfloat16) and vae.config.get("force_upcast", False)
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            images = vae.decode(latents.to(_dtype(vae))).sample.float()
+        finally:
+            if upcast:
+                vae.to(dtype)
+        if not bool(torch.isfinite(images).all()):
+            bad = int((~torch.isfinite(images)).flatten(1).any(dim=1).sum())
+            raise NonFiniteImageError(
+                f"the VAE decoded {bad} of {images.shape[0]} image(s) to NaN or inf (VAE dtype "
+                f"{dtype}{', upcast to float32' if upcast else ''}); nothing was written. Decode "
+                "in float32 (--precision fp32, or a VAE with force_upcast) or check the latents."
+            )
+        return images.clamp(-1, 1)
+
+    def state_from_latents(self, latents: Tensor) -> Tensor:
+        """The core's state at grid point 0 from the pipeline's initial latents.
+
+        Euler-family schedulers keep latents in variance-exploding coordinates
+        ``x_VE = x / alpha``; every other scheduler already works on the core's state.
+        """
+        if _variance_exploding(self.pipe.scheduler):
+            return latents.float() * self.schedule.alpha(0)
+        return latents.float()
+
+    def latents_from_state(self, x: Tensor) -> Tensor:
+        """The pipeline's latents for the core's final state (the inverse at the last point)."""
+        if _variance_exploding(self.pipe.scheduler):
+            return x / self.schedule.alpha(self.schedule.num_steps)
+        return x
+
+
+class NonFiniteImageError(RuntimeError):
+    """Decoding produced NaN or inf: an error, never a black image on disk."""
+
+
+def _variance_exploding(scheduler: Any) -> bool:
+    return type(scheduler).__name__ in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")
 
 
 def adapt_pipeline(
@@ -319,14 +352,16 @@ def adapt_pipeline(
             config.get("base_shift", 0.5),
             config.get("max_shift", 1.16),
         )
-    schedule = read_schedule(pipe.scheduler, steps, mu=mu)
+    solver, schedule = from_scheduler(pipe.scheduler, steps, mu=mu)
     network: nn.Module = (
         GuidedSD3Transformer(denoiser, guidance)
         if family == "sd3"
         else GuidedUNet(denoiser, guidance)
     )
     shape = (channels, height // factor, width // factor)
-    return PipelineAdapter(pipe, family, network, schedule, shape, height, width, guidance)
+    return PipelineAdapter(
+        pipe, family, network, schedule, solver, shape, height, width, guidance, mu
+    )
 
 
 def load_pipeline(family: str, model: str, dtype: torch.dtype = torch.float32) -> Any:

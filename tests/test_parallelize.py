@@ -1,0 +1,128 @@
+"""`parallelize(pipe)`: called like the pipeline, the pipeline's scheduler is the solver, and the
+serial sampler reproduces `pipe(...)` with the same generator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DPMSolverMultistepScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+
+import driffusion
+from driffusion.adapters.diffusers import NonFiniteImageError
+from driffusion.adapters.schedulers import UnsupportedSchedulerError
+from driffusion.adapters.tiny import build_tiny_pipeline
+from driffusion.core import Aggressive, Conservative, Serial
+from driffusion.lightning.pipeline import parallelize
+
+
+def sd15_pndm() -> object:
+    """SD 1.5's scheduler: PNDM (PLMS with skip_prk_steps), leading spacing, steps_offset 1."""
+    pipe = build_tiny_pipeline("sd21")
+    pipe.scheduler = PNDMScheduler.from_config(
+        pipe.scheduler.config, skip_prk_steps=True, steps_offset=1, timestep_spacing="leading"
+    )
+    return pipe
+
+
+def sdxl_dpmpp_karras() -> object:
+    pipe = build_tiny_pipeline("sdxl")
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+        pipe.scheduler.config, use_karras_sigmas=True
+    )
+    return pipe
+
+
+PIPELINES = {
+    "sd15-pndm": sd15_pndm,
+    "sd21-ddim-v": lambda: build_tiny_pipeline("sd21", prediction_type="v_prediction"),
+    "sdxl-euler": lambda: build_tiny_pipeline("sdxl"),
+    "sdxl-dpmpp-karras": sdxl_dpmpp_karras,
+    "sd3-flow": lambda: build_tiny_pipeline("sd3"),
+}
+CALL = {"num_inference_steps": 6, "guidance_scale": 3.0, "height": 32, "width": 32}
+
+
+def generate(pipe, output_type: str, sampler=None, seed: int = 0, **extra):  # type: ignore[no-untyped-def]
+    kwargs = {**CALL, **extra, "output_type": output_type}
+    prompts = ["a red cat", "two dogs"]
+    generator = torch.Generator().manual_seed(seed)
+    if sampler is None:
+        return pipe(prompts, generator=generator, **kwargs).images
+    return parallelize(pipe, sampler)(prompts, generator=generator, **kwargs)
+
+
+@pytest.fixture(scope="module", params=list(PIPELINES))
+def pipe(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    return PIPELINES[request.param]()
+
+
+def test_serial_reproduces_the_pipeline(pipe) -> None:  # type: ignore[no-untyped-def]
+    reference = generate(pipe, "latent").float()
+    ours = generate(pipe, "latent", Serial())
+    scale = float(reference.abs().max())
+    assert float((ours.images - reference).abs().max()) <= 1e-4 * scale  # latents, 1e-4 relative
+    pixels = np.abs(generate(pipe, "np", Serial()).images - generate(pipe, "np"))
+    assert float(pixels.max()) <= 2 / 255
+    assert ours.stats["rounds"] == ours.stats["evaluations"] >= 6
+    assert ours.stats["scheduler"] == type(pipe.scheduler).__name__
+
+
+def test_one_draft_is_the_serial_sampler_bit_for_bit(pipe) -> None:  # type: ignore[no-untyped-def]
+    serial = generate(pipe, "latent", Serial()).images
+    for sampler in (Aggressive(drafts=1), Conservative(drafts=1)):
+        assert torch.equal(generate(pipe, "latent", sampler).images, serial)
+    fast = generate(pipe, "latent", Aggressive(drafts=3))
+    assert fast.stats["rounds"] < generate(pipe, "latent", Serial()).stats["rounds"]
+    assert fast.stats["drafts"] == 3 and fast.stats["devices"] == 1
+
+
+def test_outputs_as_the_pipeline_returns_them() -> None:
+    pipe = build_tiny_pipeline("sd21")
+    ppipe = parallelize(pipe, Serial())
+    pil = ppipe("a red cat", generator=torch.Generator().manual_seed(0), **CALL).images
+    assert len(pil) == 1 and pil[0].size == (32, 32)
+    pt = ppipe(["a", "b"], num_images_per_prompt=2, output_type="pt", **CALL).images
+    assert pt.shape == (4, 3, 32, 32) and float(pt.min()) >= 0 and float(pt.max()) <= 1
+    default = ppipe("a red cat", num_inference_steps=2, output_type="pt").images
+    expected = pipe.unet.config.sample_size * pipe.vae_scale_factor  # the model's own size
+    assert default.shape[-2:] == (expected, expected)
+    with pytest.raises(ValueError, match="output_type"):
+        ppipe("a", output_type="jpeg")
+    assert driffusion.parallelize is parallelize
+
+
+def test_unsupported_scheduler_and_pipeline_are_clear_errors() -> None:
+    pipe = build_tiny_pipeline("sd21")
+    pipe.scheduler = LMSDiscreteScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(UnsupportedSchedulerError, match="DDIMScheduler"):
+        parallelize(pipe, Serial())("a red cat", **CALL)
+    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, solver_type="bh1")
+    with pytest.raises(UnsupportedSchedulerError, match="bh1"):
+        parallelize(pipe, Serial())("a red cat", **CALL)
+    with pytest.raises(ValueError, match="unsupported pipeline"):
+        parallelize(object())
+
+
+def test_a_nan_decode_is_an_error_and_the_recipe_writes_no_png(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pipe = build_tiny_pipeline("sdxl").to(torch.float16)
+    pipe.vae.register_to_config(force_upcast=False)
+    original = pipe.vae.decode
+
+    def overflowing(latents, *args, **kwargs):  # type: ignore[no-untyped-def]
+        out = original(latents, *args, **kwargs)
+        out.sample[0, 0, 0, 0] = float("nan")  # what the real SDXL VAE does in fp16
+        return out
+
+    monkeypatch.setattr(pipe.vae, "decode", overflowing)
+    with pytest.raises(NonFiniteImageError, match="NaN or inf"):
+        parallelize(pipe, Serial())("a lighthouse", **CALL)

@@ -1,20 +1,32 @@
 """The text-to-image job behind ``sd21.py``, ``sdxl.py`` and ``sd3.py`` in this folder.
 
+It is what a diffusers user writes, plus the files: load the pipeline (``--tiny`` builds a small
+random one), optionally swap its scheduler (``--scheduler``), ``parallelize`` it with the
+sampler, call it like the pipeline (one seeded generator per image), save PNGs. See
+``generate`` below, top to bottom.
+
 One CLI shape for all three: ``--model --prompt/--prompts-file --negative-prompt --steps
---guidance --height --width --seed --sampler --solver --drafts --precision --out --tiny``, plus
+--guidance --height --width --seed --sampler --solver --drafts --precision --scheduler --no-t5
+--out --tiny``, plus
 the session flags (launch flags of ``fabric run``, ignored under it; ``--draft-devices``,
 ``--timeout``). ``--sampler`` takes a built-in sampler with its settings
 (``'srds(pipelined=True)'``) or an import path ``path/to/file.py:NAME``. Every rank of a draft
 group holds the pipeline; the evaluations of each parallel round are split across the group;
 data-parallel replicas take different prompts. Outputs (written by the leader, atomically): one
-PNG per image with its prompt, negative prompt, seed, sampler, steps and guidance in PNG text
-metadata, a grid, and ``report.json`` with per-image wall time, rounds and evaluations.
+PNG per image with its prompt, negative prompt, seed, sampler, drafts, devices, scheduler, steps
+and guidance in PNG text metadata, a grid, and ``report.json`` with per-image wall time, rounds,
+evaluations and memory. The image depends on the sampler and its drafts (``--drafts``, default
+the draft-group size), never on the devices: give ``--drafts`` to get the same image anywhere.
+
 """
 
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +39,8 @@ from driffusion.adapters.diffusers import (
     PipelineAdapter,
     adapt_pipeline,
     load_pipeline,
-    read_schedule,
 )
+from driffusion.adapters.schedulers import SUPPORTED_SCHEDULERS, schedule_from_scheduler
 from driffusion.core import (
     BatchedExecutor,
     Calibration,
@@ -39,8 +51,9 @@ from driffusion.core import (
     reference_solution,
 )
 from driffusion.io import labelled_grid, save_png, write_json
-from driffusion.lightning import ProgressBar, Session, cli
-from driffusion.lightning.text2image import PromptSamplerModule, collate_prompts
+from driffusion.lightning import Session, cli
+from driffusion.lightning.launch import under_fabric_cli
+from driffusion.lightning.pipeline import parallelize
 
 
 def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namespace:
@@ -49,7 +62,9 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
     parser.add_argument("--model", default=family.model, help="hub id or local folder")
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     parser.add_argument("--prompts-file", type=Path, help="one prompt per line")
-    parser.add_argument("--negative-prompt", default="")
+    parser.add_argument(
+        "--negative-prompt", default=None, help="default: the pipeline's own (zeros for SDXL)"
+    )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=int, default=None, help=f"default {family.steps}")
     budget.add_argument(
@@ -70,6 +85,13 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path(f"outputs/{family.name}"))
     parser.add_argument("--tiny", action="store_true", help="random tiny model built in code")
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="a diffusers scheduler class to swap in, e.g. DPMSolverMultistepScheduler "
+        f"(supported: {', '.join(SUPPORTED_SCHEDULERS)})",
+    )
+    parser.add_argument("--no-t5", action="store_true", help="SD3 without its T5 encoder")
     cli.add_sampler_args(parser, default=("aggressive",))
     cli.add_session_args(parser, precision=False)
     args = parser.parse_args(argv)
@@ -98,14 +120,34 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
     return args
 
 
-def load_family_pipeline(family: Family, model: str, tiny: bool, precision: str) -> tuple:
+def load_family_pipeline(
+    family: Family,
+    model: str,
+    tiny: bool,
+    precision: str,
+    scheduler: str | None = None,
+    no_t5: bool = False,
+) -> tuple:
     """``(pipe, default size)``: the family's pipeline from ``model`` (a hub id or folder), or a
-    tiny random one built in code; a missing model fails here, before any process starts."""
+    tiny random one built in code; a missing model fails here, before any process starts.
+    ``scheduler`` names a diffusers scheduler class to swap in (from the pipeline's config)."""
     if tiny:
         from driffusion.adapters.tiny import build_tiny_pipeline
 
-        return build_tiny_pipeline(family.name), 32
-    return load_pipeline(family.name, model, WEIGHT_DTYPES[precision]), family.size
+        pipe, size = build_tiny_pipeline(family.name), 32
+        if no_t5:
+            pipe.text_encoder_3, pipe.tokenizer_3 = None, None
+    else:
+        dtype = WEIGHT_DTYPES[precision]
+        pipe, size = load_pipeline(family.name, model, dtype, no_t5=no_t5), None
+    if scheduler is not None:
+        import diffusers
+
+        cls = getattr(diffusers, scheduler, None)
+        if cls is None or not scheduler.endswith("Scheduler"):
+            raise ValueError(f"--scheduler {scheduler!r} is not a diffusers scheduler class")
+        pipe.scheduler = cls.from_config(pipe.scheduler.config)
+    return pipe, size
 
 
 def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
@@ -115,28 +157,40 @@ def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
     """
     family = FAMILIES[family_name]
     args = parse_args(family, argv)
-    pipe, size = load_family_pipeline(family, args.model, args.tiny, args.precision)
-    with Session.from_args(args, callbacks=[ProgressBar(family.name)]) as session:
+    fabric_precision = os.environ.get("LT_PRECISION") if under_fabric_cli() else None
+    if fabric_precision not in (None, "", "32", "32-true"):
+        raise SystemExit(
+            f"error: `fabric run --precision {fabric_precision}` is not applied to a diffusers "
+            "pipeline; choose the weight dtype with the recipe's --precision fp16|bf16|fp32"
+        )
+    pipe, size = load_family_pipeline(
+        family, args.model, args.tiny, args.precision, args.scheduler, args.no_t5
+    )
+    with Session.from_args(args) as session:
         return generate(args, family, pipe.to(session.device), size, session)
 
 
 def generate(
-    args: argparse.Namespace, family: Family, pipe: Any, size: int, session: Session
+    args: argparse.Namespace, family: Family, pipe: Any, size: int | None, session: Session
 ) -> list[dict]:
-    """Sample every prompt of ``args`` in the session; the leader writes the outputs."""
+    """Sample every prompt of ``args`` in the session; the leader writes the outputs.
+
+    Each draft group holds the pipeline and splits every round's evaluations; data-parallel
+    groups take every ``r``-th batch of prompts. An image depends on its prompt, seed, sampler
+    (drafts included) and steps, never on the devices.
+    """
     height, width = args.height or size, args.width or size
-
-    def adapt(steps: int) -> PipelineAdapter:
-        return adapt_pipeline(pipe, steps, height=height, width=width, guidance=args.guidance)
-
     calibration = None
     if args.rounds is not None:
-        calibration = calibrate_prompt(args, pipe, adapt(family.steps), session.draft_devices)
+        adapter = adapt_pipeline(
+            pipe, family.steps, height=height, width=width, guidance=args.guidance
+        )
+        calibration = calibrate_prompt(args, pipe, adapter, session.draft_devices)
         args.steps = calibration.best.steps
         sampler: SamplerFn = calibration.best.make_sampler()
     else:
         sampler = cli.samplers_from_args(args, session.draft_devices)[0]
-    module = PromptSamplerModule(adapt(args.steps), sampler)
+    ppipe = parallelize(pipe, sampler, session=session)
     items = [
         {
             "id": f"{k:05d}",
@@ -146,17 +200,46 @@ def generate(
         }
         for k, p in enumerate(args.prompts)
     ]
-    outputs = session.predict(module, items, batch_size=args.batch_size, collate_fn=collate_prompts)
+    batches = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
+    done = []
+    for batch in batches[session.layout.replica :: session.layout.replicas]:
+        start = time.perf_counter()
+        out = ppipe(
+            [item["prompt"] for item in batch],
+            negative_prompt=args.negative_prompt,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            height=height,
+            width=width,
+            generator=[torch.Generator().manual_seed(item["seed"]) for item in batch],
+            output_type="pt",
+        )
+        wall = time.perf_counter() - start
+        if session.layout.is_group_leader:
+            done += [
+                (item, image, out.stats, wall)
+                for item, image in zip(batch, out.images, strict=True)
+            ]
+    everything = [entry for part in session.gather(done) for entry in part]
+    memory = session.gather(_peak_memory(session.device))
     if not session.is_leader:
         return []
-    return write_outputs(args, family, sampler, items, outputs, session.draft_devices, calibration)
+    everything.sort(key=lambda entry: entry[0]["id"])
+    return write_outputs(args, family, everything, memory, calibration)
+
+
+def _peak_memory(device: torch.device) -> int | None:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return None
 
 
 def calibrate_prompt(
     args: argparse.Namespace, pipe: Any, adapter: PipelineAdapter, devices: int
 ) -> Calibration:
     """Pick the configuration for ``--rounds`` on the first prompt (every rank alike)."""
-    cond = adapter.encode([args.prompts[0]], [args.negative_prompt])
+    negative = None if args.negative_prompt is None else [args.negative_prompt]
+    cond = adapter.encode([args.prompts[0]], negative)
     model = BatchedExecutor(RowwiseModel(adapter.network, cond))
     x = initial_noise([args.seed], adapter.latent_shape, device=pipe.device)
     scheduler = pipe.scheduler
@@ -171,7 +254,7 @@ def calibrate_prompt(
         result = calibrate(
             model,
             x,
-            lambda steps: read_schedule(scheduler, steps),
+            lambda steps: schedule_from_scheduler(scheduler, steps),
             x_ref,
             rounds=args.rounds,
             devices=devices,
@@ -187,47 +270,56 @@ def calibrate_prompt(
 def write_outputs(
     args: argparse.Namespace,
     family: Family,
-    sampler: SamplerFn,
-    items: list[dict],
-    outputs: list,
-    devices: int,
+    done: list[tuple[dict, torch.Tensor, dict, float]],
+    memory: list[int | None],
     calibration: Calibration | None = None,
 ) -> list[dict]:
-    """Write one PNG per image (with metadata), the grid and ``report.json``; return the rows."""
-    by_id = {item["id"]: item for item in items}
+    """Write one PNG per image (with metadata), the grid and ``report.json``; return the rows.
+
+    ``done`` holds ``(item, image in [0, 1], stats of its batch, batch wall seconds)``.
+    """
     rows, images = [], []
-    for output in outputs:
-        assert output.images is not None
-        for sample_id, image in zip(output.ids, output.images, strict=True):
-            item = by_id[sample_id]
-            meta = {
-                "prompt": item["prompt"],
-                "negative_prompt": item["negative_prompt"],
-                "seed": item["seed"],
-                "sampler": repr(sampler),
-                "steps": args.steps,
-                "guidance": args.guidance,
-                "model": "tiny" if args.tiny else args.model,
+    for item, image, stats, wall in done:
+        meta = {
+            "prompt": item["prompt"],
+            "negative_prompt": item["negative_prompt"] or "",
+            "seed": item["seed"],
+            "sampler": stats["sampler"],
+            "drafts": stats["drafts"],
+            "devices": stats["devices"],
+            "scheduler": stats["scheduler"],
+            "steps": stats["steps"],
+            "guidance": stats["guidance_scale"],
+            "model": "tiny" if args.tiny else args.model,
+        }
+        save_png(args.out / f"{item['id']}.png", image * 2 - 1, meta)
+        images.append(image * 2 - 1)
+        rows.append(
+            {
+                "id": item["id"],
+                **meta,
+                "wall_s": wall / stats["batch"],
+                "batch_wall_s": wall,
+                "rounds": stats["rounds"],
+                "evaluations": stats["evaluations"],
             }
-            save_png(args.out / f"{sample_id}.png", image, meta)
-            images.append(image)
-            rows.append(
-                {
-                    "id": sample_id,
-                    **meta,
-                    "devices": devices,
-                    "wall_s": output.wall_s / len(output.ids),
-                    "batch_wall_s": output.wall_s,
-                    "rounds": output.stats.rounds,
-                    "evaluations": output.stats.evaluations,
-                }
-            )
-    grid = labelled_grid([(repr(sampler), images)], scale=1)
-    save_png(args.out / "grid.png", grid, {"sampler": repr(sampler)})
+        )
+    sampler = rows[0]["sampler"]
+    save_png(
+        args.out / "grid.png", labelled_grid([(sampler, images)], scale=1), {"sampler": sampler}
+    )
+    stats = done[0][2]
+    # the k states of a round: [k, B, C, h, w] float32 latents beyond what serial holds
+    draft_bytes = (stats["drafts"] or 1) * stats["batch"] * math.prod(stats["latent_shape"]) * 4
     report = {
         "family": family.name,
         "command": " ".join(sys.argv),
         "images": rows,
+        "memory": {
+            "peak_device_bytes_per_rank": memory if any(m is not None for m in memory) else None,
+            "draft_state_bytes": draft_bytes,
+        },
+        "depends_on": "prompt, seed, sampler (drafts included), steps, guidance, size; not devices",
         "calibration": calibration.to_dict() if calibration is not None else None,
     }
     write_json(args.out / "report.json", report)

@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,8 +15,8 @@ from driffusion.adapters.diffusers import (
     ModelNotAvailableError,
     adapt_pipeline,
     load_pipeline,
-    read_schedule,
 )
+from driffusion.adapters.schedulers import schedule_from_scheduler
 from driffusion.adapters.tiny import build_tiny_pipeline
 from driffusion.core import (
     SAMPLERS,
@@ -100,10 +101,10 @@ def test_decode_gives_images(tiny) -> None:  # type: ignore[no-untyped-def]
     assert float(images.abs().max()) <= 1.0
 
 
-def test_read_schedule_rejects_bad_steps() -> None:
+def test_schedule_from_scheduler_rejects_bad_steps() -> None:
     pipe = build_tiny_pipeline("sd21")
     with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
-        read_schedule(pipe.scheduler, 0)
+        schedule_from_scheduler(pipe.scheduler, 0)
     with pytest.raises(ValueError, match="multiple of 2, got 33"):
         adapt_pipeline(pipe, 4, height=33, width=32, guidance=1.0)
 
@@ -154,7 +155,7 @@ def test_recipe_end_to_end_tiny(tmp_path: Path, family: str) -> None:
     cmd += ["--prompt", prompts[0], "--prompt", prompts[1], "--out", str(tmp_path)]
     result = run_script([*cmd, "--accelerator", "cpu"], timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
-    report = check_recipe_outputs(tmp_path, prompts, 5, "Aggressive(drafts=1)")
+    report = check_recipe_outputs(tmp_path, prompts, 5, "Aggressive(drafts=1, solver=")
     assert all(row["rounds"] == 5 for row in report["images"])  # one device: drafts = 1
 
 
@@ -211,3 +212,27 @@ def test_single_device_benchmark_smoke(tmp_path: Path) -> None:
         if row["sampler"] == "aggressive":
             assert row["rounds"] == 1 + 2  # 1 + ceil(3 / 2)
     assert json.loads((tmp_path / "s.json").read_text()) == rows
+
+
+def test_the_same_drafts_give_the_same_image_on_one_and_two_processes(tmp_path: Path) -> None:
+    """`fabric run --devices 2 recipes/sdxl.py` splits each round across 2 processes; plain
+    `python` batches it on one: at the same drafts the images agree (PNG bytes: exactly)."""
+    args = ["--tiny", "--prompt", "a lighthouse", "--prompt", "a red cat", "--steps", "7"]
+    args += ["--sampler", "aggressive(drafts=2)"]
+    one = run_script(
+        [sys.executable, str(ROOT / "recipes" / "sdxl.py"), *args, "--out", str(tmp_path / "one")],
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stdout[-4000:]
+    two = run_script(
+        [*fabric_run(2), str(ROOT / "recipes" / "sdxl.py"), *args, "--out", str(tmp_path / "two")],
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stdout[-4000:]
+    for name in ("00000.png", "00001.png"):
+        a, b = Image.open(tmp_path / "one" / name), Image.open(tmp_path / "two" / name)
+        assert a.text["drafts"] == b.text["drafts"] == "2"
+        assert (a.text["devices"], b.text["devices"]) == ("1", "2")
+        pixels = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
+        assert int(pixels.max()) <= 1  # stated tolerance: 1/255 (measured: 0)
+    assert "7/7" in one.stdout and "rounds=4" in one.stdout  # progress: a tick per round

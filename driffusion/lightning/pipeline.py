@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from driffusion.adapters.diffusers import PipelineAdapter, adapt_pipeline, pipeline_family
 from driffusion.core.model import BatchedExecutor, Model, RowwiseModel, SampleResult
@@ -53,10 +54,17 @@ class ParallelPipeline:
     """A pipeline sampled by ``sampler``; build it with
     [`parallelize`][driffusion.lightning.pipeline.parallelize]."""
 
-    def __init__(self, pipe: Any, sampler: SamplerFn | None = None, session: Any = None) -> None:
+    def __init__(
+        self,
+        pipe: Any,
+        sampler: SamplerFn | None = None,
+        session: Any = None,
+        progress: bool = True,
+    ) -> None:
         self.family = pipeline_family(pipe)  # refuses unsupported pipelines at once
         self.pipe = pipe
         self.session = session
+        self.progress = progress
         if self.session is None and under_fabric_cli():
             from driffusion.lightning.session import Session
 
@@ -108,7 +116,8 @@ class ParallelPipeline:
             generator: the initial latents are drawn from it exactly as ``pipe`` draws them.
             latents: initial latents (instead of drawing them).
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
-            callback: called with the samplers' payload after each new state.
+            callback: called with the samplers' payload after each new state (a progress bar
+                shows the step reached and the rounds spent, on the leader).
 
         Raises:
             driffusion.adapters.diffusers.NonFiniteImageError: a decoded image is NaN or inf.
@@ -145,7 +154,21 @@ class ParallelPipeline:
             extra["noise"] = ddpm_noise(
                 seeds, steps_with_noise, adapter.latent_shape, device=x.device
             )
-        result: SampleResult = sampler(model, x, adapter.schedule, callback=callback, **extra)
+        with tqdm(
+            total=adapter.schedule.num_steps,
+            desc=repr(sampler),
+            unit="step",
+            disable=not self.progress or (self.session is not None and not self.session.is_leader),
+            dynamic_ncols=True,
+        ) as bar:
+
+            def on_state(payload: dict[str, Any]) -> None:
+                bar.update(max(0, min(payload["i"], bar.total) - bar.n))  # one tick per round
+                bar.set_postfix(rounds=payload["rounds"], refresh=False)
+                if callback is not None:
+                    callback(payload)
+
+            result: SampleResult = sampler(model, x, adapter.schedule, callback=on_state, **extra)
         stats = {
             **dataclasses.asdict(result.stats),
             "sampler": repr(sampler),
@@ -154,6 +177,8 @@ class ParallelPipeline:
             "devices": self.devices,
             "drafts": getattr(sampler, "drafts", getattr(sampler, "window", None)),
             "scheduler": type(self.pipe.scheduler).__name__,
+            "batch": len(prompts),
+            "latent_shape": list(adapter.latent_shape),
         }
         if output_type == "latent":
             return ParallelPipelineOutput(adapter.latents_from_state(result.x), stats)
@@ -188,7 +213,7 @@ class ParallelPipeline:
 
 
 def parallelize(
-    pipe: Any, sampler: SamplerFn | None = None, *, session: Any = None
+    pipe: Any, sampler: SamplerFn | None = None, *, session: Any = None, progress: bool = True
 ) -> ParallelPipeline:
     """Wrap a diffusers pipeline so that a driffusion sampler samples it.
 
@@ -206,12 +231,13 @@ def parallelize(
             sampler and its drafts, never on where the drafts run.
         session: a [`Session`][driffusion.lightning.session.Session] to spread the evaluations
             over (default: one is joined under ``fabric run``, none otherwise).
+        progress: a progress bar per call, one tick per round.
 
     Returns:
         A [`ParallelPipeline`][driffusion.lightning.pipeline.ParallelPipeline], called like the
         pipeline.
     """
-    return ParallelPipeline(pipe, sampler, session)
+    return ParallelPipeline(pipe, sampler, session, progress)
 
 
 def _broadcast(value: str | Sequence[str] | None, count: int) -> list[str] | None:

@@ -14,6 +14,7 @@ evaluations across the N processes (classifier-free guidance pairs stay together
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import inspect
 import math
@@ -70,6 +71,8 @@ class ParallelPipeline:
 
             self.session = Session().launch()
             self.pipe.to(self.session.device)
+            # joined here, so torn down here: every rank meets at exit, then the group goes
+            atexit.register(self.session.__exit__, None, None, None)
         devices = self.session.draft_devices if self.session is not None else 1
         self.sampler: SamplerFn = (
             sampler if sampler is not None else Aggressive(drafts=max(2, devices))

@@ -127,6 +127,7 @@ def load_family_pipeline(
     precision: str,
     scheduler: str | None = None,
     no_t5: bool = False,
+    device: torch.device | None = None,
 ) -> tuple:
     """``(pipe, default size)``: the family's pipeline from ``model`` (a hub id or folder), or a
     tiny random one built in code; a missing model fails here, before any process starts.
@@ -139,7 +140,7 @@ def load_family_pipeline(
             pipe.text_encoder_3, pipe.tokenizer_3 = None, None
     else:
         dtype = WEIGHT_DTYPES[precision]
-        pipe, size = load_pipeline(family.name, model, dtype, no_t5=no_t5), None
+        pipe, size = load_pipeline(family.name, model, dtype, no_t5=no_t5, device=device), None
     if scheduler is not None:
         import diffusers
 
@@ -163,10 +164,16 @@ def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
             f"error: `fabric run --precision {fabric_precision}` is not applied to a diffusers "
             "pipeline; choose the weight dtype with the recipe's --precision fp16|bf16|fp32"
         )
-    pipe, size = load_family_pipeline(
-        family, args.model, args.tiny, args.precision, args.scheduler, args.no_t5
-    )
-    with Session.from_args(args) as session:
+    with Session.from_args(args) as session:  # each rank loads straight to its own device
+        pipe, size = load_family_pipeline(
+            family,
+            args.model,
+            args.tiny,
+            args.precision,
+            args.scheduler,
+            args.no_t5,
+            session.device,
+        )
         return generate(args, family, pipe.to(session.device), size, session)
 
 

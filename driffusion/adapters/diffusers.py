@@ -373,7 +373,12 @@ def adapt_pipeline(
 
 
 def load_pipeline(
-    family: str, model: str, dtype: torch.dtype = torch.float32, *, no_t5: bool = False
+    family: str,
+    model: str,
+    dtype: torch.dtype = torch.float32,
+    *,
+    no_t5: bool = False,
+    device: torch.device | str | None = None,
 ) -> Any:
     """``from_pretrained`` with a clear error when the weights cannot be had (e.g. offline).
 
@@ -383,6 +388,9 @@ def load_pipeline(
         dtype: weight dtype (latents stay float32 regardless). In half precision the ``fp16``
             variant of the weights is used where the folder has it (half the bytes to read).
         no_t5: SD3 without its T5 text encoder (about 19 GB in fp32 saved).
+        device: a CUDA device loads the weights straight onto it (``device_map``), so that
+            each rank of a run does not first hold the whole pipeline in host memory; other
+            devices load on the CPU (move the pipeline afterwards).
     """
     import diffusers
 
@@ -398,6 +406,9 @@ def load_pipeline(
         kwargs.update(text_encoder_3=None, tokenizer_3=None)
     if dtype in (torch.float16, torch.bfloat16) and _has_fp16_variant(model):
         kwargs["variant"] = "fp16"
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_device(torch.device(device))  # diffusers maps "cuda" to the current one
+        kwargs["device_map"] = "cuda"
     try:
         return cls.from_pretrained(model, **kwargs)
     except (OSError, ValueError) as error:

@@ -3,6 +3,7 @@ serial sampler reproduces `pipe(...)` with the same generator."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -204,3 +205,20 @@ def test_fabric_precision_is_refused_not_ignored(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("LT_PRECISION", "bf16-mixed")
     with pytest.raises(SystemExit, match="--precision fp16"):
         text2image.main("sd21", ["--tiny", "--prompt", "a"])
+
+
+def test_the_recipe_swaps_the_scheduler_and_reports_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import text2image
+
+    argv = ["--tiny", "--prompt", "a lighthouse", "--steps", "4", "--out", str(tmp_path)]
+    argv += ["--scheduler", "DPMSolverMultistepScheduler", "--accelerator", "cpu"]
+    rows = text2image.main("sd21", [*argv, "--sampler", "conservative(drafts=2)"])
+    assert rows[0]["scheduler"] == "DPMSolverMultistepScheduler"
+    assert rows[0]["sampler"].startswith("Conservative(drafts=2, solver=DPMSolverPP(")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["memory"]["draft_state_bytes"] == 2 * 1 * 4 * 16 * 16 * 4  # k B C h w fp32
+    with pytest.raises(ValueError, match="not a diffusers scheduler"):
+        text2image.main("sd21", [*argv[:-4], "--scheduler", "NoSuchScheduler"])

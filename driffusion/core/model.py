@@ -121,14 +121,26 @@ class SampleResult:
     x: Tensor
     stats: SamplerStats
 
+    def __post_init__(self) -> None:
+        # the end of every sampler: a finite network can still drive the state to inf
+        if self.x.is_floating_point() and not bool(torch.isfinite(self.x).all()):
+            raise NonFiniteStateError(
+                "the final state holds NaN or inf (the network's outputs were finite but the "
+                "state overflowed: check the model's scale and the schedule)"
+            )
+
+
+class NonFiniteStateError(ValueError):
+    """A sampler's state holds NaN or inf (checked at every round's inputs and at the end)."""
+
 
 class CountingModel:
     """Wrap a model; count rounds (calls) and evaluations (rows); optionally check finiteness.
 
     Args:
         model: the wrapped model.
-        check_finite: raise ``ValueError`` when an output holds NaN or inf (naming the times),
-            instead of letting NaNs flow silently into the image.
+        check_finite: raise ``ValueError`` when an output or a state to evaluate holds NaN or
+            inf (naming the times), instead of letting NaNs flow silently into the image.
     """
 
     def __init__(self, model: Model, check_finite: bool = True) -> None:
@@ -144,6 +156,11 @@ class CountingModel:
             raise ValueError(
                 f"model call needs xs [K, B, ...] and t [K], got {tuple(xs.shape)} and "
                 f"{tuple(t.shape)}"
+            )
+        if self.check_finite and not bool(torch.isfinite(xs).all()):  # anchors and drafts
+            raise NonFiniteStateError(
+                f"a state to evaluate holds NaN or inf at times {t.tolist()} (round "
+                f"{self.rounds + 1}): the previous outputs were finite but drove it to overflow"
             )
         out = check_output(self.model(xs, t), xs)
         self.rounds += 1

@@ -4,10 +4,14 @@ gather, barrier and teardown; recipes, benchmarks and evaluation never call a co
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,7 +30,7 @@ from driffusion.lightning import (
 from driffusion.lightning.loop import collate
 
 from .scripts import common
-from .test_distributed import FABRIC, SCRIPTS, free_port
+from .test_distributed import FABRIC, SCRIPTS, fabric_run, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -175,3 +179,78 @@ def test_no_script_calls_a_collective_itself() -> None:
             if forbidden.search(line) and "session." not in line:
                 offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert offenders == []
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_ranks_die_with_their_launcher(tmp_path: Path) -> None:
+    """`kill -9` of `fabric run` alone (not its group): within 10 s no rank is alive and no new
+    file appears."""
+    out = tmp_path / "out"
+    cmd = [*fabric_run(2), str(ROOT / "recipes" / "digits.py"), "--steps", "200"]
+    cmd += ["--n-per-class", "20", "--no-fid", "--out", str(out)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 120
+        ranks: list[int] = []
+        while len(ranks) < 2:  # wait until both ranks run the script
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+            ranks = _children(proc.pid)
+        time.sleep(8)  # let them get into sampling
+        before = sorted(p for p in tmp_path.rglob("*"))
+        os.kill(proc.pid, signal.SIGKILL)  # the launcher only
+        proc.wait()
+        gone = time.monotonic() + 10
+        while any(_alive(pid) for pid in ranks) and time.monotonic() < gone:
+            time.sleep(0.2)
+        assert not any(_alive(pid) for pid in ranks), "a rank outlived its launcher"
+        time.sleep(1)
+        assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing new written
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_two_runs_started_together_both_succeed(tmp_path: Path) -> None:
+    """Each launch takes its own free rendezvous port, so two jobs on one machine coexist."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    procs = [
+        subprocess.Popen(
+            [*fabric_run(2), str(SCRIPTS / "session_check.py"), "--out", str(tmp_path / name)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for name in ("a", "b")
+    ]
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    logs = [proc.communicate(timeout=240)[0] for proc in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
+    for name in ("a", "b"):
+        assert torch.load(tmp_path / name / "x.pt").keys() == one_process_outputs().keys()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import os
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -35,6 +36,8 @@ def launch_fabric(flags: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> Fa
     ``callbacks`` are plain objects with ``on_predict_*`` hooks, dispatched with ``fabric.call``.
     """
     values = {k: v for k, v in flags.items() if k in FABRIC_FLAGS}
+    if under_fabric_cli() or os.environ.get("LOCAL_RANK", "0") != "0":
+        die_with_parent()  # a rank started by a launcher never outlives it
     if under_fabric_cli():
         ignored = [f for f, v in values.items() if v not in (None, "auto", "1", 1)]
         if ignored:
@@ -52,6 +55,29 @@ def launch_fabric(flags: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> Fa
     fabric.launch()
     _reap_children_at_exit(fabric)
     return _share_cpu_cores(fabric)
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    The ranks of ``fabric run`` are children of its launcher, and the ranks a launch from code
+    starts are children of rank 0: whichever way the parent ends (``kill -9`` included) they go
+    with it, instead of computing on and writing outputs nobody asked for any more. A no-op where
+    the call does not exist.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):  # pragma: no cover - no prctl here
+        return
+    if os.getppid() == 1:  # the parent died before the call took effect
+        os._exit(1)
 
 
 def _reap_children_at_exit(fabric: Fabric, grace_s: float = 10.0) -> None:

@@ -213,9 +213,9 @@ def test_ranks_die_with_their_launcher(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True
     )
+    ranks: list[int] = []
     try:
         deadline = time.monotonic() + 120
-        ranks: list[int] = []
         while len(ranks) < 2:  # wait until both ranks run the script
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.5)
@@ -233,6 +233,9 @@ def test_ranks_die_with_their_launcher(tmp_path: Path) -> None:
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+        for pid in ranks:  # the ranks run in sessions of their own: never leak one
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_two_runs_started_together_both_succeed(tmp_path: Path) -> None:

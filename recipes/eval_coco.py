@@ -21,6 +21,9 @@ digit classifier as feature extractor.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ from driffusion.eval.coco import (
     score_samplers,
     write_metrics,
 )
+from driffusion.io import OutputFolderError, RunFolder, readable_png
 from driffusion.lightning import DiffusionSamplerModule, ProgressBar, Session, cli
 
 
@@ -72,6 +76,12 @@ def parse_args() -> argparse.Namespace:
         parser.error("--captions is required for the Stable Diffusion recipes")
     if args.limit < 1 or args.batch_size < 1:
         parser.error("--limit and --batch-size must be >= 1")
+    if args.steps is not None and args.steps < 1:
+        parser.error(f"--steps must be >= 1, got {args.steps}")
+    if args.steps is None:
+        from driffusion.adapters.diffusers import FAMILIES
+
+        args.steps = 50 if args.recipe == "digits" else FAMILIES[args.recipe].steps
     return args
 
 
@@ -131,8 +141,51 @@ def main() -> None:
         for k, (key, caption, extra) in enumerate(captions)
     ]
     writer = ImageWriter({item["id"]: item for item in items})
-    with Session.from_args(args, callbacks=[ProgressBar("eval"), writer]) as session:
-        evaluate(args, items, writer, session)
+    # checked before any model is loaded: one run per folder, under one set of settings
+    folder = RunFolder(args.out, settings(args)) if _launching_rank() else contextlib.nullcontext()
+    try:
+        with folder:
+            if _launching_rank():
+                drop_unreadable_images(args.out)
+            with Session.from_args(args, callbacks=[ProgressBar("eval"), writer]) as session:
+                evaluate(args, items, writer, session)
+    except OutputFolderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What determines the images of this folder (``--limit`` may grow on a resume)."""
+    samplers = cli.samplers_from_args(args, args.draft_devices or 1)
+    return {
+        "recipe": args.recipe,
+        "model": args.model,
+        "tiny": args.tiny,
+        "captions": str(args.captions) if args.captions else None,
+        "samplers": [repr(s) for s in samplers],
+        "steps": args.steps,
+        "guidance": args.guidance,
+        "seed": args.seed,
+        "size": args.size,
+        "batch_size": args.batch_size,
+    }
+
+
+def drop_unreadable_images(out: Path) -> None:
+    """Delete every PNG that does not decode or lacks its sidecar, so it is generated again."""
+    for png in sorted(out.glob("*/*.png")):
+        if png.parent.name == "reference":
+            continue
+        sidecar = png.with_suffix(".json")
+        if not readable_png(png) or not sidecar.is_file():
+            print(f"regenerating {png} (unreadable or without its record)", file=sys.stderr)
+            png.unlink()
+            sidecar.unlink(missing_ok=True)
+
+
+def _launching_rank() -> bool:
+    """The process that owns the folder: global rank 0 (before the session exists)."""
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
 def evaluate(

@@ -266,3 +266,43 @@ def test_sd21_protocol_with_tiny_model_and_clip(tmp_path: Path) -> None:
     for row in rows:
         assert row["images"] == 20 and 0 <= row["clip_score"] <= 100
         assert {"fid", "pickscore", "psnr", "max_abs_dev", "rounds", "evaluations"} <= row.keys()
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_resume_refuses_other_settings_and_regenerates_exactly_the_broken_image(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "eval"
+    small = ["--recipe", "digits", "--limit", "6", "--batch-size", "2", "--out", str(out)]
+    small += ["--sampler", "serial", "--sampler", "aggressive"]
+    first = run_script([*EVAL, *small, "--steps", "4"], timeout=300)
+    assert first.returncode == 0, first.stdout[-4000:]
+    before = snapshot(out)
+    assert json.loads((out / "manifest.json").read_text())["steps"] == 4
+
+    other = run_script([*EVAL, *small, "--steps", "5", "--seed", "7"], timeout=300)
+    assert other.returncode == 2
+    assert "steps: folder has 4, this run 5" in other.stdout and "seed" in other.stdout
+    assert snapshot(out) == before  # left as it was
+
+    broken = out / "aggressive" / "000003.png"
+    original = load_png_folder(out / "aggressive", ["000003"])[1]
+    broken.write_bytes(broken.read_bytes()[:40])  # truncated: does not decode
+    (out / ".lock").write_text(str(os.getpid()))  # a live holder: refused, naming it
+    held = run_script([*EVAL, *small, "--steps", "4"], timeout=300)
+    assert held.returncode == 2 and f"pid {os.getpid()}" in held.stdout
+    (out / ".lock").unlink()
+    again = run_script([*EVAL, *small, "--steps", "4"], timeout=300)
+    assert again.returncode == 0, again.stdout[-4000:]
+    after = snapshot(out)
+    changed = {k for k in before if k in after and after[k] != before[k]}
+    images = {k for k in changed if k.endswith(".png") and not k.startswith("reference")}
+    assert images == {"aggressive/000003.png"}  # exactly the broken one was generated again
+    assert torch.equal(load_png_folder(out / "aggressive", ["000003"])[1], original)

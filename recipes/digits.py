@@ -88,14 +88,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         solver="dpmpp_2m",
     )
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, default=None, help="grid steps (default 50)")
     budget.add_argument(
-        "--rounds", type=int, default=None, help="a latency budget: calibrate N, k, mode, solver"
+        "--steps", type=cli.positive_int, default=None, help="grid steps (default 50)"
     )
-    parser.add_argument("--guidance", type=float, default=2.0)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--n-per-class", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=50)
+    budget.add_argument(
+        "--rounds",
+        type=cli.positive_int,
+        default=None,
+        help="a latency budget: calibrate N, k, mode, solver",
+    )
+    parser.add_argument("--guidance", type=cli.nonnegative_float, default=2.0)
+    parser.add_argument("--seed", type=cli.nonnegative_int, default=0)
+    parser.add_argument("--n-per-class", type=cli.positive_int, default=10)
+    parser.add_argument("--batch-size", type=cli.positive_int, default=50)
     parser.add_argument("--reference-points", type=int, default=300)
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: shipped)")
     parser.add_argument("--out", type=Path, default=Path("outputs/digits"))

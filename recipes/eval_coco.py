@@ -49,12 +49,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--recipe", choices=["sd21", "sdxl", "sd3", "digits"], default="digits")
     parser.add_argument("--model", default=None, help="hub id or local folder")
     parser.add_argument("--tiny", action="store_true", help="tiny random model (sd21/sdxl/sd3)")
-    parser.add_argument("--steps", type=int, default=None)
-    parser.add_argument("--guidance", type=float, default=None)
-    parser.add_argument("--limit", type=int, default=5000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--size", type=int, default=None, help="image height and width")
+    parser.add_argument("--steps", type=cli.positive_int, default=None)
+    parser.add_argument("--guidance", type=cli.nonnegative_float, default=None)
+    parser.add_argument("--limit", type=cli.positive_int, default=5000)
+    parser.add_argument("--seed", type=cli.nonnegative_int, default=0)
+    parser.add_argument("--batch-size", type=cli.positive_int, default=4)
+    parser.add_argument(
+        "--size", type=cli.positive_int, default=None, help="image height and width"
+    )
     parser.add_argument("--reference", type=Path, help="folder of reference images (FID)")
     parser.add_argument("--fid-extractor", default=None, help="torch-fidelity extractor name")
     parser.add_argument("--fid-weights", type=Path, default=None, help="local extractor weights")
@@ -64,7 +66,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hps-checkpoint", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("outputs/eval"))
     parser.add_argument(
-        "--max-images", type=int, default=None, help="stop after this many (test aid)"
+        "--max-images", type=cli.positive_int, default=None, help="stop after this many (test aid)"
     )
     cli.add_sampler_args(parser, default=("serial", "aggressive", "conservative", "srds"))
     cli.add_session_args(parser)

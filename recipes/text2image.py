@@ -66,23 +66,25 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
         "--negative-prompt", default=None, help="default: the pipeline's own (zeros for SDXL)"
     )
     budget = parser.add_mutually_exclusive_group()
-    budget.add_argument("--steps", type=int, default=None, help=f"default {family.steps}")
+    budget.add_argument(
+        "--steps", type=cli.positive_int, default=None, help=f"default {family.steps}"
+    )
     budget.add_argument(
         "--rounds",
-        type=int,
+        type=cli.positive_int,
         default=None,
         help="a latency budget in serial rounds: calibrate steps, drafts, mode and solver "
         "on the first prompt (VP models: sd21, sdxl)",
     )
     parser.add_argument("--reference-points", type=int, default=200, help="with --rounds")
-    parser.add_argument("--guidance", type=float, default=family.guidance)
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0, help="image k uses seed + k")
+    parser.add_argument("--guidance", type=cli.nonnegative_float, default=family.guidance)
+    parser.add_argument("--height", type=cli.positive_int, default=None)
+    parser.add_argument("--width", type=cli.positive_int, default=None)
+    parser.add_argument("--seed", type=cli.nonnegative_int, default=0, help="image k uses seed + k")
     parser.add_argument(
         "--precision", choices=sorted(WEIGHT_DTYPES), default="fp32", help="weights"
     )
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-size", type=cli.positive_int, default=1)
     parser.add_argument("--out", type=Path, default=Path(f"outputs/{family.name}"))
     parser.add_argument("--tiny", action="store_true", help="random tiny model built in code")
     parser.add_argument(
@@ -100,9 +102,18 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
         parser.error("give one --sampler (this recipe writes one image per prompt)")
     prompts = list(args.prompt or [])
     if args.prompts_file:
+        if args.prompts_file.is_dir():
+            parser.error(f"--prompts-file {args.prompts_file} is a folder, not a file")
         if not args.prompts_file.is_file():
             parser.error(f"--prompts-file {args.prompts_file} does not exist")
-        prompts += [p.strip() for p in args.prompts_file.read_text().splitlines() if p.strip()]
+        try:
+            text = args.prompts_file.read_text(encoding="utf-8")
+        except UnicodeDecodeError as error:
+            parser.error(f"--prompts-file {args.prompts_file} is not UTF-8 text ({error.reason})")
+        from_file = [p.strip() for p in text.splitlines() if p.strip()]
+        if not from_file:
+            parser.error(f"--prompts-file {args.prompts_file} holds no prompt (empty lines only)")
+        prompts += from_file
     if not prompts:
         parser.error("give at least one --prompt or a --prompts-file")
     args.prompts = prompts

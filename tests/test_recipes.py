@@ -236,3 +236,33 @@ def test_the_same_drafts_give_the_same_image_on_one_and_two_processes(tmp_path: 
         pixels = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
         assert int(pixels.max()) <= 1  # stated tolerance: 1/255 (measured: 0)
     assert "7/7" in one.stdout and "rounds=4" in one.stdout  # progress: a tick per round
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--guidance", "nan"], "--guidance: must be a finite number >= 0, got nan"),
+        (["--seed", "-1"], "--seed: must be an integer >= 0, got -1"),
+        (["--height", "0"], "--height: must be an integer >= 1, got 0"),
+        (["--steps", "0"], "--steps: must be an integer >= 1, got 0"),
+        (["--drafts", "0"], "--drafts: must be an integer >= 1, got 0"),
+        (["--tol", "inf"], "--tol: must be a finite number >= 0, got inf"),
+        (["--prompts-file", "{tmp}"], "is a folder, not a file"),
+        (["--prompts-file", "{tmp}/empty.txt"], "holds no prompt"),
+        (["--prompts-file", "{tmp}/latin1.txt"], "is not UTF-8 text"),
+    ],
+)
+def test_bad_flags_are_argument_errors_before_anything_loads(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    sys.path.insert(0, str(ROOT / "recipes"))
+    import text2image
+
+    (tmp_path / "empty.txt").write_text("\n\n")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    prompt = [] if "--prompts-file" in argv else ["--prompt", "a"]
+    with pytest.raises(SystemExit) as raised:
+        text2image.parse_args(text2image.FAMILIES["sd3"], ["--tiny", *prompt, *argv])
+    assert raised.value.code == 2
+    assert message in capsys.readouterr().err

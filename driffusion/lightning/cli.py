@@ -54,13 +54,13 @@ def add_session_args(
     group = parser.add_argument_group("session")
     group.add_argument(
         "--draft-devices",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="ranks per draft group (default: all ranks in one group)",
     )
     group.add_argument(
         "--timeout",
-        type=_positive_float,
+        type=positive_float,
         default=DEFAULT_TIMEOUT_S,
         help=f"collective timeout in seconds (default {DEFAULT_TIMEOUT_S:g})",
     )
@@ -98,20 +98,20 @@ def add_sampler_args(
         help=f"the built-in samplers' solver (default: {solver or 'DDIM / flow Euler'})",
     )
     group.add_argument(
-        "--drafts", type=_positive_int, default=None, help="DRiffusion drafts (default: g)"
+        "--drafts", type=positive_int, default=None, help="DRiffusion drafts (default: g)"
     )
     group.add_argument(
         "--window",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="ParaDiGMS / Picard-DRiffusion window (default: g)",
     )
     group.add_argument(
-        "--blocks", type=_positive_int, default=None, help="SRDS blocks (default: sqrt(N))"
+        "--blocks", type=positive_int, default=None, help="SRDS blocks (default: sqrt(N))"
     )
     group.add_argument(
         "--tol",
-        type=_nonnegative_float,
+        type=nonnegative_float,
         default=DEFAULT_TOL,
         help="SRDS / ParaDiGMS / Picard tolerance: RMS change relative to sigma "
         f"(default {DEFAULT_TOL:g})",
@@ -154,16 +154,22 @@ def check_sampler_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 def _number(kind: type, minimum: float, inclusive: bool) -> Callable[[str], Any]:
     """An argparse type: a finite ``kind`` above ``minimum`` (or equal to it if ``inclusive``)."""
     bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"
+    noun = "an integer" if kind is int else "a finite number"
 
     def parse(text: str) -> Any:
         value = kind(text)
         if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
-            raise argparse.ArgumentTypeError(f"must be a finite number {bound}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be {noun} {bound}, got {text}")
         return value
 
     return parse
 
 
-_positive_int = _number(int, 1, inclusive=True)
-_positive_float = _number(float, 0, inclusive=False)
-_nonnegative_float = _number(float, 0, inclusive=True)
+positive_int = _number(int, 1, inclusive=True)
+"""argparse type: an integer >= 1."""
+nonnegative_int = _number(int, 0, inclusive=True)
+"""argparse type: an integer >= 0 (seeds)."""
+positive_float = _number(float, 0, inclusive=False)
+"""argparse type: a finite number > 0."""
+nonnegative_float = _number(float, 0, inclusive=True)
+"""argparse type: a finite number >= 0 (guidance scales, tolerances)."""

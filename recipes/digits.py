@@ -34,7 +34,10 @@ sampler), ``<out>/<sampler>/<id>.png`` (digit, seed, sampler, steps in PNG text 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +63,15 @@ from driffusion.eval.callbacks import (
     SerialDeviationCallback,
     outputs_by_id,
 )
-from driffusion.io import atomic_write, labelled_grid, markdown_table, save_png, write_json
+from driffusion.io import (
+    OutputFolderError,
+    RunFolder,
+    atomic_write,
+    labelled_grid,
+    markdown_table,
+    save_png,
+    write_json,
+)
 from driffusion.lightning import DiffusionSamplerModule, ProgressBar, Session, cli
 from driffusion.models.digits import NUM_CLASSES, DigitsModel, digits_dataset, load_digits
 
@@ -176,8 +187,18 @@ def calibration_for(
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    with Session.from_args(args, callbacks=[ProgressBar()]) as session:
-        run_job(args, session)
+    # an unusable --out fails now, not after sampling; one run at a time writes into it
+    folder = RunFolder(args.out) if _launching_rank() else contextlib.nullcontext()
+    try:
+        with folder, Session.from_args(args, callbacks=[ProgressBar()]) as session:
+            run_job(args, session)
+    except OutputFolderError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def _launching_rank() -> bool:
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
 def run_job(args: argparse.Namespace, session: Session) -> None:
@@ -284,7 +305,7 @@ def report(
                 "err_ref": res["scores"]["err_ref"],
                 "max_abs_dev": res["scores"]["max_abs_dev"],
                 "accuracy": res["scores"]["accuracy"],
-                "fid": res["scores"].get("frechet_inception_distance"),
+                "fid": res["scores"].get("frechet_inception_distance"),  # null: --no-fid
                 "setting": label,
             }
         )
@@ -319,6 +340,7 @@ def report(
         "reference": f"dpmpp_3m on {args.reference_points} log-uniform sigmas",
         "serial_spread": spread,
         "calibration": calibration.to_dict() if calibration is not None else None,
+        "nulls": "fid is null when skipped with --no-fid",
     }
     write_json(args.out / "report.json", payload)
 

@@ -23,6 +23,7 @@ the draft-group size), never on the devices: give ``--drafts`` to get the same i
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -50,7 +51,7 @@ from driffusion.core import (
     initial_noise,
     reference_solution,
 )
-from driffusion.io import labelled_grid, save_png, write_json
+from driffusion.io import RunFolder, labelled_grid, save_png, write_json
 from driffusion.lightning import Session, cli
 from driffusion.lightning.launch import under_fabric_cli
 from driffusion.lightning.pipeline import parallelize
@@ -175,7 +176,10 @@ def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
             f"error: `fabric run --precision {fabric_precision}` is not applied to a diffusers "
             "pipeline; choose the weight dtype with the recipe's --precision fp16|bf16|fp32"
         )
-    with Session.from_args(args) as session:  # each rank loads straight to its own device
+    # an unusable --out fails now, before any model is loaded; one run at a time writes into it
+    leader = os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+    folder = RunFolder(args.out) if leader else contextlib.nullcontext()
+    with folder, Session.from_args(args) as session:  # each rank loads to its own device
         pipe, size = load_family_pipeline(
             family,
             args.model,
@@ -351,9 +355,10 @@ def write_outputs(
 def run_recipe(family_name: str) -> None:
     """Entry point of a recipe script; a missing model exits with one clear message."""
     from driffusion.adapters.diffusers import ModelNotAvailableError
+    from driffusion.io import OutputFolderError
 
     try:
         main(family_name)
-    except ModelNotAvailableError as error:
+    except (ModelNotAvailableError, OutputFolderError) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None

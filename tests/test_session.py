@@ -257,3 +257,29 @@ def test_two_runs_started_together_both_succeed(tmp_path: Path) -> None:
     assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
     for name in ("a", "b"):
         assert torch.load(tmp_path / name / "x.pt").keys() == one_process_outputs().keys()
+
+
+def test_a_collective_error_never_names_the_failing_rank_itself() -> None:
+    from driffusion.adapters.distributed import CollectiveError, ParallelLayout, collective
+
+    def broken() -> None:
+        raise RuntimeError("connection reset")
+
+    for layout, peers in ((ParallelLayout(3, 1, 1), "[0, 2]"), (ParallelLayout(4, 2, 2), "[3]")):
+        with pytest.raises(CollectiveError, match=re.escape(f"peer rank(s) {peers}")):
+            collective(layout, "gather", broken)
+
+
+def test_unusable_output_folders_fail_before_anything_loads(tmp_path: Path) -> None:
+    from driffusion.io import OutputFolderError, RunFolder
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(OutputFolderError, match="is a file"), RunFolder(tmp_path / "file"):
+        pass
+    held = pytest.raises(OutputFolderError, match=f"pid {os.getpid()}")
+    with RunFolder(tmp_path / "out", {"steps": 4}), held:
+        RunFolder(tmp_path / "out", {"steps": 4}).__enter__()
+    assert not (tmp_path / "out" / ".lock").exists()  # released
+    (tmp_path / "out" / ".lock").write_text("999999999")  # a crashed run's lock: taken over
+    with RunFolder(tmp_path / "out", {"steps": 4}):
+        pass

@@ -186,9 +186,8 @@ def collective(layout: ParallelLayout, what: str, fn: Any, *args: Any, **kwargs:
     try:
         return fn(*args, **kwargs)
     except Exception as error:  # gloo/nccl raise RuntimeError or DistBackendError
-        peers = [r for r in layout.group_ranks if r != layout.global_rank] or list(
-            range(layout.world_size)
-        )
+        ranks = layout.group_ranks if layout.draft_devices > 1 else range(layout.world_size)
+        peers = [r for r in ranks if r != layout.global_rank]  # never itself
         raise CollectiveError(
             f"rank {layout.global_rank}: {what} failed (timeout {layout.timeout_s:g}s): peer "
             f"rank(s) {peers} died, hung or diverged. Cause: {type(error).__name__}: {error}"

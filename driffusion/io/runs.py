@@ -34,12 +34,17 @@ class RunFolder:
 
     Args:
         path: the output folder.
-        settings: what determines the outputs (JSON values), e.g. sampler labels, steps, seed.
+        settings: what determines the outputs (JSON values), e.g. sampler labels, steps, seed;
+            ``None`` for a run that rewrites its outputs (no resume): lock and writability only.
     """
 
-    def __init__(self, path: str | Path, settings: Mapping[str, Any]) -> None:
+    def __init__(self, path: str | Path, settings: Mapping[str, Any] | None = None) -> None:
         self.path = Path(path)
-        self.settings = strict(json.loads(json.dumps(dict(settings), default=str)))
+        self.settings = (
+            None
+            if settings is None
+            else strict(json.loads(json.dumps(dict(settings), default=str)))
+        )
         self._locked = False
 
     def __enter__(self) -> RunFolder:
@@ -95,6 +100,8 @@ class RunFolder:
             self._locked = False
 
     def _check_manifest(self) -> None:
+        if self.settings is None:
+            return
         manifest = self.path / MANIFEST
         if manifest.is_file():
             saved = json.loads(manifest.read_text())

@@ -66,6 +66,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--hps-checkpoint", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("outputs/eval"))
     parser.add_argument(
+        "--new-out",
+        action="store_true",
+        help="when --out holds other settings, write to --out-2, --out-3, ... instead of stopping",
+    )
+    parser.add_argument(
         "--max-images", type=cli.positive_int, default=None, help="stop after this many (test aid)"
     )
     cli.add_sampler_args(parser, default=("serial", "aggressive", "conservative", "srds"))
@@ -144,6 +149,8 @@ def main() -> None:
     ]
     writer = ImageWriter({item["id"]: item for item in items})
     # checked before any model is loaded: one run per folder, under one set of settings
+    if args.new_out:  # every rank picks the same folder: they read the same manifests
+        args.out = RunFolder.matching(args.out, settings(args)).path
     folder = RunFolder(args.out, settings(args)) if _launching_rank() else contextlib.nullcontext()
     try:
         with folder:

@@ -283,3 +283,17 @@ def test_unusable_output_folders_fail_before_anything_loads(tmp_path: Path) -> N
     (tmp_path / "out" / ".lock").write_text("999999999")  # a crashed run's lock: taken over
     with RunFolder(tmp_path / "out", {"steps": 4}):
         pass
+
+
+def test_new_out_picks_the_first_folder_of_the_same_settings(tmp_path: Path) -> None:
+    from driffusion.io import RunFolder
+
+    with RunFolder(tmp_path / "out", {"steps": 4}):
+        pass
+    assert RunFolder.matching(tmp_path / "out", {"steps": 4}).path == tmp_path / "out"
+    other = RunFolder.matching(tmp_path / "out", {"steps": 5})
+    assert other.path == tmp_path / "out-2"
+    with other:
+        pass
+    assert RunFolder.matching(tmp_path / "out", {"steps": 5}).path == tmp_path / "out-2"
+    assert RunFolder.matching(tmp_path / "out", {"steps": 6}).path == tmp_path / "out-3"

@@ -47,6 +47,20 @@ class RunFolder:
         )
         self._locked = False
 
+    @classmethod
+    def matching(cls, path: str | Path, settings: Mapping[str, Any]) -> RunFolder:
+        """``path``, or the first of ``path-2``, ``path-3``, ... that is new or was written under
+        the same settings (``--new-out``: keep both runs instead of refusing)."""
+        base = Path(path)
+        candidate, number = base, 1
+        while True:
+            folder = cls(candidate, settings)
+            manifest = candidate / MANIFEST
+            if not manifest.is_file() or json.loads(manifest.read_text()) == folder.settings:
+                return folder
+            number += 1
+            candidate = base.with_name(f"{base.name}-{number}")
+
     def __enter__(self) -> RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise OutputFolderError(f"--out {self.path} is a file, not a folder")

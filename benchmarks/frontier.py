@@ -52,6 +52,7 @@ from driffusion.core import (
     vp_timesteps,
 )
 from driffusion.io import format_cell, markdown_table, write_json
+from driffusion.lightning import cli
 from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
 
 if not __package__:  # run as `python benchmarks/frontier.py`: the repo root holds `benchmarks`
@@ -413,9 +414,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     parser.add_argument("--quick", action="store_true", help="fewer settings (smoke run)")
-    parser.add_argument("--tol", type=float, default=1e-2, help="Picard / ParaDiGMS tolerance")
-    parser.add_argument("--ref-points", type=int, default=500, help="reference grid points")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads in all")
+    parser.add_argument(
+        "--tol", type=cli.nonnegative_float, default=1e-2, help="Picard / ParaDiGMS tolerance"
+    )
+    parser.add_argument(
+        "--ref-points", type=cli.positive_int, default=500, help="reference grid points"
+    )
+    parser.add_argument("--threads", type=cli.positive_int, default=2, help="torch threads in all")
     parser.add_argument(
         "--workers", type=int, default=2, help="processes sharing the threads (1: none)"
     )

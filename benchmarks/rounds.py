@@ -33,6 +33,7 @@ from driffusion.core import (
     vp_timesteps,
 )
 from driffusion.io import markdown_table, write_json
+from driffusion.lightning import cli
 from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
 
 if not __package__:  # run as `python benchmarks/rounds.py`: the repo root holds `benchmarks`
@@ -117,7 +118,7 @@ def rows_for_schedule(
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")
-    parser.add_argument("--steps", type=int, nargs="+", default=[25, 50, 100])
+    parser.add_argument("--steps", type=cli.positive_int, nargs="+", default=[25, 50, 100])
     parser.add_argument(
         "--k", type=int, nargs="+", default=[2, 3, 4], help="drafts / blocks / windows"
     )
@@ -130,8 +131,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         default=1e-3,
         help="ParaDiGMS and Picard-DRiffusion tolerance (relative to sigma)",
     )
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch", type=cli.positive_int, default=4)
+    parser.add_argument("--seed", type=cli.nonnegative_int, default=0)
     args = parser.parse_args(argv)
     for value in [*args.steps, *args.k]:
         if value < 1:

@@ -39,6 +39,7 @@ from driffusion.core import (
     vp_timesteps,
 )
 from driffusion.io import markdown_table, write_json
+from driffusion.lightning import cli
 
 if not __package__:  # run as `python benchmarks/single_device.py`: the repo root holds it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--models", nargs="+", default=["sd21", "sdxl", "sd3"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(WEIGHT_DTYPES), default=None)
-    parser.add_argument("--drafts", type=int, nargs="+", default=[2, 4])
+    parser.add_argument("--drafts", type=cli.positive_int, nargs="+", default=[2, 4])
     parser.add_argument(
         "--steps",
         type=int,
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         help="a reduced grid of this many steps (default and most: 50; SD3: 28)",
     )
     parser.add_argument("--reduced", action="store_true", help="small widths: a CPU smoke test")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=cli.positive_int, default=2)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
     dtype = WEIGHT_DTYPES[args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]

@@ -45,7 +45,7 @@ from driffusion.core import (
     vp_timesteps,
 )
 from driffusion.io import markdown_table, write_json
-from driffusion.lightning import Session, add_session_args
+from driffusion.lightning import Session, add_session_args, cli
 from driffusion.testing.networks import ConvStackNetwork, conv_stack_depth
 
 if not __package__:  # run as `fabric run ... benchmarks/speedup.py`: the repo root holds it
@@ -69,15 +69,27 @@ def parse_args() -> argparse.Namespace:
     parser = add_session_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.set_defaults(timeout=600.0)  # the others wait while rank 0 times serial sampling
     parser.add_argument("--json", type=Path, help="write the rows as a JSON list here")
-    parser.add_argument("--eval-ms", type=float, default=100.0, help="cost of one evaluation")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--repeats", type=int, default=3, help="median of this many runs")
-    parser.add_argument("--srds-tol", type=float, default=1e-3, help="relative to sigma")
-    parser.add_argument("--paradigms-tol", type=float, default=1e-3, help="relative to sigma")
-    parser.add_argument("--window", type=int, default=None, help="ParaDiGMS window (default: g)")
-    parser.add_argument("--shape", type=int, nargs=3, default=[4, 32, 32])
+    parser.add_argument(
+        "--eval-ms", type=cli.positive_float, default=100.0, help="cost of one evaluation"
+    )
+    parser.add_argument("--steps", type=cli.positive_int, default=50)
+    parser.add_argument(
+        "--repeats", type=cli.positive_int, default=3, help="median of this many runs"
+    )
+    parser.add_argument(
+        "--srds-tol", type=cli.nonnegative_float, default=1e-3, help="relative to sigma"
+    )
+    parser.add_argument(
+        "--paradigms-tol", type=cli.nonnegative_float, default=1e-3, help="relative to sigma"
+    )
+    parser.add_argument(
+        "--window", type=cli.positive_int, default=None, help="ParaDiGMS window (default: g)"
+    )
+    parser.add_argument("--shape", type=cli.positive_int, nargs=3, default=[4, 32, 32])
     parser.add_argument("--model", choices=["synthetic", "digits"], default="synthetic")
-    parser.add_argument("--guidance", type=float, default=2.0, help="digits model only")
+    parser.add_argument(
+        "--guidance", type=cli.nonnegative_float, default=2.0, help="digits model only"
+    )
     args = parser.parse_args()
     if args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")

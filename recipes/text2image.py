@@ -39,6 +39,7 @@ from driffusion.adapters.diffusers import (
     Family,
     PipelineAdapter,
     adapt_pipeline,
+    image_size,
     load_pipeline,
 )
 from driffusion.adapters.schedulers import SUPPORTED_SCHEDULERS, schedule_from_scheduler
@@ -201,7 +202,10 @@ def generate(
     groups take every ``r``-th batch of prompts. An image depends on its prompt, seed, sampler
     (drafts included) and steps, never on the devices.
     """
-    height, width = args.height or size, args.width or size
+    try:  # a size the model cannot take is an argument error, before any sampling
+        height, width = image_size(pipe, args.height or size, args.width or size)
+    except ValueError as error:
+        raise SystemExit(f"error: --height/--width: {error}") from None
     calibration = None
     if args.rounds is not None:
         adapter = adapt_pipeline(

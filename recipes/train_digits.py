@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from driffusion.io import atomic_write
-from driffusion.lightning import Session, add_fabric_args
+from driffusion.lightning import Session, add_fabric_args, cli
 from driffusion.models.digits import (
     NULL_LABEL,
     REFERENCE,
@@ -43,14 +43,16 @@ from driffusion.models.digits import (
 def parse_args() -> argparse.Namespace:
     parser = add_fabric_args(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--out", type=Path, default=SHIPPED)
-    parser.add_argument("--steps", type=int, default=4000, help="UNet optimisation steps")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--ema", type=float, default=0.999)
-    parser.add_argument("--label-dropout", type=float, default=0.1)
-    parser.add_argument("--classifier-epochs", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--steps", type=cli.positive_int, default=4000, help="UNet optimisation steps"
+    )
+    parser.add_argument("--batch-size", type=cli.positive_int, default=64)
+    parser.add_argument("--lr", type=cli.positive_float, default=2e-3)
+    parser.add_argument("--ema", type=cli.nonnegative_float, default=0.999)
+    parser.add_argument("--label-dropout", type=cli.nonnegative_float, default=0.1)
+    parser.add_argument("--classifier-epochs", type=cli.positive_int, default=30)
+    parser.add_argument("--seed", type=cli.nonnegative_int, default=0)
+    parser.add_argument("--threads", type=cli.positive_int, default=2)
     parser.add_argument(
         "--write-reference",
         action="store_true",

@@ -324,6 +324,24 @@ def _variance_exploding(scheduler: Any) -> bool:
     return type(scheduler).__name__ in ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")
 
 
+def image_size(pipe: Any, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+    """``(height, width)`` in pixels: the model's default (``sample_size`` x VAE scale) where
+    ``None``; ``ValueError`` unless each is a positive multiple of what the model divides by."""
+    family = pipeline_family(pipe)
+    factor = pipe.vae_scale_factor
+    if family == "sd3":
+        default = pipe.default_sample_size * factor
+        multiple = factor * pipe.transformer.config.patch_size
+    else:
+        default = pipe.unet.config.sample_size * factor
+        multiple = factor
+    height, width = height or default, width or default
+    for name, value in (("height", height), ("width", width)):
+        if value < multiple or value % multiple:
+            raise ValueError(f"{name} must be a positive multiple of {multiple}, got {value}")
+    return height, width
+
+
 def adapt_pipeline(
     pipe: Any, steps: int, *, height: int | None = None, width: int | None = None, guidance: float
 ) -> PipelineAdapter:
@@ -331,20 +349,9 @@ def adapt_pipeline(
     pipeline."""
     family = pipeline_family(pipe)
     factor = pipe.vae_scale_factor
-    if family == "sd3":
-        denoiser: nn.Module = pipe.transformer
-        default = pipe.default_sample_size * factor
-        channels = pipe.transformer.config.in_channels
-        multiple = factor * pipe.transformer.config.patch_size
-    else:
-        denoiser = pipe.unet
-        default = pipe.unet.config.sample_size * factor
-        channels = pipe.unet.config.in_channels
-        multiple = factor
-    height, width = height or default, width or default
-    for name, value in (("height", height), ("width", width)):
-        if value < multiple or value % multiple:
-            raise ValueError(f"{name} must be a positive multiple of {multiple}, got {value}")
+    denoiser: nn.Module = pipe.transformer if family == "sd3" else pipe.unet
+    channels = int(denoiser.config.in_channels)  # type: ignore[union-attr,arg-type]
+    height, width = image_size(pipe, height, width)
     mu = None
     if family == "sd3" and pipe.scheduler.config.get("use_dynamic_shifting", False):
         from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (

@@ -3,6 +3,7 @@ produced the folder, so that a resume never mixes settings."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping
@@ -30,7 +31,8 @@ class RunFolder:
     created exclusively (a lock whose process is gone is taken over), and the manifest is
     compared with ``settings``: a folder written under other settings is refused with an error
     naming every difference and left as it was; a new folder gets the manifest. On exit the lock
-    is released.
+    is released, and a folder this run created is removed again if the run failed before
+    writing anything into it.
 
     Args:
         path: the output folder.
@@ -46,6 +48,7 @@ class RunFolder:
             else strict(json.loads(json.dumps(dict(settings), default=str)))
         )
         self._locked = False
+        self._created = False
 
     @classmethod
     def matching(cls, path: str | Path, settings: Mapping[str, Any]) -> RunFolder:
@@ -64,6 +67,7 @@ class RunFolder:
     def __enter__(self) -> RunFolder:
         if self.path.exists() and not self.path.is_dir():
             raise OutputFolderError(f"--out {self.path} is a file, not a folder")
+        self._created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -87,6 +91,11 @@ class RunFolder:
         traceback: TracebackType | None,
     ) -> None:
         self._unlock()
+        if exc is not None and self._created:  # a run that failed leaves no folder it made...
+            if {p.name for p in self.path.iterdir()} <= {MANIFEST}:  # ...and wrote nothing into
+                (self.path / MANIFEST).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    self.path.rmdir()
 
     def _lock(self) -> None:
         lock = self.path / LOCK

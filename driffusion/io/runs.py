@@ -91,11 +91,12 @@ class RunFolder:
         traceback: TracebackType | None,
     ) -> None:
         self._unlock()
-        if exc is not None and self._created:  # a run that failed leaves no folder it made...
-            if {p.name for p in self.path.iterdir()} <= {MANIFEST}:  # ...and wrote nothing into
-                (self.path / MANIFEST).unlink(missing_ok=True)
-                with contextlib.suppress(OSError):
-                    self.path.rmdir()
+        # a run that failed leaves no folder it made and wrote nothing into
+        untouched = self._created and {p.name for p in self.path.iterdir()} <= {MANIFEST}
+        if exc is not None and untouched:
+            (self.path / MANIFEST).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.path.rmdir()
 
     def _lock(self) -> None:
         lock = self.path / LOCK

@@ -209,7 +209,8 @@ def score_samplers(
 
 def write_metrics(out: Path, rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> None:
     """``metrics.json`` (rows + meta, strict JSON) and ``metrics.md`` (the side-by-side table)."""
-    write_json(out / "metrics.json", {**meta, "rows": rows})
+    nulls = "psnr and psnr_min are null where the images equal the serial ones (infinite PSNR)"
+    write_json(out / "metrics.json", {**meta, "rows": rows, "nulls": nulls})
     columns = [c for c in COLUMNS if any(c in row for row in rows)]
     table = markdown_table(rows, columns, digits=4) + "\n"
     atomic_write(out / "metrics.md", lambda p: p.write_text(table))

@@ -162,6 +162,7 @@ def _number(kind: type, minimum: float, inclusive: bool) -> Callable[[str], Any]
             raise argparse.ArgumentTypeError(f"must be {noun} {bound}, got {text}")
         return value
 
+    parse.__doc__ = f"argparse type: {noun} {bound}."
     return parse
 
 

@@ -9,6 +9,7 @@ order in which replicas produced them does not matter.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ def outputs_by_id(outputs: list[Any], images: bool = True) -> dict[Any, Tensor]:
     return found
 
 
-class EvaluationCallback(PredictCallback):
+class EvaluationCallback(PredictCallback, ABC):
     """Base: ``results = compute(outputs)`` on global rank 0 at the end of prediction."""
 
     def __init__(self) -> None:
@@ -41,9 +42,9 @@ class EvaluationCallback(PredictCallback):
         if loop.fabric.global_rank == 0:
             self.results = self.compute(outputs)
 
+    @abstractmethod
     def compute(self, outputs: list[Any]) -> dict[str, float]:
         """The metrics of the outputs (every item once)."""
-        raise NotImplementedError
 
 
 class FidelityCallback(EvaluationCallback):

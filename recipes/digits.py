@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,6 +72,7 @@ from driffusion.io import (
     write_json,
 )
 from driffusion.lightning import DiffusionSamplerModule, ProgressBar, Session, cli
+from driffusion.lightning.launch import launching_rank
 from driffusion.models.digits import NUM_CLASSES, DigitsModel, digits_dataset, load_digits
 
 KEYS = [
@@ -188,17 +188,13 @@ def calibration_for(
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # an unusable --out fails now, not after sampling; one run at a time writes into it
-    folder = RunFolder(args.out) if _launching_rank() else contextlib.nullcontext()
+    folder = RunFolder(args.out) if launching_rank() else contextlib.nullcontext()
     try:
         with folder, Session.from_args(args, callbacks=[ProgressBar()]) as session:
             run_job(args, session)
     except OutputFolderError as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-
-
-def _launching_rank() -> bool:
-    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
 def run_job(args: argparse.Namespace, session: Session) -> None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import time
 from pathlib import Path
@@ -41,6 +40,7 @@ from driffusion.eval.coco import (
 )
 from driffusion.io import OutputFolderError, RunFolder, readable_png
 from driffusion.lightning import DiffusionSamplerModule, ProgressBar, Session, cli
+from driffusion.lightning.launch import launching_rank
 
 
 def parse_args() -> argparse.Namespace:
@@ -151,10 +151,10 @@ def main() -> None:
     # checked before any model is loaded: one run per folder, under one set of settings
     if args.new_out:  # every rank picks the same folder: they read the same manifests
         args.out = RunFolder.matching(args.out, settings(args)).path
-    folder = RunFolder(args.out, settings(args)) if _launching_rank() else contextlib.nullcontext()
+    folder = RunFolder(args.out, settings(args)) if launching_rank() else contextlib.nullcontext()
     try:
         with folder:
-            if _launching_rank():
+            if launching_rank():
                 drop_unreadable_images(args.out)
             with Session.from_args(args, callbacks=[ProgressBar("eval"), writer]) as session:
                 evaluate(args, items, writer, session)
@@ -190,11 +190,6 @@ def drop_unreadable_images(out: Path) -> None:
             print(f"regenerating {png} (unreadable or without its record)", file=sys.stderr)
             png.unlink()
             sidecar.unlink(missing_ok=True)
-
-
-def _launching_rank() -> bool:
-    """The process that owns the folder: global rank 0 (before the session exists)."""
-    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
 def evaluate(

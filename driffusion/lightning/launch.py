@@ -29,6 +29,13 @@ def under_fabric_cli() -> bool:
     return os.environ.get("LT_CLI_USED") == "1"
 
 
+def launching_rank() -> bool:
+    """True on the process that will be global rank 0, before any process group exists (under
+    ``fabric run`` and in the children of a launch from code the launcher sets ``RANK`` /
+    ``LOCAL_RANK``): the one that owns the output folder."""
+    return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
+
+
 def launch_fabric(flags: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> Fabric:
     """A launched Fabric: joined from ``fabric run``'s environment, or built from ``flags``
     (``accelerator``, ``devices``, ``strategy``, ``num_nodes``, ``precision``) and launched.

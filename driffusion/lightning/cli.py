@@ -106,6 +106,7 @@ def add_sampler_args(
         default=None,
         help="ParaDiGMS / Picard-DRiffusion window (default: g)",
     )
+    group.add_argument("--cores", type=positive_int, default=None, help="CHORDS cores (default: g)")
     group.add_argument(
         "--blocks", type=positive_int, default=None, help="SRDS blocks (default: sqrt(N))"
     )
@@ -121,7 +122,8 @@ def add_sampler_args(
 
 
 def samplers_from_args(args: argparse.Namespace, devices: int) -> list[SamplerFn]:
-    """The samplers of ``--sampler``, with ``--drafts`` / ``--window`` defaulting to ``devices``
+    """The samplers of ``--sampler``, with ``--drafts`` / ``--window`` / ``--cores`` defaulting to
+    ``devices``
     (the draft-group size) and ``--solver``, ``--blocks``, ``--tol`` applied to built-in
     samplers that do not set them.
 
@@ -137,6 +139,7 @@ def sampler_defaults(args: argparse.Namespace, devices: int) -> dict[str, Any]:
     return {
         "drafts": args.drafts or devices,
         "window": args.window or devices,
+        "cores": args.cores or devices,
         "blocks": args.blocks,
         "tol": args.tol,
         "solver": args.solver,

@@ -7,6 +7,7 @@ import torch
 from driffusion.core import (
     SRDS,
     Aggressive,
+    Chords,
     Conservative,
     ParaDiGMS,
     Schedule,
@@ -33,6 +34,9 @@ SPECS = {
     "paradigms_exact": ParaDiGMS(window=5, tol=0.0),
     "paradigms_tol": ParaDiGMS(window=3, tol=1e-3),
     "serial_reduced": SerialReduced(rounds=7),
+    "chords_c4": Chords(cores=4),  # 0-5-10-15 on 20 steps: 3 or 4 rows a round, split
+    "chords_c3_dpmpp_2m": Chords(cores=3, index=2, solver="dpmpp_2m"),
+    "chords_residual": Chords(starts=(0, 2, 6, 12), stop="residual", tol=1e-2),
 }
 
 

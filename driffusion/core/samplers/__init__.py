@@ -2,6 +2,13 @@
 frozen sampler values (``Aggressive(drafts=4)``) called as ``sampler(model, x, schedule)``."""
 
 from driffusion.core.samplers.base import Callback, Sampler, SamplerFn, evaluate, payload
+from driffusion.core.samplers.chords import (
+    Chords,
+    chords_evaluations,
+    chords_rounds,
+    default_starts,
+    sample_chords,
+)
 from driffusion.core.samplers.driffusion import (
     Aggressive,
     Conservative,
@@ -35,6 +42,7 @@ __all__ = [
     "SRDS",
     "Aggressive",
     "Callback",
+    "Chords",
     "Conservative",
     "ParaDiGMS",
     "PicardDRiffusion",
@@ -44,14 +52,18 @@ __all__ = [
     "SerialReduced",
     "aggressive_rounds",
     "block_boundaries",
+    "chords_evaluations",
+    "chords_rounds",
     "conservative_rounds",
     "default_blocks",
+    "default_starts",
     "draft",
     "evaluate",
     "parse_sampler",
     "payload",
     "reduced_grid",
     "refine",
+    "sample_chords",
     "sample_driffusion",
     "sample_paradigms",
     "sample_picard_driffusion",

@@ -52,7 +52,8 @@ class Sampler:
 
     A built-in subclass declares its settings as dataclass fields named like the keywords of its
     pure ``function`` (which ``__call__`` calls with them) and gets them checked on construction
-    (``drafts``, ``window``, ``rounds``, ``blocks``, ``max_iters``: integers >= 1; ``tol``: finite
+    (``drafts``, ``window``, ``rounds``, ``blocks``, ``max_iters``, ``cores``, ``index``:
+    integers >= 1; ``tol``: finite
     >= 0; ``solver``, ``draft_rule``, ``order``, ``pipelined``, ``adaptive_tol``: known values).
     A sampler of your own may instead override ``__call__``. The ``repr`` is the label used in
     reports and grids: the class name with
@@ -64,11 +65,14 @@ class Sampler:
     Attributes:
         name: the registry name (``"aggressive"``); also the default output folder.
         parallel: ``False`` for samplers that evaluate one state per round (one device's work).
+        implied_by: settings another one fixes (``{"cores": "starts"}``): a default from the
+            command line is not applied to them when the other is given.
     """
 
     name: ClassVar[str] = ""
     parallel: ClassVar[bool] = True
     function: ClassVar[Callable[..., SampleResult] | None] = None
+    implied_by: ClassVar[dict[str, str]] = {}
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -118,7 +122,7 @@ def _check_setting(name: str, value: object) -> None:
     """Check a built-in sampler setting by its name (``ValueError`` naming it)."""
     if value is None and name not in ("order", "pipelined", "tol"):
         return
-    if name in ("drafts", "window", "rounds", "blocks", "max_iters"):
+    if name in ("drafts", "window", "rounds", "blocks", "max_iters", "cores", "index"):
         check_positive_int(value, name)
     elif name == "tol":
         check_tolerance(value)

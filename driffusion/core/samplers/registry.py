@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from driffusion.core.samplers.base import Sampler, SamplerFn
+from driffusion.core.samplers.chords import Chords
 from driffusion.core.samplers.driffusion import Aggressive, Conservative
 from driffusion.core.samplers.paradigms import ParaDiGMS, SerialReduced
 from driffusion.core.samplers.picard_driffusion import PicardDRiffusion
@@ -31,7 +32,16 @@ from driffusion.core.samplers.srds import SRDS
 
 SAMPLERS: dict[str, type[Sampler]] = {
     cls.name: cls
-    for cls in (Serial, Aggressive, Conservative, SRDS, ParaDiGMS, PicardDRiffusion, SerialReduced)
+    for cls in (
+        Serial,
+        Aggressive,
+        Conservative,
+        SRDS,
+        ParaDiGMS,
+        PicardDRiffusion,
+        SerialReduced,
+        Chords,
+    )
 }
 """The built-in samplers by name."""
 
@@ -45,7 +55,9 @@ def parse_sampler(text: str, defaults: Mapping[str, Any] | None = None) -> Sampl
         text: a built-in name or label with optional settings, or an import path.
         defaults: settings applied to a built-in sampler for each of its fields that ``text``
             does not set (e.g. ``{"drafts": 4, "window": 4, "solver": "dpmpp_2m"}`` from the
-            command line); a field the sampler does not have is ignored. Not applied to samplers
+            command line); a field the sampler does not have is ignored, and so is one the
+            settings given imply (``Sampler.implied_by``: CHORDS' ``starts`` fix its ``cores``).
+            Not applied to samplers
             loaded by import path: they are what their author wrote.
 
     Returns:
@@ -70,7 +82,12 @@ def parse_sampler(text: str, defaults: Mapping[str, Any] | None = None) -> Sampl
     unknown = sorted(set(settings) - names)
     if unknown:
         raise ValueError(f"{cls.__name__} has no setting(s) {unknown}; it has {sorted(names)}")
-    merged = {k: v for k, v in (defaults or {}).items() if k in names and k not in settings}
+    implied = {k for k, by in cls.implied_by.items() if by in settings}
+    merged = {
+        k: v
+        for k, v in (defaults or {}).items()
+        if k in names and k not in settings and k not in implied
+    }
     return cls(**merged, **settings)
 
 

@@ -72,7 +72,7 @@ from driffusion.io import (
     write_json,
 )
 from driffusion.lightning import DiffusionSamplerModule, ProgressBar, Session, cli
-from driffusion.lightning.launch import launching_rank
+from driffusion.lightning.launch import owns_output_folder
 from driffusion.models.digits import NUM_CLASSES, DigitsModel, digits_dataset, load_digits
 
 KEYS = [
@@ -188,7 +188,7 @@ def calibration_for(
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # an unusable --out fails now, not after sampling; one run at a time writes into it
-    folder = RunFolder(args.out) if launching_rank() else contextlib.nullcontext()
+    folder = RunFolder(args.out) if owns_output_folder() else contextlib.nullcontext()
     try:
         with folder, Session.from_args(args, callbacks=[ProgressBar()]) as session:
             run_job(args, session)

@@ -40,7 +40,7 @@ from driffusion.eval.coco import (
 )
 from driffusion.io import OutputFolderError, RunFolder, readable_png
 from driffusion.lightning import DiffusionSamplerModule, ProgressBar, Session, cli
-from driffusion.lightning.launch import launching_rank
+from driffusion.lightning.launch import launching_rank, owns_output_folder
 
 
 def parse_args() -> argparse.Namespace:
@@ -151,7 +151,9 @@ def main() -> None:
     # checked before any model is loaded: one run per folder, under one set of settings
     if args.new_out:  # every rank picks the same folder: they read the same manifests
         args.out = RunFolder.matching(args.out, settings(args)).path
-    folder = RunFolder(args.out, settings(args)) if launching_rank() else contextlib.nullcontext()
+    folder = (
+        RunFolder(args.out, settings(args)) if owns_output_folder() else contextlib.nullcontext()
+    )
     try:
         with folder:
             if launching_rank():

@@ -54,7 +54,7 @@ from driffusion.core import (
 )
 from driffusion.io import RunFolder, labelled_grid, save_png, write_json
 from driffusion.lightning import Session, cli
-from driffusion.lightning.launch import launching_rank, under_fabric_cli
+from driffusion.lightning.launch import owns_output_folder, under_fabric_cli
 from driffusion.lightning.pipeline import parallelize
 
 
@@ -178,7 +178,7 @@ def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
             "pipeline; choose the weight dtype with the recipe's --precision fp16|bf16|fp32"
         )
     # an unusable --out fails now, before any model is loaded; one run at a time writes into it
-    folder = RunFolder(args.out) if launching_rank() else contextlib.nullcontext()
+    folder = RunFolder(args.out) if owns_output_folder() else contextlib.nullcontext()
     with folder, Session.from_args(args) as session:  # each rank loads to its own device
         pipe, size = load_family_pipeline(
             family,

@@ -36,6 +36,21 @@ def launching_rank() -> bool:
     return os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) == "0"
 
 
+def started_by_launcher() -> bool:
+    """True on a rank that ``fabric run`` or a launch from code started (not the launcher)."""
+    return under_fabric_cli() or os.environ.get("LOCAL_RANK", "0") != "0"
+
+
+def owns_output_folder() -> bool:
+    """Whether this process is the one that creates the run's output folder (the
+    [`launching_rank`][driffusion.lightning.launch.launching_rank]), after tying a launched rank's
+    life to its launcher ([`die_with_parent`][driffusion.lightning.launch.die_with_parent]): a
+    rank whose launcher was killed while it was still starting must not create a folder first."""
+    if started_by_launcher():
+        die_with_parent()
+    return launching_rank()
+
+
 def launch_fabric(flags: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> Fabric:
     """A launched Fabric: joined from ``fabric run``'s environment, or built from ``flags``
     (``accelerator``, ``devices``, ``strategy``, ``num_nodes``, ``precision``) and launched.
@@ -43,7 +58,7 @@ def launch_fabric(flags: Mapping[str, Any], callbacks: Sequence[Any] = ()) -> Fa
     ``callbacks`` are plain objects with ``on_predict_*`` hooks, dispatched with ``fabric.call``.
     """
     values = {k: v for k, v in flags.items() if k in FABRIC_FLAGS}
-    if under_fabric_cli() or os.environ.get("LOCAL_RANK", "0") != "0":
+    if started_by_launcher():
         die_with_parent()  # a rank started by a launcher never outlives it
     if under_fabric_cli():
         ignored = [f for f, v in values.items() if v not in (None, "auto", "1", 1)]

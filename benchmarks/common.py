@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import torch
 
-from driffusion.core import relative_error, sampler_name
+from driffusion.core import default_starts, relative_error, sampler_name
 
 T = TypeVar("T")
 Timer = Callable[[Callable[[], T]], tuple[float, T]]
@@ -81,3 +81,12 @@ def row_name(sampler: object) -> str:
     ``srds_pipelined`` for pipelined SRDS (a different latency from plain SRDS)."""
     name = sampler_name(sampler)
     return f"{name}_pipelined" if getattr(sampler, "pipelined", False) else name
+
+
+def chords_fits(cores: int, steps: int) -> bool:
+    """Whether CHORDS' default start list of ``cores`` cores exists on a ``steps``-step grid."""
+    try:
+        default_starts(cores, steps)
+    except ValueError:
+        return False
+    return True

@@ -1,6 +1,7 @@
 """The frontier: error to the exact solution against serial rounds (latency), for every solver's
-serial curve and the parallel samplers over DDIM and DPM-Solver++(2M), on the exact Gaussian-mixture
-oracle and on the embedded digits network.
+serial curve, the parallel samplers over DDIM and DPM-Solver++(2M) and CHORDS (2, 4 and 8 cores,
+also over DPM-Solver++(3M)), on the exact Gaussian-mixture oracle and on the embedded digits
+network.
 
     python benchmarks/frontier.py --json outputs/frontier.json --plot outputs/frontier.png
     python benchmarks/frontier.py --models oracle --quick --json f.json --plot f.png  # smoke
@@ -16,8 +17,9 @@ and both differences are recorded (they must be far below the errors compared).
 a user's scheduler does. ``err_ref = ||x - x_ref|| / ||x_ref||``; ``rel_dev`` is the distance to
 the N-step serial sample of the same solver (today's deviation). Rows carry ``model, sampler,
 solver, steps, k, rounds, evaluations, err_ref, rel_dev`` (and ``setting``, ``draft_rule``,
-``tol``); the JSON also holds the reference checks and, per round budget, the best serial and the
-best parallel row (the honest comparison: what would the same latency buy serially?).
+``tol``, ``index``; ``k`` is CHORDS' cores); the JSON also holds the reference checks and, per
+round budget, the best serial and the best parallel row (the honest comparison: what would the
+same latency buy serially?).
 """
 
 from __future__ import annotations
@@ -65,6 +67,9 @@ PARALLEL_SOLVERS = ("ddim", "dpmpp_2m")
 PARALLEL_STEPS = (25, 50, 100, 200)
 DRAFTS = (2, 4, 8)
 BUDGETS = (8, 14, 26)
+CORES = (2, 4, 8)
+# CHORDS over the first-order step (as in the paper) and its best supported multistep solvers
+CHORDS_SOLVERS = ("ddim", "dpmpp_2m", "dpmpp_3m")
 # Beyond the required grid: the other multistep solvers under aggressive drafting, and the
 # configurations whose rounds equal a small budget exactly (N = 1 + (R - 1) k).
 EXTRA_SOLVERS = ("unipc", "plms")
@@ -143,6 +148,11 @@ def configurations(quick: bool) -> list[tuple[str, str, int, int, dict[str, Any]
                 out.append(("conservative", solver, n, k, {}))
                 out.append(("picard_driffusion", solver, n, k, {}))
                 out.append(("paradigms", solver, n, k, {}))
+    for solver in CHORDS_SOLVERS:  # CHORDS: k cores at the default start lists, index 1 and 2
+        for n in steps:
+            for k in (2, 4) if quick else CORES:
+                for index in (1, 2):
+                    out.append(("chords", solver, n, k, {"index": index}))
     if quick:
         return out
     for solver in EXTRA_SOLVERS:  # the other multistep solvers under aggressive drafting
@@ -170,8 +180,10 @@ def trailing_grid_exists(steps: int) -> bool:
 
 def build_sampler(sampler: str, solver: str, k: int, tol: float, options: dict) -> SamplerFn:
     """The sampler value of one configuration (``k``: drafts, or the Picard / ParaDiGMS window;
-    a setting the sampler does not have is not applied)."""
-    settings = {"drafts": k, "window": k, "tol": tol, "solver": solver, **options}
+    CHORDS' cores; a setting the sampler does not have is not applied)."""
+    settings = {"drafts": k, "window": k, "cores": k, "tol": tol, "solver": solver, **options}
+    if sampler == "chords":
+        del settings["tol"]  # it stops by core index
     return parse_sampler(sampler, settings)
 
 
@@ -185,19 +197,19 @@ def run_one(
 
 
 Task = tuple[str, str, int, int, dict[str, Any]]
-_WORKER: dict[str, Any] = {}
+WORKER: dict[str, Any] = {}
 
 
-def _init_worker(name: str, quick: bool, tol: float, x_ref: torch.Tensor, threads: int) -> None:
+def init_worker(name: str, quick: bool, tol: float, x_ref: torch.Tensor, threads: int) -> None:
     """A worker process: its own copy of the problem, one share of the cores."""
     torch.set_num_threads(threads)
-    _WORKER.update(problem=PROBLEMS[name](quick), tol=tol, x_ref=x_ref)
+    WORKER.update(problem=PROBLEMS[name](quick), tol=tol, x_ref=x_ref)
 
 
 def _run_task(task: Task, serial_x: torch.Tensor | None) -> tuple[dict[str, Any], torch.Tensor]:
     """One row: run the configuration, measure it against the reference and its serial run."""
     sampler, solver, steps, k, options = task
-    problem, tol, x_ref = _WORKER["problem"], _WORKER["tol"], _WORKER["x_ref"]
+    problem, tol, x_ref = WORKER["problem"], WORKER["tol"], WORKER["x_ref"]
     with torch.inference_mode():
         result = run_one(problem, sampler, solver, steps, k, tol, options)
     rule = options.get("draft_rule", "skip")
@@ -213,6 +225,7 @@ def _run_task(task: Task, serial_x: torch.Tensor | None) -> tuple[dict[str, Any]
         "rel_dev": 0.0 if serial_x is None else relative_error(result.x, serial_x),
         "draft_rule": rule if sampler in ("aggressive", "conservative") else None,
         "tol": tol if sampler in ("picard_driffusion", "paradigms") else None,
+        "index": options.get("index") if sampler == "chords" else None,
         "setting": label(sampler, solver, steps, k, options, tol),
     }
     return row, result.x
@@ -262,11 +275,11 @@ def run_model(
         pool = ProcessPoolExecutor(
             workers,
             mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_worker,
+            initializer=init_worker,
             initargs=(name, quick, tol, x_ref, max(1, threads // workers)),
         )
     else:
-        _init_worker(name, quick, tol, x_ref, threads)
+        init_worker(name, quick, tol, x_ref, threads)
     try:
         first = _map(pool, curves + baselines, [None] * (len(curves) + len(baselines)))
         serial_x = {(t[1], t[2]): x for t, (_, x) in zip(curves + baselines, first, strict=True)}
@@ -287,6 +300,8 @@ def run_model(
 def label(sampler: str, solver: str, steps: int, k: int, options: dict, tol: float) -> str:
     if sampler == "serial":
         return f"serial {solver}, {steps} steps"
+    if sampler == "chords":
+        return f"chords over {solver}, N={steps}, {k} cores, index {options['index']}"
     extra = f", drafts by {options['draft_rule']}" if "draft_rule" in options else ""
     extra += f", tol {tol:g}" if sampler in ("picard_driffusion", "paradigms") else ""
     return f"{sampler} over {solver}, N={steps}, k={k}{extra}"
@@ -328,7 +343,13 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-MARKERS = {"aggressive": "o", "conservative": "s", "picard_driffusion": "^", "paradigms": "v"}
+MARKERS = {
+    "aggressive": "o",
+    "conservative": "s",
+    "picard_driffusion": "^",
+    "paradigms": "v",
+    "chords": "D",
+}
 COLORS = {
     "ddim": "tab:blue",
     "dpmpp_2m": "tab:orange",

@@ -1,7 +1,8 @@
-"""Write ``docs/results.md`` from the benchmark JSON committed under ``docs/results/``.
+"""Write ``docs/results.md`` and ``docs/comparison.md`` from the benchmark JSON committed under
+``docs/results/``.
 
-    python benchmarks/results_page.py           # rewrite docs/results.md
-    python benchmarks/results_page.py --check   # exit 1 when docs/results.md is out of date
+    python benchmarks/results_page.py           # rewrite both pages
+    python benchmarks/results_page.py --check   # exit 1 when a page is out of date
 
 Every number on the page comes from those files; the page only adds how each was measured (the
 command, the machine). To refresh a table, rerun its command (below, and on the page), then this
@@ -25,6 +26,7 @@ from driffusion.io import format_cell, markdown_table
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 PAGE = ROOT / "docs" / "results.md"
+COMPARISON = ROOT / "docs" / "comparison.md"
 
 MACHINE = (
     "a virtual machine with 2 AMD EPYC CPU cores, 23 GiB of memory and no GPU; torch 2.14.1 "
@@ -114,10 +116,11 @@ def frontier_section(results: dict[str, dict[str, Any]]) -> str:
         f"({names('serial')} at {min(serial_steps)}-{max(serial_steps)} steps) against the best "
         "parallel one (aggressive and conservative DRiffusion, Picard DRiffusion and ParaDiGMS "
         f"at `tol` {', '.join(format(t, 'g') for t in tols)}, over {names('aggressive')}, with "
-        "N steps and k drafts or window). `ratio` = best parallel / best serial error (below 1: "
-        "parallel wins); `parallel wins` counts the parallel configurations within the budget "
-        "that beat the best serial one, `worst parallel` is the one furthest from the solution. "
-        "Every row is in the JSON."
+        "N steps and k drafts or window; CHORDS with k cores at the default start lists, "
+        f"`index` 1 and 2, over {names('chords')}). `ratio` = best parallel / best serial error "
+        "(below 1: parallel wins); `parallel wins` counts the parallel configurations within the "
+        "budget that beat the best serial one, `worst parallel` is the one furthest from the "
+        "solution. Every row is in the JSON."
     ]
     for model, result in results.items():
         rows, checks = result["rows"], result["reference"]
@@ -212,20 +215,171 @@ def render(results: Path = RESULTS) -> str:
     return "\n\n".join(parts) + "\n"
 
 
+COMPARISON_COMMAND = (
+    "OMP_NUM_THREADS=1 python benchmarks/compare.py --json docs/results/compare.json"
+)
+PARALLEL = ("aggressive", "conservative", "picard_driffusion", "paradigms", "srds", "chords")
+FAMILY_NAMES = {
+    "serial": "serial, 1 device (best of dpmpp_2m, unipc)",
+    "aggressive": "DRiffusion aggressive (dpmpp_2m)",
+    "conservative": "DRiffusion conservative (dpmpp_2m)",
+    "picard_driffusion": "Picard-DRiffusion (dpmpp_2m)",
+    "paradigms": "ParaDiGMS (dpmpp_2m)",
+    "srds": "SRDS pipelined (dpmpp_2m)",
+    "chords": "CHORDS (ddim or dpmpp_2m)",
+}
+
+
+def _cell(best: dict[str, Any] | None) -> str:
+    """``err_ref (evaluations, N)`` of a family's best row within a budget, or a dash."""
+    if best is None:
+        return "-"
+    return f"{format_cell(best['err_ref'])} ({best['evaluations']} ev, N={best['steps']})"
+
+
+def _within(budgets: list[int]) -> str:
+    """``"within 8, 12 and 17 rounds"``, or ``"at no budget"``."""
+    if not budgets:
+        return "at no budget"
+    head = ", ".join(str(b) for b in budgets[:-1])
+    return f"within {head + ' and ' if head else ''}{budgets[-1]} rounds"
+
+
+def comparison_verdicts(results: dict[str, Any]) -> list[str]:
+    """One plain line per model and device count: the budgets where CHORDS is the best parallel
+    sampler, by how much the best one beats it elsewhere, and where it beats its own paper's
+    baselines (SRDS, ParaDiGMS) and serial sampling on one device."""
+    lines = []
+    for model, result in results.items():
+        best = result["best"]
+        for d in sorted({e["devices"] for e in best}):
+            wins: list[int] = []
+            over_baselines: list[int] = []
+            over_serial: list[int] = []
+            behind: list[str] = []
+            for budget in sorted({e["budget"] for e in best if e["devices"] == d}):
+                cell = {
+                    e["family"]: e["best"]
+                    for e in best
+                    if (e["devices"], e["budget"]) == (d, budget)
+                }
+                chords = cell.get("chords")
+                rivals = {f: cell[f] for f in PARALLEL if f != "chords" and cell.get(f)}
+                if chords is None or not rivals:
+                    continue
+                leader = min(rivals, key=lambda f: rivals[f]["err_ref"])
+                ratio = chords["err_ref"] / rivals[leader]["err_ref"]
+                if ratio < 1:
+                    wins.append(budget)
+                else:
+                    name = FAMILY_NAMES[leader].split(" (")[0]
+                    behind.append(f"{format_cell(ratio)}x by {name} within {budget}")
+                baselines = [cell[f]["err_ref"] for f in ("srds", "paradigms") if cell.get(f)]
+                if baselines and chords["err_ref"] < min(baselines):
+                    over_baselines.append(budget)
+                if cell.get("serial") and chords["err_ref"] < cell["serial"]["err_ref"]:
+                    over_serial.append(budget)
+            won = (
+                f"the best parallel sampler {_within(wins)}"
+                if wins
+                else "never the best parallel sampler"
+            )
+            lost = f" (beaten {'; '.join(behind)})" if behind else ""
+            lines.append(
+                f"- **{model}, {d} devices:** CHORDS is {won}{lost}. It beats both SRDS and "
+                f"ParaDiGMS {_within(over_baselines)}, and serial sampling on one device "
+                f"{_within(over_serial)}."
+            )
+    return lines
+
+
+def comparison_section(results: dict[str, Any]) -> str:
+    """Per model and device count: the best error within each latency budget, by family, then
+    every configuration at N = 50."""
+    parts = []
+    for model, result in results.items():
+        checks = result["reference"]
+        parts.append(
+            f"## {model}\n\n{len(result['rows'])} configurations in "
+            f"{duration(result['wall_s'])}; reference {checks['solver']} on {checks['points']} "
+            f"points, within {format_cell(checks['diff_unipc3_same_grid'])} of UniPC-3. "
+            f"Convergent samplers at `tol` {format(result['tol'], 'g')}."
+        )
+        best = result["best"]
+        for d in sorted({e["devices"] for e in best}):
+            budgets = sorted({e["budget"] for e in best if e["devices"] == d})
+            table = []
+            for family in FAMILY_NAMES:
+                row: dict[str, Any] = {"sampler": FAMILY_NAMES[family]}
+                for budget in budgets:
+                    entry = next(
+                        e
+                        for e in best
+                        if (e["devices"], e["budget"], e["family"]) == (d, budget, family)
+                    )
+                    row[f"<= {budget} rounds"] = _cell(entry["best"])
+                table.append(row)
+            columns = ["sampler", *(f"<= {b} rounds" for b in budgets)]
+            at_50 = [r for r in result["rows"] if r["devices"] == d and r["steps"] == 50]
+            parts.append(
+                f"### {d} devices\n\nBest `err_ref` within the latency budget (evaluations, "
+                f"grid size N):\n\n{markdown_table(table, columns)}\n\n"
+                f"Every {d}-device configuration at N = 50 (`latency` = network calls one after "
+                f"another on {d} devices):\n\n"
+                + markdown_table(at_50, ["setting", "rounds", "latency", "evaluations", "err_ref"])
+            )
+    return "\n\n".join(parts)
+
+
+def render_comparison(results: Path = RESULTS) -> str:
+    """The comparison page, from ``compare.json``."""
+    data = json.loads((results / "compare.json").read_text())
+    parts = [
+        "# DRiffusion, CHORDS and the other parallel samplers",
+        "<!-- Generated by `python benchmarks/results_page.py` from docs/results/compare.json: "
+        "do not edit by hand. -->",
+        "What a user with `D` devices and a latency budget gets from each parallel sampler: at "
+        "equal devices (2, 4, 8 rows a round) and within an equal budget of serial rounds, the "
+        "error to a reference solve of the sampling ODE (`err_ref`, the "
+        "[frontier](results.md#the-frontier-against-the-exact-solution)'s measure) and the "
+        "evaluations spent. Each sampler runs on a sweep of grid sizes N; a budget keeps each "
+        "family's configuration closest to the solution whose latency "
+        "(`sum_r ceil(width_r / D)`) fits. DRiffusion runs over `dpmpp_2m`; CHORDS uses the "
+        "default start lists ([`default_starts`](api/core.md#driffusion.core.samplers.chords."
+        "default_starts): `0-25`, `0-12-24-36` and the official `0-2-4-8-16-24-32-40` at "
+        "N = 50) with `index` 1 to 3 (below `D`), and evenly spaced lists whose fastest core "
+        "gets two or three rectification windows (`0-10-20-30`, `0-8-16-24` at N = 50), over "
+        "`ddim` or `dpmpp_2m`; SRDS has `D` "
+        "blocks, pipelined, with one, two or all Parareal iterations; ParaDiGMS a window of `D` "
+        "or `2D`.",
+        f"[`docs/results/compare.json`](results/compare.json), written by\n\n"
+        f"```bash\n{COMPARISON_COMMAND}\n```\n\non {MACHINE}",
+        "## Where CHORDS wins",
+        "\n".join(comparison_verdicts(data)),
+        comparison_section(data),
+    ]
+    return "\n\n".join(parts) + "\n"
+
+
+PAGES: dict[Path, Callable[[], str]] = {PAGE: render, COMPARISON: render_comparison}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--check", action="store_true", help="only compare; exit 1 on a change")
     args = parser.parse_args(argv)
-    text = render()
-    if args.check:
-        current = PAGE.read_text() if PAGE.exists() else ""
-        if current != text:
-            print(f"{PAGE} is out of date: run python benchmarks/results_page.py")
-            return 1
-        return 0
-    PAGE.write_text(text)
-    print(f"wrote {PAGE}")
-    return 0
+    stale = 0
+    for page, make in PAGES.items():
+        text = make()
+        if args.check:
+            current = page.read_text() if page.exists() else ""
+            if current != text:
+                print(f"{page} is out of date: run python benchmarks/results_page.py")
+                stale = 1
+            continue
+        page.write_text(text)
+        print(f"wrote {page}")
+    return stale
 
 
 if __name__ == "__main__":

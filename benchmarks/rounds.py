@@ -20,6 +20,7 @@ import torch
 from driffusion.core import (
     SRDS,
     Aggressive,
+    Chords,
     Conservative,
     ParaDiGMS,
     PicardDRiffusion,
@@ -38,7 +39,7 @@ from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
 
 if not __package__:  # run as `python benchmarks/rounds.py`: the repo root holds `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import deviation, row_name
+from benchmarks.common import chords_fits, deviation, row_name
 
 KEYS = [
     "sampler",
@@ -57,8 +58,9 @@ def samplers(
     steps: int, ks: list[int], srds_tol: float, paradigms_tol: float
 ) -> list[tuple[int, SamplerFn]]:
     """``(k, sampler)`` for every row of a ``steps``-step grid: ``k`` is the drafts, the SRDS
-    blocks, the ParaDiGMS / Picard window, or for ``serial_reduced`` the drafts of the aggressive
-    sampler whose latency it matches."""
+    blocks, the ParaDiGMS / Picard window, CHORDS' cores (default start lists, the fastest and
+    the second core), or for ``serial_reduced`` the drafts of the aggressive sampler whose latency
+    it matches."""
     blocks = sorted({*ks, default_blocks(steps)})
     windows = sorted({*ks, 8, 16})
     out: list[tuple[int, SamplerFn]] = [(1, Serial())]
@@ -69,6 +71,8 @@ def samplers(
     out += [(w, ParaDiGMS(window=w, tol=paradigms_tol)) for w in windows]
     out += [(k, PicardDRiffusion(window=k, tol=paradigms_tol)) for k in ks]
     out += [(k, SerialReduced(rounds=Aggressive(drafts=k).rounds(steps))) for k in ks]
+    cores = [c for c in sorted({*ks, 8}) if chords_fits(c, steps)]
+    out += [(c, Chords(cores=c, index=m)) for c in cores for m in (1, 2) if m < c]
     return out
 
 

@@ -30,6 +30,7 @@ from driffusion.core import (
     SRDS,
     Aggressive,
     BatchedExecutor,
+    Chords,
     Conservative,
     Model,
     ParaDiGMS,
@@ -164,6 +165,7 @@ def measure(args: argparse.Namespace, session: Session) -> tuple[list[dict[str, 
         SRDS(tol=args.srds_tol),
         SRDS(tol=args.srds_tol, pipelined=True),
         ParaDiGMS(window=args.window or g, tol=args.paradigms_tol),
+        Chords(cores=g),
     ]
     for sampler in samplers:
         run(sampler, distributed)  # warm-up (and identical on every rank)

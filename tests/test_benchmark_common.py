@@ -50,7 +50,27 @@ def test_results_page_is_generated_from_the_committed_json() -> None:
     """docs/results.md is exactly what the generator makes of docs/results/*.json: rerun
     `python benchmarks/results_page.py` after refreshing a benchmark's JSON."""
     assert results_page.PAGE.read_text() == results_page.render()
+    assert results_page.COMPARISON.read_text() == results_page.render_comparison()
     assert results_page.main(["--check"]) == 0
+
+
+def test_the_comparison_holds_chords_at_the_official_list() -> None:
+    """compare.json: 8 CHORDS cores at N = 50 return the fastest core after 17 rounds with 108
+    evaluations (the official list); every budget's best row fits it."""
+    compare = json.loads((results_page.RESULTS / "compare.json").read_text())
+    for model in ("oracle", "digits"):
+        rows = compare[model]["rows"]
+        official = [
+            r
+            for r in rows
+            if r["family"] == "chords"
+            and (r["devices"], r["steps"]) == (8, 50)
+            and "index" not in r["setting"]
+            and "starts" not in r["setting"]
+        ]
+        assert {(r["rounds"], r["evaluations"]) for r in official} == {(17, 108)}
+        for entry in compare[model]["best"]:
+            assert entry["best"] is None or entry["best"]["latency"] <= entry["budget"]
 
 
 def test_committed_results_are_strict_json_with_the_documented_rows() -> None:

@@ -167,15 +167,19 @@ def test_main_job_on_two_processes(tmp_path: Path) -> None:
     cmd = fabric_run(2)
     cmd += [str(ROOT / "recipes" / "digits.py"), "--steps", "8", "--n-per-class", "1"]
     cmd += ["--sampler", "serial", "--sampler", "aggressive", "--sampler", "conservative"]
-    cmd += ["--no-fid", "--out", str(tmp_path)]
+    cmd += ["--sampler", "chords(starts=(0, 2))", "--no-fid", "--out", str(tmp_path)]
     cmd += ["--reference-points", "60"]
     result = run_script(cmd, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
-    samplers = ["serial", "aggressive", "serial@5", "conservative", "serial@6"]
+    samplers = ["serial", "aggressive", "serial@5", "conservative", "serial@6", "chords"]
+    samplers.append("serial@7")
     rows = check_outputs(tmp_path, samplers, 8, devices=2)
     assert rows[1]["rounds"] == 1 + 4  # 1 + ceil(7 / 2)
     assert rows[3]["rounds"] == 2 * (8 // 3) + min(8 % 3, 2)
     assert rows[1]["max_abs_dev"] > 0
+    # CHORDS: one core per process (the start list sets the cores), 8 - 2 + 1 rounds
+    assert rows[5]["setting"] == "Chords(starts=(0, 2), solver='dpmpp_2m')"
+    assert rows[5]["rounds"] == 7 and rows[5]["max_abs_dev"] > 0
 
 
 def test_a_user_sampler_file_runs_through_the_main_job_on_two_processes(tmp_path: Path) -> None:

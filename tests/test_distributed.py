@@ -201,6 +201,7 @@ def test_speedup_benchmark_runs_under_fabric(tmp_path: Path) -> None:
         "srds",
         "srds_pipelined",
         "paradigms",
+        "chords",
     ]
     for row in rows:
         assert keys <= row.keys()
@@ -211,3 +212,5 @@ def test_speedup_benchmark_runs_under_fabric(tmp_path: Path) -> None:
     aggressive = rows[2]
     assert (aggressive["devices"], aggressive["rounds"]) == (2, 1 + 3)  # 1 + ceil(5 / 2)
     assert aggressive["speedup_ideal"] == pytest.approx(6 / 4)
+    chords = rows[-1]  # 2 cores starting at 0 and 3: 6 - 3 + 1 rounds, 4 + 3 evaluations
+    assert (chords["setting"], chords["rounds"], chords["evaluations"]) == ("Chords(cores=2)", 4, 7)

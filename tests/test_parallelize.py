@@ -21,7 +21,7 @@ import driffusion
 from driffusion.adapters.diffusers import NonFiniteImageError, load_pipeline
 from driffusion.adapters.schedulers import UnsupportedSchedulerError
 from driffusion.adapters.tiny import build_tiny_pipeline
-from driffusion.core import Aggressive, Conservative, Serial
+from driffusion.core import Aggressive, Chords, Conservative, Serial
 from driffusion.lightning.pipeline import parallelize
 
 from .test_distributed import SCRIPTS, fabric_run, run_script
@@ -83,8 +83,12 @@ def test_serial_reproduces_the_pipeline(pipe) -> None:  # type: ignore[no-untype
 
 def test_one_draft_is_the_serial_sampler_bit_for_bit(pipe) -> None:  # type: ignore[no-untyped-def]
     serial = generate(pipe, "latent", Serial()).images
-    for sampler in (Aggressive(drafts=1), Conservative(drafts=1)):
+    for sampler in (Aggressive(drafts=1), Conservative(drafts=1), Chords(cores=1)):
         assert torch.equal(generate(pipe, "latent", sampler).images, serial)
+    cores = generate(pipe, "latent", Chords(starts=(0, 3)))  # over the pipeline's scheduler
+    assert cores.stats["rounds"] < cores.stats["steps"] and cores.stats["sampler"].startswith(
+        "Chords(starts=(0, 3), solver="
+    )
     fast = generate(pipe, "latent", Aggressive(drafts=3))
     assert fast.stats["rounds"] < generate(pipe, "latent", Serial()).stats["rounds"]
     assert fast.stats["drafts"] == 3 and fast.stats["devices"] == 1

@@ -1,0 +1,235 @@
+"""DRiffusion against CHORDS and the other parallel samplers at equal devices and equal latency:
+error to the exact solution (``err_ref``) and evaluations, on the oracle and the digits network.
+
+    OMP_NUM_THREADS=1 python benchmarks/compare.py --json docs/results/compare.json
+    python benchmarks/compare.py --models oracle --quick --json c.json   # smoke
+
+**Equal devices.** Every parallel sampler runs with ``D`` rows per round in {2, 4, 8}: drafts
+(aggressive and conservative DRiffusion, over ``dpmpp_2m``), the Picard window, the ParaDiGMS
+window (``D`` and ``2D``), the SRDS blocks (pipelined; one, two or all Parareal iterations) and
+CHORDS cores (the default start lists with ``index`` 1 to 3 below ``D``, and evenly spaced lists
+whose fastest core gets two or three rectification windows, over ``ddim`` and ``dpmpp_2m``).
+
+**Equal latency.** A run's latency on ``D`` devices is ``sum_r ceil(width_r / D)`` network calls
+(its rounds when no round is wider than ``D``). Each sampler runs on a sweep of grid sizes ``N``;
+per budget of serial rounds the table keeps, for each family, the configuration closest to the
+exact solution within the budget, next to the serial solvers a user would run on one device
+(``dpmpp_2m`` and ``unipc``) with as many steps as the budget allows.
+
+The problems, the reference solution and ``err_ref`` are the frontier's
+(``benchmarks/frontier.py``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from driffusion.core import SampleResult, parse_sampler, relative_error
+from driffusion.io import format_cell, markdown_table, write_json
+from driffusion.lightning import cli
+
+if not __package__:  # run as `python benchmarks/compare.py`: the repo root holds `benchmarks`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks import frontier
+from benchmarks.common import chords_fits
+
+DEVICES = (2, 4, 8)
+STEPS = (8, 10, 12, 14, 17, 20, 25, 35, 50, 70, 100)
+BUDGETS = (8, 12, 17, 26)
+SERIAL_SOLVERS = ("dpmpp_2m", "unipc")
+CHORDS_SOLVERS = ("ddim", "dpmpp_2m")
+FAMILIES = (
+    "serial",
+    "aggressive",
+    "conservative",
+    "picard_driffusion",
+    "paradigms",
+    "srds",
+    "chords",
+)
+KEYS = ["model", "family", "devices", "steps", "rounds", "latency", "evaluations", "err_ref"]
+
+Task = tuple[str, int, int, str]  # family, devices, steps, sampler text
+
+
+def tasks(quick: bool) -> list[Task]:
+    """Every configuration: the serial solvers once (one device), the parallel ones per ``D``."""
+    steps = (10, 17, 25, 50) if quick else STEPS
+    devices = (2, 4) if quick else DEVICES
+    out: list[Task] = [
+        ("serial", 1, n, f"serial(solver='{solver}')") for solver in SERIAL_SOLVERS for n in steps
+    ]
+    for d in devices:
+        for n in steps:
+            out += [
+                ("aggressive", d, n, f"aggressive(drafts={d}, solver='dpmpp_2m')"),
+                ("conservative", d, n, f"conservative(drafts={d}, solver='dpmpp_2m')"),
+                ("picard_driffusion", d, n, f"picard_driffusion(window={d}, solver='dpmpp_2m')"),
+            ]
+            for window in (d, 2 * d):
+                out.append(("paradigms", d, n, f"paradigms(window={window}, solver='dpmpp_2m')"))
+            for iters in (1, 2, None):
+                cap = "" if iters is None else f", max_iters={iters}"
+                text = f"srds(blocks={d}, pipelined=True, solver='dpmpp_2m'{cap})"
+                if d <= n:
+                    out.append(("srds", d, n, text))
+            for solver in CHORDS_SOLVERS:
+                for index in range(1, min(3, d - 1) + 1):  # index d would be serial (core 0)
+                    text = f"chords(cores={d}, index={index}, solver='{solver}')"
+                    if chords_fits(d, n):
+                        out.append(("chords", d, n, text))
+                for windows in (2, 3):  # start lists beyond the default: see arithmetic_starts
+                    starts = arithmetic_starts(d, n, windows)
+                    if starts is not None:
+                        text = f"chords(starts={starts}, solver='{solver}')"
+                        out.append(("chords", d, n, text))
+    return out
+
+
+def arithmetic_starts(cores: int, steps: int, windows: int) -> tuple[int, ...] | None:
+    """Evenly spaced starts ``(0, g, 2g, ..., (C-1) g)`` whose fastest core gets ``windows``
+    whole rectification windows before ``N``: ``g = N // (C - 1 + windows)`` (``None`` when
+    ``g < 2``). Gives CHORDS more chances than its default list: later starts for the fastest
+    core are faster, earlier ones more accurate."""
+    gap = steps // (cores - 1 + windows)
+    return None if gap < 2 else tuple(gap * c for c in range(cores))
+
+
+def run_task(task: Task, _: object = None) -> dict[str, Any]:
+    """One configuration on the worker's problem: its latency on its devices and ``err_ref``."""
+    family, devices, steps, text = task
+    problem, tol, x_ref = (frontier.WORKER[key] for key in ("problem", "tol", "x_ref"))
+    converging = family in ("picard_driffusion", "paradigms", "srds")
+    sampler = parse_sampler(text, {"tol": tol} if converging else {})
+    with torch.inference_mode():
+        result: SampleResult = sampler(problem.model, problem.x, problem.grid(steps))
+    return {
+        "model": problem.name,
+        "family": family,
+        "devices": devices,
+        "steps": steps,
+        "rounds": result.stats.rounds,
+        "latency": result.stats.latency_units(devices),
+        "evaluations": result.stats.evaluations,
+        "width": result.stats.width,
+        "err_ref": relative_error(result.x, x_ref),
+        "setting": repr(sampler),
+    }
+
+
+def run_model(
+    name: str, quick: bool, tol: float, ref_points: int, workers: int, threads: int
+) -> dict[str, Any]:
+    """The reference, then every configuration (printed as it arrives)."""
+    start = time.perf_counter()
+    problem = frontier.PROBLEMS[name](quick)
+    with torch.inference_mode():
+        x_ref, checks = frontier.reference(problem, ref_points)
+    todo = tasks(quick)
+    pool = None
+    if workers > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(
+            workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=frontier.init_worker,
+            initargs=(name, quick, tol, x_ref, max(1, threads // workers)),
+        )
+        results = pool.map(run_task, todo)
+    else:
+        frontier.init_worker(name, quick, tol, x_ref, threads)
+        results = map(run_task, todo)
+    rows = []
+    try:
+        for row in results:
+            print(" | ".join(format_cell(row[key]) for key in KEYS), flush=True)
+            rows.append(row)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    return {
+        "reference": checks,
+        "tol": tol,
+        "rows": rows,
+        "best": best_within_budgets(rows),
+        "wall_s": time.perf_counter() - start,
+    }
+
+
+def best_within_budgets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per devices, budget and family: the row with the least ``err_ref`` whose latency is
+    within the budget (serial rows: one device, latency = steps), or ``None``."""
+    out = []
+    devices = sorted({r["devices"] for r in rows if r["family"] != "serial"})
+    for d in devices:
+        for budget in BUDGETS:
+            for family in FAMILIES:
+                within = [
+                    r
+                    for r in rows
+                    if r["family"] == family
+                    and r["devices"] == (1 if family == "serial" else d)
+                    and r["latency"] <= budget
+                ]
+                best = min(within, key=lambda r: r["err_ref"]) if within else None
+                out.append({"devices": d, "budget": budget, "family": family, "best": best})
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--models", nargs="+", default=list(frontier.PROBLEMS), choices=list(frontier.PROBLEMS)
+    )
+    parser.add_argument("--quick", action="store_true", help="fewer settings (smoke run)")
+    parser.add_argument(
+        "--tol",
+        type=cli.nonnegative_float,
+        default=1e-2,
+        help="Picard / ParaDiGMS / SRDS tolerance (relative to sigma)",
+    )
+    parser.add_argument(
+        "--ref-points", type=cli.positive_int, default=500, help="reference grid points"
+    )
+    parser.add_argument("--threads", type=cli.positive_int, default=2, help="torch threads in all")
+    parser.add_argument(
+        "--workers", type=cli.positive_int, default=2, help="processes sharing the threads"
+    )
+    parser.add_argument("--json", type=Path, default=Path("outputs/compare.json"))
+    args = parser.parse_args(argv)
+    if args.ref_points < 20:
+        parser.error("--ref-points must be >= 20")
+    torch.set_num_threads(args.threads)
+    print(" | ".join(KEYS), flush=True)
+    results = {
+        name: run_model(name, args.quick, args.tol, args.ref_points, args.workers, args.threads)
+        for name in args.models
+    }
+    for name, result in results.items():
+        print(f"\n{name} ({result['wall_s']:.0f} s)")
+        print(markdown_table(summary_rows(result["best"]), ["devices", "budget", *FAMILIES]))
+    write_json(args.json, results)
+    print(f"wrote {args.json}")
+    return results
+
+
+def summary_rows(best: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (devices, budget), one ``err_ref`` cell per family (``None``: none fits)."""
+    table: dict[tuple[int, int], dict[str, Any]] = {}
+    for entry in best:
+        key = (entry["devices"], entry["budget"])
+        row = table.setdefault(key, {"devices": key[0], "budget": key[1]})
+        row[entry["family"]] = None if entry["best"] is None else entry["best"]["err_ref"]
+    return list(table.values())
+
+
+if __name__ == "__main__":
+    main()

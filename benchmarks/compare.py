@@ -32,7 +32,6 @@ import torch
 
 from driffusion.core import SampleResult, parse_sampler, relative_error
 from driffusion.io import format_cell, markdown_table, write_json
-from driffusion.lightning import cli
 
 if not __package__:  # run as `python benchmarks/compare.py`: the repo root holds `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -101,7 +100,7 @@ def arithmetic_starts(cores: int, steps: int, windows: int) -> tuple[int, ...] |
     return None if gap < 2 else tuple(gap * c for c in range(cores))
 
 
-def run_task(task: Task, _: object = None) -> dict[str, Any]:
+def run_task(task: Task) -> dict[str, Any]:
     """One configuration on the worker's problem: its latency on its devices and ``err_ref``."""
     family, devices, steps, text = task
     problem, tol, x_ref = (frontier.WORKER[key] for key in ("problem", "tol", "x_ref"))
@@ -131,30 +130,11 @@ def run_model(
     problem = frontier.PROBLEMS[name](quick)
     with torch.inference_mode():
         x_ref, checks = frontier.reference(problem, ref_points)
-    todo = tasks(quick)
-    pool = None
-    if workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        pool = ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=frontier.init_worker,
-            initargs=(name, quick, tol, x_ref, max(1, threads // workers)),
-        )
-        results = pool.map(run_task, todo)
-    else:
-        frontier.init_worker(name, quick, tol, x_ref, threads)
-        results = map(run_task, todo)
     rows = []
-    try:
-        for row in results:
+    with frontier.worker_map(name, quick, tol, x_ref, workers, threads) as mapper:
+        for row in mapper(run_task, tasks(quick)):
             print(" | ".join(format_cell(row[key]) for key in KEYS), flush=True)
             rows.append(row)
-    finally:
-        if pool is not None:
-            pool.shutdown()
     return {
         "reference": checks,
         "tol": tol,
@@ -186,28 +166,10 @@ def best_within_budgets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument(
-        "--models", nargs="+", default=list(frontier.PROBLEMS), choices=list(frontier.PROBLEMS)
-    )
-    parser.add_argument("--quick", action="store_true", help="fewer settings (smoke run)")
-    parser.add_argument(
-        "--tol",
-        type=cli.nonnegative_float,
-        default=1e-2,
-        help="Picard / ParaDiGMS / SRDS tolerance (relative to sigma)",
-    )
-    parser.add_argument(
-        "--ref-points", type=cli.positive_int, default=500, help="reference grid points"
-    )
-    parser.add_argument("--threads", type=cli.positive_int, default=2, help="torch threads in all")
-    parser.add_argument(
-        "--workers", type=cli.positive_int, default=2, help="processes sharing the threads"
-    )
+    frontier.add_problem_args(parser, "Picard / ParaDiGMS / SRDS tolerance (relative to sigma)")
     parser.add_argument("--json", type=Path, default=Path("outputs/compare.json"))
     args = parser.parse_args(argv)
-    if args.ref_points < 20:
-        parser.error("--ref-points must be >= 20")
-    torch.set_num_threads(args.threads)
+    frontier.check_problem_args(parser, args)
     print(" | ".join(KEYS), flush=True)
     results = {
         name: run_model(name, args.quick, args.tol, args.ref_points, args.workers, args.threads)

@@ -25,10 +25,10 @@ same latency buy serially?).
 from __future__ import annotations
 
 import argparse
-import math
+import contextlib
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -231,14 +231,34 @@ def _run_task(task: Task, serial_x: torch.Tensor | None) -> tuple[dict[str, Any]
     return row, result.x
 
 
-def _map(pool: Any, tasks: list[Task], serial: list[torch.Tensor | None]) -> list[Any]:
-    """Run the tasks (in worker processes when there is a pool); print rows as they arrive."""
-    if pool is None:
-        results = (_run_task(t, s) for t, s in zip(tasks, serial, strict=True))
-    else:
-        results = pool.map(_run_task, tasks, serial)
+@contextlib.contextmanager
+def worker_map(
+    name: str, quick: bool, tol: float, x_ref: torch.Tensor, workers: int, threads: int
+) -> Iterator[Callable[..., Iterable[Any]]]:
+    """``map`` over worker processes that each hold the problem ``name`` (``workers`` processes
+    sharing ``threads``), or the builtin ``map`` in this process when ``workers == 1``."""
+    if workers <= 1:
+        init_worker(name, quick, tol, x_ref, threads)
+        yield map
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(name, quick, tol, x_ref, max(1, threads // workers)),
+    ) as pool:
+        yield pool.map
+
+
+def _map(
+    mapper: Callable[..., Iterable[Any]], tasks: list[Task], serial: list[torch.Tensor | None]
+) -> list[Any]:
+    """Run the tasks through ``mapper``; print rows as they arrive."""
     out = []
-    for row, x in results:
+    for row, x in mapper(_run_task, tasks, serial):
         print(" | ".join(format_cell(row[key]) for key in KEYS), flush=True)
         out.append((row, x))
     return out
@@ -267,28 +287,12 @@ def run_model(
     # the serial runs the parallel rows deviate from, beyond the curves' step counts
     needed = sorted({(c[1], c[2]) for c in configs} - {(c[1], c[2]) for c in curves})
     baselines = [("serial", solver, steps, 1, {}) for solver, steps in needed]
-    pool = None
-    if workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
-        pool = ProcessPoolExecutor(
-            workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=init_worker,
-            initargs=(name, quick, tol, x_ref, max(1, threads // workers)),
-        )
-    else:
-        init_worker(name, quick, tol, x_ref, threads)
-    try:
-        first = _map(pool, curves + baselines, [None] * (len(curves) + len(baselines)))
+    with worker_map(name, quick, tol, x_ref, workers, threads) as mapper:
+        first = _map(mapper, curves + baselines, [None] * (len(curves) + len(baselines)))
         serial_x = {(t[1], t[2]): x for t, (_, x) in zip(curves + baselines, first, strict=True)}
         rows = [row for row, _ in first[: len(curves)]]
-        second = _map(pool, configs, [serial_x[c[1], c[2]] for c in configs])
+        second = _map(mapper, configs, [serial_x[c[1], c[2]] for c in configs])
         rows += [row for row, _ in second]
-    finally:
-        if pool is not None:
-            pool.shutdown()
     return {
         "reference": checks,
         "rows": rows,
@@ -431,28 +435,35 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_problem_args(parser: argparse.ArgumentParser, tol_help: str) -> None:
+    """The flags of a run over the problems: ``--models --quick --tol --ref-points --threads
+    --workers`` (shared with ``benchmarks/compare.py``)."""
     parser.add_argument("--models", nargs="+", default=list(PROBLEMS), choices=list(PROBLEMS))
     parser.add_argument("--quick", action="store_true", help="fewer settings (smoke run)")
+    parser.add_argument("--tol", type=cli.nonnegative_float, default=1e-2, help=tol_help)
     parser.add_argument(
-        "--tol", type=cli.nonnegative_float, default=1e-2, help="Picard / ParaDiGMS tolerance"
-    )
-    parser.add_argument(
-        "--ref-points", type=cli.positive_int, default=500, help="reference grid points"
+        "--ref-points", type=cli.positive_int, default=500, help="reference grid points (>= 20)"
     )
     parser.add_argument("--threads", type=cli.positive_int, default=2, help="torch threads in all")
     parser.add_argument(
-        "--workers", type=int, default=2, help="processes sharing the threads (1: none)"
+        "--workers", type=cli.positive_int, default=2, help="processes sharing the threads"
     )
+
+
+def check_problem_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse a reference grid too coarse to be one; set this process's threads."""
+    if args.ref_points < 20:
+        parser.error("--ref-points must be >= 20")
+    torch.set_num_threads(args.threads)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    add_problem_args(parser, "Picard / ParaDiGMS tolerance")
     parser.add_argument("--json", type=Path, default=Path("outputs/frontier.json"))
     parser.add_argument("--plot", type=Path, default=Path("outputs/frontier.png"))
     args = parser.parse_args(argv)
-    if args.ref_points < 20 or not (math.isfinite(args.tol) and args.tol >= 0):
-        parser.error("--ref-points must be >= 20 and --tol a finite number >= 0")
-    if args.workers < 1 or args.threads < 1:
-        parser.error("--workers and --threads must be >= 1")
-    torch.set_num_threads(max(1, args.threads))
+    check_problem_args(parser, args)
     print(" | ".join(KEYS), flush=True)
     results = {
         name: run_model(name, args.quick, args.tol, args.ref_points, args.workers, args.threads)

@@ -266,9 +266,10 @@ def sample_chords(
         >>> result.stats.rounds, result.stats.evaluations, result.stats.width  # fastest core
         (17, 108, 8)
     """
-    if get_solver(solver).stochastic:
-        raise ValueError(f"CHORDS needs a deterministic solver, got {get_solver(solver).name!r}")
-    fine, schedule, initial = setup_solver(solver, x, schedule, None)
+    resolved = get_solver(solver)
+    if resolved.stochastic:  # before setup_solver, which would ask for its noise
+        raise ValueError(f"CHORDS needs a deterministic solver, got {resolved.name!r}")
+    fine, schedule, initial = setup_solver(resolved, x, schedule, None)
     if isinstance(fine, UniPC):
         raise ValueError(
             "CHORDS cannot run over unipc: its UniC corrector recomputes each state from the "

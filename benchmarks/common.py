@@ -1,8 +1,9 @@
 """What the benchmark scripts share beyond ``driffusion.io``'s ``markdown_table`` and
-``write_json``: one timer, one deviation measure and one name per sampler row.
+``write_json``: one timer, one deviation measure, and the samplers a benchmark sweeps (every
+registered sampler's own configurations, so a new sampler needs no benchmark edit).
 
     wall, result = timed(lambda: sampler(model, x, schedule), device, repeats=3)
-    row = {"sampler": row_name(sampler), "wall_s": wall, **deviation(result.x, serial.x)}
+    row = {"sampler": sampler_name(sampler), "wall_s": wall, **deviation(result.x, serial.x)}
     print(markdown_table([row], ["sampler", "wall_s", "max_abs_dev", "rel_dev"]))
     write_json("outputs/rows.json", [row])
 """
@@ -12,11 +13,11 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
-from driffusion.core import default_starts, relative_error, sampler_name
+from driffusion.core import Sampler, builtin_samplers, relative_error
 
 T = TypeVar("T")
 Timer = Callable[[Callable[[], T]], tuple[float, T]]
@@ -76,17 +77,20 @@ def deviation(x: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     return {"max_abs_dev": float(diff.abs().max()), "rel_dev": relative_error(x, reference)}
 
 
-def row_name(sampler: object) -> str:
-    """A sampler's name in a table's ``sampler`` column: its registry name, and
-    ``srds_pipelined`` for pipelined SRDS (a different latency from plain SRDS)."""
-    name = sampler_name(sampler)
-    return f"{name}_pipelined" if getattr(sampler, "pipelined", False) else name
+def parallel_configurations(rows: int, num_steps: int, **common: Any) -> list[Sampler]:
+    """Every registered parallel sampler's
+    [`configurations`][driffusion.core.samplers.base.Sampler.configurations] at ``rows`` rows
+    per round on an ``N``-step grid, in registry order, with ``common`` command-line settings
+    (``solver``, ``tol``) applied where a sampler has them."""
+    return [
+        sampler
+        for cls in builtin_samplers()
+        if cls.parallel
+        for sampler in cls.configurations(rows, num_steps, **common)
+    ]
 
 
-def chords_fits(cores: int, steps: int) -> bool:
-    """Whether CHORDS' default start list of ``cores`` cores exists on a ``steps``-step grid."""
-    try:
-        default_starts(cores, steps)
-    except ValueError:
-        return False
-    return True
+def title(name: str) -> str:
+    """How tables name a sampler family: its class's ``title`` (or class name), or ``name``."""
+    cls = next((c for c in builtin_samplers() if c.name == name), None)
+    return (cls.title or cls.__name__) if cls is not None else name

@@ -4,11 +4,14 @@ error to the exact solution (``err_ref``) and evaluations, on the oracle and the
     OMP_NUM_THREADS=1 python benchmarks/compare.py --json docs/results/compare.json
     python benchmarks/compare.py --models oracle --quick --json c.json   # smoke
 
-**Equal devices.** Every parallel sampler runs with ``D`` rows per round in {2, 4, 8}: drafts
-(aggressive and conservative DRiffusion, over ``dpmpp_2m``), the Picard window, the ParaDiGMS
-window (``D`` and ``2D``), the SRDS blocks (pipelined; one, two or all Parareal iterations) and
-CHORDS cores (the default start lists with ``index`` 1 to 3 below ``D``, and evenly spaced lists
-whose fastest core gets two or three rectification windows, over ``ddim`` and ``dpmpp_2m``).
+**Equal devices.** Every registered parallel sampler runs its own configurations
+([`Sampler.configurations`][driffusion.core.samplers.base.Sampler.configurations]) with ``D``
+rows per round in {2, 4, 8}, over ``dpmpp_2m`` unless a configuration names its own solver:
+drafts (aggressive and conservative DRiffusion), the Picard window, the ParaDiGMS window (the
+project's rule and the authors'), the SRDS blocks (pipelined; one, two or all Parareal
+iterations) and CHORDS cores (the default start lists returning the first and second core, and
+evenly spaced lists whose fastest core gets two or three rectification windows, each also over
+``ddim``, the paper's solver). A new sampler joins without editing this script.
 
 **Equal latency.** A run's latency on ``D`` devices is ``sum_r ceil(width_r / D)`` network calls
 (its rounds when no round is wider than ``D``). Each sampler runs on a sweep of grid sizes ``N``;
@@ -31,84 +34,44 @@ from typing import Any
 
 import torch
 
-from driffusion.core import SampleResult, parse_sampler, relative_error
+from driffusion.core import SampleResult, Serial, parse_sampler, relative_error, sampler_name
 from driffusion.io import format_cell, markdown_table, write_json
 
 if not __package__:  # run as `python benchmarks/compare.py`: the repo root holds `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import frontier
-from benchmarks.common import chords_fits
+from benchmarks.common import parallel_configurations
 
 DEVICES = (2, 4, 8)
 STEPS = (8, 10, 12, 14, 17, 20, 25, 35, 50, 70, 100)
 BUDGETS = (8, 12, 17, 26)
 SERIAL_SOLVERS = ("dpmpp_2m", "unipc")
-CHORDS_SOLVERS = ("ddim", "dpmpp_2m")
-FAMILIES = (
-    "serial",
-    "aggressive",
-    "conservative",
-    "picard_driffusion",
-    "paradigms",
-    "srds",
-    "chords",
-)
+SOLVER = "dpmpp_2m"  # the parallel samplers' solver (a configuration may name its own)
 KEYS = ["model", "family", "devices", "steps", "rounds", "latency", "evaluations", "err_ref"]
 
-Task = tuple[str, int, int, str]  # family, devices, steps, sampler text
+Task = tuple[str, int, int, str]  # family, devices, steps, sampler label
 
 
-def tasks(quick: bool) -> list[Task]:
-    """Every configuration: the serial solvers once (one device), the parallel ones per ``D``."""
+def tasks(quick: bool, tol: float) -> list[Task]:
+    """Every configuration: the serial solvers once (one device), then every registered
+    parallel sampler's configurations at ``D`` rows a round."""
     steps = (10, 17, 25, 50) if quick else STEPS
     devices = (2, 4) if quick else DEVICES
     out: list[Task] = [
-        ("serial", 1, n, f"serial(solver='{solver}')") for solver in SERIAL_SOLVERS for n in steps
+        ("serial", 1, n, repr(Serial(solver=solver))) for solver in SERIAL_SOLVERS for n in steps
     ]
     for d in devices:
         for n in steps:
-            out += [
-                ("aggressive", d, n, f"aggressive(drafts={d}, solver='dpmpp_2m')"),
-                ("conservative", d, n, f"conservative(drafts={d}, solver='dpmpp_2m')"),
-                ("picard_driffusion", d, n, f"picard_driffusion(window={d}, solver='dpmpp_2m')"),
-            ]
-            for window in (d, 2 * d):
-                out.append(("paradigms", d, n, f"paradigms(window={window}, solver='dpmpp_2m')"))
-            for iters in (1, 2, None):
-                cap = "" if iters is None else f", max_iters={iters}"
-                text = f"srds(blocks={d}, pipelined=True, solver='dpmpp_2m'{cap})"
-                if d <= n:
-                    out.append(("srds", d, n, text))
-            for solver in CHORDS_SOLVERS:
-                for index in range(1, min(3, d - 1) + 1):  # index d would be serial (core 0)
-                    text = f"chords(cores={d}, index={index}, solver='{solver}')"
-                    if chords_fits(d, n):
-                        out.append(("chords", d, n, text))
-                seen = set()
-                for windows in (2, 3):  # start lists beyond the default: see arithmetic_starts
-                    starts = arithmetic_starts(d, n, windows)
-                    if starts is not None and starts not in seen:  # N // 9 may equal N // 10
-                        seen.add(starts)
-                        text = f"chords(starts={starts}, solver='{solver}')"
-                        out.append(("chords", d, n, text))
+            for sampler in parallel_configurations(d, n, solver=SOLVER, tol=tol):
+                out.append((sampler_name(sampler), d, n, repr(sampler)))
     return out
-
-
-def arithmetic_starts(cores: int, steps: int, windows: int) -> tuple[int, ...] | None:
-    """Evenly spaced starts ``(0, g, 2g, ..., (C-1) g)`` whose fastest core gets ``windows``
-    whole rectification windows before ``N``: ``g = N // (C - 1 + windows)`` (``None`` when
-    ``g < 2``). Gives CHORDS more chances than its default list: later starts for the fastest
-    core are faster, earlier ones more accurate."""
-    gap = steps // (cores - 1 + windows)
-    return None if gap < 2 else tuple(gap * c for c in range(cores))
 
 
 def run_task(task: Task) -> dict[str, Any]:
     """One configuration on the worker's problem: its latency on its devices and ``err_ref``."""
     family, devices, steps, text = task
-    problem, tol, x_ref = (frontier.WORKER[key] for key in ("problem", "tol", "x_ref"))
-    converging = family in ("picard_driffusion", "paradigms", "srds")
-    sampler = parse_sampler(text, {"tol": tol} if converging else {})
+    problem, x_ref = (frontier.WORKER[key] for key in ("problem", "x_ref"))
+    sampler = parse_sampler(text)
     with torch.inference_mode():
         result: SampleResult = sampler(problem.model, problem.x, problem.grid(steps))
     return {
@@ -119,9 +82,9 @@ def run_task(task: Task) -> dict[str, Any]:
         "rounds": result.stats.rounds,
         "latency": result.stats.latency_units(devices),
         "evaluations": result.stats.evaluations,
-        "width": result.stats.width,
+        "rows": result.stats.rows,
         "err_ref": relative_error(result.x, x_ref),
-        "setting": repr(sampler),
+        "setting": text,
     }
 
 
@@ -134,8 +97,8 @@ def run_model(
     with torch.inference_mode():
         x_ref, checks = frontier.reference(problem, ref_points)
     rows = []
-    with frontier.worker_map(name, quick, tol, x_ref, workers, threads) as mapper:
-        for row in mapper(run_task, tasks(quick)):
+    with frontier.worker_map(name, quick, x_ref, workers, threads) as mapper:
+        for row in mapper(run_task, tasks(quick, tol)):
             print(" | ".join(format_cell(row[key]) for key in KEYS), flush=True)
             rows.append(row)
     return {
@@ -155,7 +118,7 @@ def best_within_budgets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     devices = sorted({r["devices"] for r in rows if r["family"] != "serial"})
     for d in devices:
         for budget in BUDGETS:
-            for family in FAMILIES:
+            for family in families(rows):
                 within = [
                     r
                     for r in rows
@@ -181,10 +144,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     }
     for name, result in results.items():
         print(f"\n{name} ({result['wall_s']:.0f} s)")
-        print(markdown_table(summary_rows(result["best"]), ["devices", "budget", *FAMILIES]))
+        columns = ["devices", "budget", *families(result["rows"])]
+        print(markdown_table(summary_rows(result["best"]), columns))
     write_json(args.json, results)
     print(f"wrote {args.json}")
     return results
+
+
+def families(rows: list[dict[str, Any]]) -> list[str]:
+    """The families in the rows, serial first, in the order they appear."""
+    return list(dict.fromkeys(["serial", *(r["family"] for r in rows)]))
 
 
 def summary_rows(best: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """The frontier: error to the exact solution against serial rounds (latency), for every solver's
-serial curve, the parallel samplers over DDIM and DPM-Solver++(2M) and CHORDS (2, 4 and 8 cores,
-also over DPM-Solver++(3M)), on the exact Gaussian-mixture oracle and on the embedded digits
-network.
+serial curve and every registered parallel sampler (its own configurations at 2, 4 and 8 rows a
+round, over DDIM and DPM-Solver++(2M)), on the exact Gaussian-mixture oracle and on the embedded
+digits network.
 
     python benchmarks/frontier.py --json outputs/frontier.json --plot outputs/frontier.png
     python benchmarks/frontier.py --models oracle --quick --json f.json --plot f.png  # smoke
@@ -16,10 +16,12 @@ and both differences are recorded (they must be far below the errors compared).
 **The samplers** run on the trailing (``t = 999 ... T/N - 1``) grid ending at ``sigma = 0``, as
 a user's scheduler does. ``err_ref = ||x - x_ref|| / ||x_ref||``; ``rel_dev`` is the distance to
 the N-step serial sample of the same solver (today's deviation). Rows carry ``model, sampler,
-solver, steps, k, rounds, evaluations, err_ref, rel_dev`` (and ``setting``, ``draft_rule``,
-``tol``, ``index``; ``k`` is CHORDS' cores); the JSON also holds the reference checks and, per
-round budget, the best serial and the best parallel row (the honest comparison: what would the
-same latency buy serially?).
+solver, steps, rows, rounds, evaluations, err_ref, rel_dev`` and ``setting`` (the sampler's
+label, which parses back, and N); the JSON also holds the reference checks and, per round
+budget, the best serial and the best parallel row (the honest comparison: what would the same
+latency buy serially?). The samplers come from
+[`Sampler.configurations`][driffusion.core.samplers.base.Sampler.configurations], so a new
+sampler joins the frontier without editing this script.
 """
 
 from __future__ import annotations
@@ -36,20 +38,22 @@ from typing import Any
 import torch
 
 from driffusion.core import (
+    Aggressive,
     BatchedExecutor,
     Model,
     RowwiseModel,
-    SampleResult,
-    SamplerFn,
     Schedule,
     Serial,
     UniPC,
     alphas_cumprod_from_betas,
+    get_solver,
     initial_noise,
     parse_sampler,
     reference_schedule,
     reference_solution,
     relative_error,
+    sampler_name,
+    sampler_rows,
     vp_schedule,
     vp_timesteps,
 )
@@ -59,17 +63,25 @@ from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
 
 if not __package__:  # run as `python benchmarks/frontier.py`: the repo root holds `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import parallel_configurations
 
-KEYS = ["model", "sampler", "solver", "steps", "k", "rounds", "evaluations", "err_ref", "rel_dev"]
+KEYS = [
+    "model",
+    "sampler",
+    "solver",
+    "steps",
+    "rows",
+    "rounds",
+    "evaluations",
+    "err_ref",
+    "rel_dev",
+]
 SERIAL_SOLVERS = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "plms")
 SERIAL_STEPS = (8, 10, 12, 14, 18, 20, 26, 35, 50, 100)
 PARALLEL_SOLVERS = ("ddim", "dpmpp_2m")
 PARALLEL_STEPS = (25, 50, 100, 200)
-DRAFTS = (2, 4, 8)
+DRAFTS = (2, 4, 8)  # rows per round of every parallel sampler (drafts, window, blocks, cores)
 BUDGETS = (8, 14, 26)
-CORES = (2, 4, 8)
-# CHORDS over the first-order step (as in the paper) and its best supported multistep solvers
-CHORDS_SOLVERS = ("ddim", "dpmpp_2m", "dpmpp_3m")
 # Beyond the required grid: the other multistep solvers under aggressive drafting, and the
 # configurations whose rounds equal a small budget exactly (N = 1 + (R - 1) k).
 EXTRA_SOLVERS = ("unipc", "plms")
@@ -136,40 +148,37 @@ def reference(problem: Problem, points: int) -> tuple[torch.Tensor, dict[str, An
     return x_ref, checks
 
 
-def configurations(quick: bool) -> list[tuple[str, str, int, int, dict[str, Any]]]:
-    """``(sampler, solver, steps, k, options)`` for every row beyond the serial curves."""
+Task = tuple[str, int]  # a sampler's label (it parses back) and the grid's steps
+
+
+def configurations(quick: bool, tol: float) -> list[Task]:
+    """Every row beyond the serial curves: each registered parallel sampler's configurations
+    (at ``k`` rows a round, over each of ``PARALLEL_SOLVERS``, on each grid), then the DRiffusion
+    studies (the other multistep solvers, the solver's own drafts, spans fitted to a budget)."""
     steps = (25, 50) if quick else PARALLEL_STEPS
     drafts = (2, 4) if quick else DRAFTS
-    out: list[tuple[str, str, int, int, dict[str, Any]]] = []
+    out: list[Task] = []
     for solver in PARALLEL_SOLVERS:
         for n in steps:
             for k in drafts:
-                out.append(("aggressive", solver, n, k, {}))
-                out.append(("conservative", solver, n, k, {}))
-                out.append(("picard_driffusion", solver, n, k, {}))
-                out.append(("paradigms", solver, n, k, {}))
-    for solver in CHORDS_SOLVERS:  # CHORDS: k cores at the default start lists, index 1 and 2
-        for n in steps:
-            for k in (2, 4) if quick else CORES:
-                for index in (1, 2):
-                    out.append(("chords", solver, n, k, {"index": index}))
-    if quick:
-        return out
-    for solver in EXTRA_SOLVERS:  # the other multistep solvers under aggressive drafting
-        for n in (50, 100):
-            for k in (4, 8):
-                out.append(("aggressive", solver, n, k, {}))
-    for solver in ("dpmpp_2m", "unipc"):  # the solver's own multistep drafts
-        for n, k in ((50, 4), (100, 8), (100, 4)):
-            out.append(("aggressive", solver, n, k, {"draft_rule": "solver"}))
-    # shorter spans at equal rounds: N = 1 + (R - 1) k for the small budgets
-    for budget, ks in ((8, (2, 3, 4)), (14, (2, 3))):
-        for k in ks:
-            n = 1 + (budget - 1) * k
-            for solver in (*PARALLEL_SOLVERS, *EXTRA_SOLVERS):
-                if trailing_grid_exists(n):
-                    out.append(("aggressive", solver, n, k, {}))
-    return out
+                for sampler in parallel_configurations(k, n, solver=solver, tol=tol):
+                    out.append((repr(sampler), n))
+    if not quick:
+        for solver in EXTRA_SOLVERS:  # the other multistep solvers under aggressive drafting
+            for n in (50, 100):
+                out += [(repr(Aggressive(drafts=k, solver=solver)), n) for k in (4, 8)]
+        for solver in ("dpmpp_2m", "unipc"):  # the solver's own multistep drafts
+            for n, k in ((50, 4), (100, 8), (100, 4)):
+                out.append((repr(Aggressive(drafts=k, solver=solver, draft_rule="solver")), n))
+        # shorter spans at equal rounds: N = 1 + (R - 1) k for the small budgets
+        for budget, ks in ((8, (2, 3, 4)), (14, (2, 3))):
+            for k in ks:
+                n = 1 + (budget - 1) * k
+                for solver in (*PARALLEL_SOLVERS, *EXTRA_SOLVERS):
+                    if trailing_grid_exists(n):
+                        out.append((repr(Aggressive(drafts=k, solver=solver)), n))
+    unique = list(dict.fromkeys(out))  # a configuration shared by two sweeps runs once
+    return unique
 
 
 def trailing_grid_exists(steps: int) -> bool:
@@ -178,67 +187,50 @@ def trailing_grid_exists(steps: int) -> bool:
     return timesteps.numel() == steps and int(timesteps.min()) >= 0
 
 
-def build_sampler(sampler: str, solver: str, k: int, tol: float, options: dict) -> SamplerFn:
-    """The sampler value of one configuration (``k``: drafts, or the Picard / ParaDiGMS window;
-    CHORDS' cores; a setting the sampler does not have is not applied)."""
-    settings = {"drafts": k, "window": k, "cores": k, "tol": tol, "solver": solver, **options}
-    if sampler == "chords":
-        del settings["tol"]  # it stops by core index
-    return parse_sampler(sampler, settings)
-
-
-def run_one(
-    problem: Problem, sampler: str, solver: str, steps: int, k: int, tol: float, options: dict
-) -> SampleResult:
-    """One configuration on the problem's ``steps``-step grid."""
-    return build_sampler(sampler, solver, k, tol, options)(
-        problem.model, problem.x, problem.grid(steps)
-    )
-
-
-Task = tuple[str, str, int, int, dict[str, Any]]
 WORKER: dict[str, Any] = {}
 
 
-def init_worker(name: str, quick: bool, tol: float, x_ref: torch.Tensor, threads: int) -> None:
+def init_worker(name: str, quick: bool, x_ref: torch.Tensor, threads: int) -> None:
     """A worker process: its own copy of the problem, one share of the cores."""
     torch.set_num_threads(threads)
-    WORKER.update(problem=PROBLEMS[name](quick), tol=tol, x_ref=x_ref)
+    WORKER.update(problem=PROBLEMS[name](quick), x_ref=x_ref)
+
+
+def solver_of(sampler: object) -> str:
+    """The name of the solver a sampler runs over (``ddim`` by default)."""
+    return get_solver(getattr(sampler, "solver", None)).name
 
 
 def _run_task(task: Task, serial_x: torch.Tensor | None) -> tuple[dict[str, Any], torch.Tensor]:
     """One row: run the configuration, measure it against the reference and its serial run."""
-    sampler, solver, steps, k, options = task
-    problem, tol, x_ref = WORKER["problem"], WORKER["tol"], WORKER["x_ref"]
+    text, steps = task
+    problem, x_ref = WORKER["problem"], WORKER["x_ref"]
+    sampler = parse_sampler(text)
     with torch.inference_mode():
-        result = run_one(problem, sampler, solver, steps, k, tol, options)
-    rule = options.get("draft_rule", "skip")
+        result = sampler(problem.model, problem.x, problem.grid(steps))
     row = {
         "model": problem.name,
-        "sampler": sampler,
-        "solver": solver,
+        "sampler": sampler_name(sampler),
+        "solver": solver_of(sampler),
         "steps": steps,
-        "k": k,
+        "rows": sampler_rows(sampler) or result.stats.rows,
         "rounds": result.stats.rounds,
         "evaluations": result.stats.evaluations,
         "err_ref": relative_error(result.x, x_ref),
         "rel_dev": 0.0 if serial_x is None else relative_error(result.x, serial_x),
-        "draft_rule": rule if sampler in ("aggressive", "conservative") else None,
-        "tol": tol if sampler in ("picard_driffusion", "paradigms") else None,
-        "index": options.get("index") if sampler == "chords" else None,
-        "setting": label(sampler, solver, steps, k, options, tol),
+        "setting": f"{text}, N={steps}",
     }
     return row, result.x
 
 
 @contextlib.contextmanager
 def worker_map(
-    name: str, quick: bool, tol: float, x_ref: torch.Tensor, workers: int, threads: int
+    name: str, quick: bool, x_ref: torch.Tensor, workers: int, threads: int
 ) -> Iterator[Callable[..., Iterable[Any]]]:
     """``map`` over worker processes that each hold the problem ``name`` (``workers`` processes
     sharing ``threads``), or the builtin ``map`` in this process when ``workers == 1``."""
     if workers <= 1:
-        init_worker(name, quick, tol, x_ref, threads)
+        init_worker(name, quick, x_ref, threads)
         yield map
         return
     import multiprocessing
@@ -248,7 +240,7 @@ def worker_map(
         workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=init_worker,
-        initargs=(name, quick, tol, x_ref, max(1, threads // workers)),
+        initargs=(name, quick, x_ref, max(1, threads // workers)),
     ) as pool:
         yield pool.map
 
@@ -278,20 +270,21 @@ def run_model(
         f"{checks['diff_dpmpp_3m_half_points']:.1e}",
         flush=True,
     )
-    configs = configurations(quick)
-    curves = [
-        ("serial", solver, steps, 1, {})
-        for solver in SERIAL_SOLVERS
-        for steps in ((8, 14, 26, 50) if quick else SERIAL_STEPS)
-    ]
+    configs = configurations(quick, tol)
+    serial_steps = (8, 14, 26, 50) if quick else SERIAL_STEPS
+    curves = [(repr(Serial(solver=s)), n) for s in SERIAL_SOLVERS for n in serial_steps]
     # the serial runs the parallel rows deviate from, beyond the curves' step counts
-    needed = sorted({(c[1], c[2]) for c in configs} - {(c[1], c[2]) for c in curves})
-    baselines = [("serial", solver, steps, 1, {}) for solver, steps in needed]
-    with worker_map(name, quick, tol, x_ref, workers, threads) as mapper:
+    keys = [(solver_of(parse_sampler(text)), n) for text, n in configs]
+    needed = sorted(set(keys) - {(solver_of(parse_sampler(t)), n) for t, n in curves})
+    baselines = [(repr(Serial(solver=s)), n) for s, n in needed]
+    with worker_map(name, quick, x_ref, workers, threads) as mapper:
         first = _map(mapper, curves + baselines, [None] * (len(curves) + len(baselines)))
-        serial_x = {(t[1], t[2]): x for t, (_, x) in zip(curves + baselines, first, strict=True)}
+        serial_x = {
+            (solver_of(parse_sampler(t)), n): x
+            for (t, n), (_, x) in zip(curves + baselines, first, strict=True)
+        }
         rows = [row for row, _ in first[: len(curves)]]
-        second = _map(mapper, configs, [serial_x[c[1], c[2]] for c in configs])
+        second = _map(mapper, configs, [serial_x[key] for key in keys])
         rows += [row for row, _ in second]
     return {
         "reference": checks,
@@ -299,16 +292,6 @@ def run_model(
         "summary": summarise(rows),
         "wall_s": time.perf_counter() - start,
     }
-
-
-def label(sampler: str, solver: str, steps: int, k: int, options: dict, tol: float) -> str:
-    if sampler == "serial":
-        return f"serial {solver}, {steps} steps"
-    if sampler == "chords":
-        return f"chords over {solver}, N={steps}, {k} cores, index {options['index']}"
-    extra = f", drafts by {options['draft_rule']}" if "draft_rule" in options else ""
-    extra += f", tol {tol:g}" if sampler in ("picard_driffusion", "paradigms") else ""
-    return f"{sampler} over {solver}, N={steps}, k={k}{extra}"
 
 
 SUMMARY_COLUMNS = (
@@ -347,13 +330,15 @@ def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-MARKERS = {
-    "aggressive": "o",
-    "conservative": "s",
-    "picard_driffusion": "^",
-    "paradigms": "v",
-    "chords": "D",
-}
+MARKER_CYCLE = ("o", "s", "^", "v", "D", "P", "X", "h", "<", ">")
+
+
+def markers(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """A marker per parallel sampler family in the rows, in the order they appear."""
+    families = dict.fromkeys(r["sampler"] for r in rows if r["sampler"] != "serial")
+    return {f: MARKER_CYCLE[i % len(MARKER_CYCLE)] for i, f in enumerate(families)}
+
+
 COLORS = {
     "ddim": "tab:blue",
     "dpmpp_2m": "tab:orange",
@@ -372,6 +357,7 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     models = list(results)
+    marks = markers([r for result in results.values() for r in result["rows"]])
     fig, axes = plt.subplots(1, len(models), figsize=(6.2 * len(models), 4.8), squeeze=False)
     for ax, model in zip(axes[0], models, strict=True):
         rows = results[model]["rows"]
@@ -383,7 +369,7 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
             )
             if points:
                 ax.plot(*zip(*points, strict=True), color=COLORS[solver], lw=2, label=solver)
-        for sampler, marker in MARKERS.items():
+        for sampler, marker in marks.items():
             for solver, color in COLORS.items():
                 points = [
                     (r["rounds"], r["err_ref"])
@@ -426,7 +412,7 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
         ax.grid(True, which="both", alpha=0.25)
     handles = [
         plt.Line2D([], [], color="k", marker=m, ls="", mfc="none", label=s)
-        for s, m in MARKERS.items()
+        for s, m in marks.items()
     ]
     first = axes[0][0]
     first.legend(handles=first.get_legend_handles_labels()[0] + handles, fontsize=8, ncol=2)
@@ -459,7 +445,7 @@ def check_problem_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    add_problem_args(parser, "Picard / ParaDiGMS tolerance")
+    add_problem_args(parser, "the tolerance of the samplers that take one (relative to sigma)")
     parser.add_argument("--json", type=Path, default=Path("outputs/frontier.json"))
     parser.add_argument("--plot", type=Path, default=Path("outputs/frontier.png"))
     args = parser.parse_args(argv)

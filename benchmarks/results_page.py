@@ -21,6 +21,7 @@ from typing import Any
 
 if not __package__:  # run as `python benchmarks/results_page.py`: the repo root holds it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import title
 from driffusion.io import format_cell, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,16 +50,17 @@ class Source:
 
 def rounds_section(rows: list[dict[str, Any]]) -> str:
     """One table per grid size."""
-    columns = ["sampler", "k", "rounds", "evaluations", "width", "speedup_ideal"]
+    columns = ["sampler", "rows", "rounds", "evaluations", "speedup_ideal"]
     columns += ["max_abs_dev", "rel_dev", "setting"]
     parts = [
         "Rounds are the latency unit: with one device per evaluation in a round, wall time is "
         "proportional to rounds (`speedup_ideal` = serial rounds / rounds). The denoiser is the "
         "exact Gaussian-mixture oracle, a batch of 4 samples of 4x8x8, on the trailing DDIM grid. "
-        "`k` is the drafts (aggressive, conservative), the blocks (SRDS), the window (ParaDiGMS, "
-        "Picard DRiffusion) or, for `serial_reduced`, the drafts of the aggressive sampler whose "
-        "rounds it matches; `max_abs_dev` and `rel_dev` are the deviation from the serial "
-        "sample; `setting` is the sampler value that ran (tolerances relative to sigma)."
+        "Every sampler runs at its own defaults and in its configurations at 2, 3 and 4 rows a "
+        "round (drafts, blocks, window or cores; for `serial_reduced`, the rounds of aggressive "
+        "DRiffusion with that many drafts); `rows` is the most rows a round evaluated, "
+        "`max_abs_dev` and `rel_dev` the deviation from the serial sample, `setting` the sampler "
+        "value that ran (tolerances relative to sigma, except ParaDiGMS' `rule='paper'`)."
     ]
     for steps in sorted({row["steps"] for row in rows}):
         table = markdown_table([row for row in rows if row["steps"] == steps], columns)
@@ -77,7 +79,7 @@ def speedup_section(rows: list[dict[str, Any]]) -> str:
         f"({format_cell(serial['wall_s'] / serial['steps'] * 1000)} ms a step) on one process "
         f"with that process's share of the cores{also}. Each parallel sampler ran on "
         f"{devices} processes; `wall_s` is the median over the repeats of the slowest process, "
-        "`speedup = serial_wall_s / wall_s`, `speedup_ideal = N / sum_r ceil(width_r / devices)` "
+        "`speedup = serial_wall_s / wall_s`, `speedup_ideal = N / sum_r ceil(rows_r / devices)` "
         "(free communication) and `efficiency = speedup / speedup_ideal`."
     )
     columns = ["sampler", "devices", "rounds", "evaluations", "wall_s", "speedup"]
@@ -109,18 +111,17 @@ def frontier_section(results: dict[str, dict[str, Any]]) -> str:
         return ", ".join(sorted({f"`{r['solver']}`" for r in every if r["sampler"] == sampler}))
 
     serial_steps = [r["steps"] for r in every if r["sampler"] == "serial"]
-    tols = sorted({r["tol"] for r in every if r.get("tol") is not None})
+    parallel = list(dict.fromkeys(r["sampler"] for r in every if r["sampler"] != "serial"))
+    families = ", ".join(f"{title(f)} (over {names(f)})" for f in parallel)
     parts = [
         "Error to a reference solution of the sampling ODE (`err_ref = ||x - x_ref|| / "
         "||x_ref||`) within a budget of serial rounds (latency): the best serial configuration "
         f"({names('serial')} at {min(serial_steps)}-{max(serial_steps)} steps) against the best "
-        "parallel one (aggressive and conservative DRiffusion, Picard DRiffusion and ParaDiGMS "
-        f"at `tol` {', '.join(format(t, 'g') for t in tols)}, over {names('aggressive')}, with "
-        "N steps and k drafts or window; CHORDS with k cores at the default start lists, "
-        f"`index` 1 and 2, over {names('chords')}). `ratio` = best parallel / best serial error "
-        "(below 1: parallel wins); `parallel wins` counts the parallel configurations within the "
-        "budget that beat the best serial one, `worst parallel` is the one furthest from the "
-        "solution. Every row is in the JSON."
+        f"parallel one, among every configuration of {families} with N steps and 2, 4 or 8 rows "
+        "a round (each sampler's own configurations: see `setting`). `ratio` = best parallel / "
+        "best serial error (below 1: parallel wins); `parallel wins` counts the parallel "
+        "configurations within the budget that beat the best serial one, `worst parallel` is "
+        "the one furthest from the solution. Every row is in the JSON."
     ]
     for model, result in results.items():
         rows, checks = result["rows"], result["reference"]
@@ -218,16 +219,22 @@ def render(results: Path = RESULTS) -> str:
 COMPARISON_COMMAND = (
     "OMP_NUM_THREADS=1 python benchmarks/compare.py --json docs/results/compare.json"
 )
-PARALLEL = ("aggressive", "conservative", "picard_driffusion", "paradigms", "srds", "chords")
-FAMILY_NAMES = {
-    "serial": "serial, 1 device (best of dpmpp_2m, unipc)",
-    "aggressive": "DRiffusion aggressive (dpmpp_2m)",
-    "conservative": "DRiffusion conservative (dpmpp_2m)",
-    "picard_driffusion": "Picard-DRiffusion (dpmpp_2m)",
-    "paradigms": "ParaDiGMS (dpmpp_2m)",
-    "srds": "SRDS pipelined (dpmpp_2m)",
-    "chords": "CHORDS (ddim or dpmpp_2m)",
-}
+SERIAL_TITLE = "serial, 1 device (best of dpmpp_2m, unipc)"
+
+
+def family_titles(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """The families of the comparison in the order they ran, each titled with its solvers."""
+    out = {"serial": SERIAL_TITLE}
+    for family in dict.fromkeys(r["family"] for r in rows if r["family"] != "serial"):
+        solvers = sorted({_solver(r["setting"]) for r in rows if r["family"] == family})
+        out[family] = f"{title(family)} ({' or '.join(solvers)})"
+    return out
+
+
+def _solver(setting: str) -> str:
+    """The solver named in a label (``ddim`` when it names none)."""
+    marker = "solver='"
+    return setting.split(marker, 1)[1].split("'", 1)[0] if marker in setting else "ddim"
 
 
 def _cell(best: dict[str, Any] | None) -> str:
@@ -264,7 +271,9 @@ def comparison_verdicts(results: dict[str, Any]) -> list[str]:
                     if (e["devices"], e["budget"]) == (d, budget)
                 }
                 chords = cell.get("chords")
-                rivals = {f: cell[f] for f in PARALLEL if f != "chords" and cell.get(f)}
+                rivals = {
+                    f: best for f, best in cell.items() if f not in ("chords", "serial") and best
+                }
                 if chords is None or not rivals:
                     continue
                 leader = min(rivals, key=lambda f: rivals[f]["err_ref"])
@@ -272,7 +281,7 @@ def comparison_verdicts(results: dict[str, Any]) -> list[str]:
                 if ratio < 1:
                     wins.append(budget)
                 else:
-                    name = FAMILY_NAMES[leader].split(" (")[0]
+                    name = title(leader)
                     behind.append(f"{format_cell(ratio)}x by {name} within {budget}")
                 baselines = [cell[f]["err_ref"] for f in ("srds", "paradigms") if cell.get(f)]
                 if baselines and chords["err_ref"] < min(baselines):
@@ -309,8 +318,8 @@ def comparison_section(results: dict[str, Any]) -> str:
         for d in sorted({e["devices"] for e in best}):
             budgets = sorted({e["budget"] for e in best if e["devices"] == d})
             table = []
-            for family in FAMILY_NAMES:
-                row: dict[str, Any] = {"sampler": FAMILY_NAMES[family]}
+            for family, name in family_titles(result["rows"]).items():
+                row: dict[str, Any] = {"sampler": name}
                 for budget in budgets:
                     entry = next(
                         e
@@ -345,15 +354,17 @@ def render_comparison(results: Path = RESULTS) -> str:
         "evaluations spent. Each sampler runs on a sweep of grid sizes N with 2, 4 or 8 rows a "
         "round; on `D` devices a budget keeps each family's configuration closest to the "
         "solution, among those for at most `D` devices (with 8 devices one may run 2 drafts), "
-        "whose latency (`sum_r ceil(width_r / D)`) fits. DRiffusion runs over `dpmpp_2m`; "
-        "CHORDS uses the default start lists ([`default_starts`]"
+        "whose latency (`sum_r ceil(rows_r / D)`) fits. Every sampler runs over `dpmpp_2m` in "
+        "its own configurations ([`Sampler.configurations`]"
+        "(api/core.md#driffusion.core.samplers.base.Sampler.configurations)): DRiffusion "
+        "and Picard-DRiffusion with `D` drafts or window; ParaDiGMS with a window of `D` under "
+        "the project's rule and under the authors' (`rule='paper'`, at their `tol` 0.1); SRDS "
+        "with `D` blocks, pipelined, with one, two or all Parareal iterations; CHORDS with the "
+        "default start lists ([`default_starts`]"
         "(api/core.md#driffusion.core.samplers.chords.default_starts): `0-25`, `0-12-24-36` "
-        "and the official `0-2-4-8-16-24-32-40` at "
-        "N = 50) with `index` 1 to 3 (below `D`), and evenly spaced lists whose fastest core "
-        "gets two or three rectification windows (`0-10-20-30`, `0-8-16-24` at N = 50), over "
-        "`ddim` or `dpmpp_2m`; SRDS has `D` "
-        "blocks, pipelined, with one, two or all Parareal iterations; ParaDiGMS a window of `D` "
-        "or `2D`.",
+        "and the official `0-2-4-8-16-24-32-40` at N = 50) returning the first or second "
+        "core, and evenly spaced lists whose fastest core gets two or three rectification "
+        "windows (`0-10-20-30`, `0-8-16-24` at N = 50), also over `ddim`.",
         f"[`docs/results/compare.json`](results/compare.json), written by\n\n"
         f"```bash\n{COMPARISON_COMMAND}\n```\n\non {MACHINE}",
         "## Where CHORDS wins",

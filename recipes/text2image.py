@@ -310,7 +310,7 @@ def write_outputs(
             "negative_prompt": item["negative_prompt"] or "",
             "seed": item["seed"],
             "sampler": stats["sampler"],
-            "drafts": stats["drafts"],
+            "rows": stats["rows"],
             "devices": stats["devices"],
             "scheduler": stats["scheduler"],
             "steps": stats["steps"],
@@ -335,7 +335,7 @@ def write_outputs(
     )
     stats = done[0][2]
     # the k states of a round: [k, B, C, h, w] float32 latents beyond what serial holds
-    draft_bytes = (stats["drafts"] or 1) * stats["batch"] * math.prod(stats["latent_shape"]) * 4
+    draft_bytes = stats["rows"] * stats["batch"] * math.prod(stats["latent_shape"]) * 4
     report = {
         "family": family.name,
         "command": " ".join(sys.argv),

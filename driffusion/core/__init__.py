@@ -12,6 +12,7 @@ from driffusion.core.calibration import (
     reference_solution,
     relative_error,
 )
+from driffusion.core.drafting import DRAFT_RULES, DraftRule, draft, refine
 from driffusion.core.model import (
     BatchedExecutor,
     ChunkedExecutor,
@@ -27,7 +28,6 @@ from driffusion.core.parameterization import (
     PREDICTION_TYPES,
     PredictionType,
     from_x0_eps,
-    to_x0_eps,
 )
 from driffusion.core.samplers import *  # noqa: F403 - re-exported: see samplers.__all__
 from driffusion.core.samplers import __all__ as _samplers_all
@@ -57,10 +57,7 @@ from driffusion.core.solvers import (
     Solver,
     SolverState,
     UniPC,
-    clean_estimate,
-    draft_states,
     get_solver,
-    solve_steps,
 )
 from driffusion.core.transitions import (
     ddpm_posterior,
@@ -73,6 +70,7 @@ from driffusion.core.transitions import (
 __all__ = [
     *_samplers_all,
     "DDIM",
+    "DRAFT_RULES",
     "DDPM",
     "PLMS",
     "PREDICTION_TYPES",
@@ -83,6 +81,7 @@ __all__ = [
     "ChunkedExecutor",
     "CountingModel",
     "DPMSolverPP",
+    "DraftRule",
     "Euler",
     "EulerAncestral",
     "Model",
@@ -99,12 +98,11 @@ __all__ = [
     "beta_sigmas",
     "calibrate",
     "candidates",
-    "clean_estimate",
     "ddpm_noise",
     "ddpm_posterior",
     "ddpm_transition",
     "ddpm_transition_from_x0",
-    "draft_states",
+    "draft",
     "exponential_sigmas",
     "flow_schedule",
     "flow_sigmas",
@@ -115,12 +113,11 @@ __all__ = [
     "predict_x0_eps",
     "reference_schedule",
     "reference_solution",
+    "refine",
     "relative_error",
     "sigma_schedule",
     "sigma_to_t",
     "skip_transition",
-    "solve_steps",
-    "to_x0_eps",
     "training_sigmas",
     "vp_schedule",
     "vp_timesteps",

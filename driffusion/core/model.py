@@ -91,26 +91,41 @@ class SamplerStats:
         evaluations: network evaluations (states evaluated, summed over rounds), per sample.
         rounds: serial rounds: model calls that must run one after another. On ``K`` devices
             with one row each, latency is proportional to rounds.
-        iterations: refinement iterations (SRDS / Picard); 1 for one-pass samplers.
-        width: the most evaluations in one round: the devices that can be kept busy.
-        widths: evaluations of each round, in order.
+        rows: the most rows (states evaluated) in one round: the devices that can be kept busy.
+        round_rows: the rows of each round, in order.
+        parareal_iterations: SRDS: the Parareal iterations run.
+        picard_sweeps: ParaDiGMS and Picard-DRiffusion: the most Picard sweeps (refinements)
+            any grid point received before it was accepted.
+        finish_order: CHORDS: the returned core's place in the finishing order (1: the fastest).
     """
 
     evaluations: int
     rounds: int
-    iterations: int = 1
-    width: int = 1
-    widths: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    rows: int = 1
+    round_rows: tuple[int, ...] = field(default=(), repr=False, compare=False)
+    parareal_iterations: int | None = None
+    picard_sweeps: int | None = None
+    finish_order: int | None = None
 
     def latency_units(self, devices: int) -> int:
-        """Serial network calls on ``devices`` devices: ``sum_r ceil(width_r / devices)``.
+        """Serial network calls on ``devices`` devices: ``sum_r ceil(rows_r / devices)``.
 
         Equals ``rounds`` when every round fits on the devices; the ideal speedup over the serial
         sampler on ``devices`` devices is ``N / latency_units(devices)``.
         """
         if devices < 1:
             raise ValueError(f"devices must be >= 1, got {devices}")
-        return sum(math.ceil(w / devices) for w in self.widths)
+        return sum(math.ceil(r / devices) for r in self.round_rows)
+
+    def as_dict(self) -> dict[str, int]:
+        """The counts that apply, for reports: ``evaluations``, ``rounds``, ``rows`` and the
+        sampler-specific ones that are set."""
+        out = {"evaluations": self.evaluations, "rounds": self.rounds, "rows": self.rows}
+        for name in ("parareal_iterations", "picard_sweeps", "finish_order"):
+            value = getattr(self, name)
+            if value is not None:
+                out[name] = value
+        return out
 
 
 @dataclass(frozen=True)
@@ -148,8 +163,7 @@ class CountingModel:
         self.check_finite = check_finite
         self.rounds = 0
         self.evaluations = 0
-        self.width = 0
-        self.widths: list[int] = []
+        self.round_rows: list[int] = []
 
     def __call__(self, xs: Tensor, t: Tensor) -> Tensor:
         if xs.ndim < 2 or t.ndim != 1 or t.shape[0] != xs.shape[0]:
@@ -165,17 +179,17 @@ class CountingModel:
         out = check_output(self.model(xs, t), xs)
         self.rounds += 1
         self.evaluations += xs.shape[0]
-        self.width = max(self.width, xs.shape[0])
-        self.widths.append(xs.shape[0])
+        self.round_rows.append(xs.shape[0])
         if self.check_finite and not bool(torch.isfinite(out).all()):
             raise ValueError(f"model output is not finite (NaN or inf) at times {t.tolist()}")
         return out
 
-    def stats(self, iterations: int = 1) -> SamplerStats:
-        """The counts so far as [`SamplerStats`][driffusion.core.model.SamplerStats]."""
-        return SamplerStats(
-            self.evaluations, self.rounds, iterations, self.width, tuple(self.widths)
-        )
+    def stats(self, **counts: int) -> SamplerStats:
+        """The counts so far as [`SamplerStats`][driffusion.core.model.SamplerStats], with any
+        sampler-specific ones (``parareal_iterations=``, ``picard_sweeps=``,
+        ``finish_order=``)."""
+        rows = max(self.round_rows, default=0)
+        return SamplerStats(self.evaluations, self.rounds, rows, tuple(self.round_rows), **counts)
 
 
 Conditioning = Mapping[str, Tensor]

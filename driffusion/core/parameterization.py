@@ -33,14 +33,18 @@ def check_prediction_type(prediction_type: str) -> None:
 
 
 def to_x0_eps(
-    out: Tensor, x: Tensor, alpha: float, sigma: float, prediction_type: PredictionType
+    x: Tensor, out: Tensor, alpha: float, sigma: float, prediction_type: PredictionType
 ) -> tuple[Tensor, Tensor]:
-    """Convert a raw network output at state ``x`` into ``(x0_hat, eps_hat)``.
+    """Convert a raw network output at state ``x`` into ``(x0_hat, eps_hat)``: the table above.
+
+    Samplers and solvers call it at a grid point through
+    [`predict_x0_eps`][driffusion.core.transitions.predict_x0_eps]``(x, out, schedule, i)``; the
+    state comes first, then the output, as in every transition and solver step.
 
     Args:
-        out: the network output at ``x``.
         x: the noisy state the output was computed at (or, when refining, the state the
             output is applied to).
+        out: the network output at ``x``.
         alpha: ``alpha`` of the state's grid point.
         sigma: ``sigma`` of the state's grid point.
         prediction_type: the parameterisation of ``out``.

@@ -15,8 +15,9 @@ pre-drawn noise of the stochastic ones. A step never mutates it; it returns a ne
 parallel sampler can keep the state of every point of a window or a block and replay a step.
 
 The output ``out`` of a step is always converted at the state ``x`` the step is applied to
-([`to_x0_eps`][driffusion.core.parameterization.to_x0_eps]): when DRiffusion refines, the output was
-computed at a draft but enters the solver exactly as a serial run's own evaluation would.
+([`predict_x0_eps`][driffusion.core.transitions.predict_x0_eps]): when DRiffusion refines, the
+output was computed at a draft but enters the solver exactly as a serial run's own evaluation
+would.
 
 Written with ``lambda = log(alpha / sigma)`` and ``h = lambda_j - lambda_i``, the solvers are
 
@@ -41,17 +42,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import torch
 from torch import Tensor
 
-from driffusion.core.parameterization import to_x0_eps
 from driffusion.core.schedule import Schedule
-from driffusion.core.transitions import ddpm_transition_from_x0, skip_transition
-
-DraftRule = Literal["skip", "solver"]
-DRAFT_RULES: tuple[str, ...] = ("skip", "solver")
+from driffusion.core.transitions import (
+    ddpm_transition_from_x0,
+    predict_x0_eps,
+    skip_transition,
+)
 
 
 @dataclass(frozen=True, eq=False)
@@ -85,11 +86,6 @@ def log_snr(schedule: Schedule, i: int) -> float:
     if sigma == 0:
         return math.inf
     return math.log(alpha) - math.log(sigma)
-
-
-def clean_estimate(out: Tensor, x: Tensor, schedule: Schedule, i: int) -> Tensor:
-    """``x0_hat`` of the raw output ``out`` applied at state ``x`` on point ``i``."""
-    return to_x0_eps(out, x, schedule.alpha(i), schedule.sigma(i), schedule.prediction_type)[0]
 
 
 def transfer(x: Tensor, x0: Tensor, schedule: Schedule, i: int, j: int) -> Tensor:
@@ -150,14 +146,14 @@ def _check_noise_for(solver: Solver, noise: Tensor | None, x: Tensor, schedule: 
 class Solver:
     """Base class: a first-order deterministic solver (the DDIM / Euler step).
 
-    Subclasses override [`step`][driffusion.core.solvers.Solver.step]; everything else
-    (drafting, state set-up) is shared.
+    Subclasses override [`step`][driffusion.core.solvers.Solver.step]; everything else (state
+    set-up, the first-order move drafts use) is shared. Drafting and refining along the grid
+    live in [`driffusion.core.drafting`][driffusion.core.drafting].
     """
 
     name: ClassVar[str] = "ddim"
     stochastic: ClassVar[bool] = False
     multistep: ClassVar[bool] = False
-    default_draft_rule: ClassVar[DraftRule] = "skip"
 
     def prepare(self, schedule: Schedule) -> Schedule:
         """The grid this solver runs on
@@ -197,88 +193,6 @@ class Solver:
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items())
         return f"{type(self).__name__}({fields})"
-
-
-def draft_states(
-    solver: Solver,
-    x: Tensor,
-    out: Tensor,
-    schedule: Schedule,
-    i: int,
-    k: int,
-    state: SolverState,
-    rule: DraftRule | None = None,
-) -> Tensor:
-    r"""Drafts of the states at points ``i + 1..i + k`` from one output at point ``i``.
-
-    ``d_1`` is always the solver's own step (so one draft is the next serial state, bit for
-    bit). Beyond it:
-
-    - ``rule="skip"``: first order from ``d_1`` with the anchor's clean estimate ``x0_i``
-      (for DDIM this is the skip transition ``skip(x_i, out_i, i -> i + j)``);
-    - ``rule="solver"``: the solver's own extrapolation over the span ``i -> i + j`` with its
-      history (for DPM-Solver++(2M): the 2M formula with ``h = lambda_{i+j} - lambda_i``).
-      Stochastic solvers draft by the skip rule.
-
-    Returns:
-        ``[k, B, *shape]`` drafts.
-    """
-    rule = solver.default_draft_rule if rule is None else rule
-    if rule not in DRAFT_RULES:
-        raise ValueError(f"draft rule must be one of {DRAFT_RULES}, got {rule!r}")
-    if i + k > schedule.num_steps:
-        raise ValueError(f"cannot draft k={k} points past point {i} of {schedule.num_steps}")
-    first, _ = solver.step(x, out, schedule, i, state)
-    drafts = [first]
-    if k == 1:
-        return first[None]
-    if not solver.multistep and not solver.stochastic:
-        # first order: the skip from the anchor (the solver's own extrapolation is the same)
-        for j in range(2, k + 1):
-            drafts.append(skip_transition(x, out, schedule, i, i + j))
-        return torch.stack(drafts)
-    if rule == "solver" and not solver.stochastic:
-        for j in range(2, k + 1):
-            drafts.append(solver.step(x, out, schedule, i, state, target=i + j)[0])
-        return torch.stack(drafts)
-    x0 = clean_estimate(out, x, schedule, i)
-    if solver.stochastic:
-        for j in range(2, k + 1):
-            drafts.append(solver.first_order(drafts[-1], x0, schedule, i + j - 1, i + j, state))
-    else:
-        for j in range(2, k + 1):
-            drafts.append(solver.first_order(first, x0, schedule, i + 1, i + j, state))
-    return torch.stack(drafts)
-
-
-def solve_steps(
-    solver: Solver,
-    x: Tensor,
-    outs: Tensor,
-    schedule: Schedule,
-    i: int,
-    state: SolverState,
-) -> tuple[Tensor, SolverState]:
-    r"""Apply the solver along the grid from point ``i`` with the given outputs, in order:
-
-    $$x_{i+1}, s_{i+1} = \mathrm{step}(x_i, o_0, i, s_i), \quad
-      x_{i+j+1}, s_{i+j+1} = \mathrm{step}(x_{i+j}, o_j, i + j, s_{i+j}).$$
-
-    Each output (computed at a draft) is applied at the *refined* state: the refine of
-    draft-and-refine, for any solver.
-
-    Returns:
-        ``[m, B, *shape]`` states of points ``i + 1..i + m`` and the solver state at ``i + m``.
-    """
-    if i + outs.shape[0] > schedule.num_steps:
-        raise ValueError(
-            f"cannot refine {outs.shape[0]} steps from point {i} of {schedule.num_steps}"
-        )
-    states = []
-    for j in range(outs.shape[0]):
-        x, state = solver.step(x, outs[j], schedule, i + j, state)
-        states.append(x)
-    return torch.stack(states), state
 
 
 # --- first-order solvers ---------------------------------------------------------------------
@@ -334,7 +248,7 @@ class _StochasticFirstOrder(Solver):
         target: int | None = None,
     ) -> tuple[Tensor, SolverState]:
         j = i + 1 if target is None else target
-        x0 = clean_estimate(out, x, schedule, i)
+        x0 = predict_x0_eps(x, out, schedule, i)[0]
         return self.first_order(x, x0, schedule, i, j, state), replace(state, steps=state.steps + 1)
 
 
@@ -435,7 +349,7 @@ class DPMSolverPP(Solver):
         target: int | None = None,
     ) -> tuple[Tensor, SolverState]:
         j = i + 1 if target is None else target
-        x0 = clean_estimate(out, x, schedule, i)
+        x0 = predict_x0_eps(x, out, schedule, i)[0]
         history = state.history
         order = self._order_at(schedule, i, j, min(len(history), self.order - 1))
         lam_s, lam_t = log_snr(schedule, i), log_snr(schedule, j)
@@ -568,7 +482,7 @@ class UniPC(Solver):
         target: int | None = None,
     ) -> tuple[Tensor, SolverState]:
         j = i + 1 if target is None else target
-        x0 = clean_estimate(out, x, schedule, i)
+        x0 = predict_x0_eps(x, out, schedule, i)[0]
         history = state.history
         use_corrector = (
             i > 0 and (i - 1) not in self.disable_corrector and state.previous is not None

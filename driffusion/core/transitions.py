@@ -16,9 +16,12 @@ def _check_points(schedule: Schedule, i: int, j: int) -> None:
         raise ValueError(f"need 0 <= i <= j <= {schedule.num_steps}, got i={i}, j={j}")
 
 
-def predict_x0_eps(out: Tensor, x: Tensor, schedule: Schedule, i: int) -> tuple[Tensor, Tensor]:
-    """``(x0_hat, eps_hat)`` of the raw output ``out`` read at state ``x`` on grid point ``i``."""
-    return to_x0_eps(out, x, schedule.alpha(i), schedule.sigma(i), schedule.prediction_type)
+def predict_x0_eps(x: Tensor, out: Tensor, schedule: Schedule, i: int) -> tuple[Tensor, Tensor]:
+    """``(x0_hat, eps_hat)`` of the raw output ``out`` read at state ``x`` on grid point ``i``:
+    the clean estimate (and the noise estimate) every sampler and solver uses
+    ([`to_x0_eps`][driffusion.core.parameterization.to_x0_eps] at the point's ``alpha_i``,
+    ``sigma_i``)."""
+    return to_x0_eps(x, out, schedule.alpha(i), schedule.sigma(i), schedule.prediction_type)
 
 
 def skip_transition(x: Tensor, out: Tensor, schedule: Schedule, i: int, j: int) -> Tensor:
@@ -43,7 +46,7 @@ def skip_transition(x: Tensor, out: Tensor, schedule: Schedule, i: int, j: int) 
         return x
     if schedule.prediction_type == "flow":
         return x + (schedule.sigma(j) - schedule.sigma(i)) * out
-    x0, eps = predict_x0_eps(out, x, schedule, i)
+    x0, eps = predict_x0_eps(x, out, schedule, i)
     return schedule.alpha(j) * x0 + schedule.sigma(j) * eps
 
 
@@ -81,7 +84,7 @@ def ddpm_transition(
         raise ValueError(f"noise shape {tuple(noise.shape)} does not match x {tuple(x.shape)}")
     if i == j:
         return x
-    x0, _ = predict_x0_eps(out, x, schedule, i)
+    x0, _ = predict_x0_eps(x, out, schedule, i)
     return ddpm_transition_from_x0(x, x0, schedule, i, j, noise)
 
 

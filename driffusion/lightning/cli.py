@@ -17,13 +17,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from driffusion.adapters.distributed import DEFAULT_TIMEOUT_S
-from driffusion.core.samplers.base import SamplerFn
-from driffusion.core.samplers.registry import SAMPLER_NAMES, parse_sampler
+from driffusion.core.samplers.base import SamplerFn, Setting, settings_of
+from driffusion.core.samplers.registry import builtin_samplers, parse_sampler, sampler_names
 from driffusion.core.solvers import SOLVER_NAMES
 from driffusion.lightning.launch import FABRIC_FLAGS
-
-DEFAULT_TOL = 1e-3
-"""The samplers' default ``tol``: RMS change relative to the step's noise level."""
 
 
 def add_fabric_args(
@@ -72,7 +69,13 @@ def add_sampler_args(
     default: Sequence[str] = ("aggressive",),
     solver: str | None = None,
 ) -> argparse.ArgumentParser:
-    """Add ``--sampler`` (repeatable) and the settings built-in samplers take by default.
+    """Add ``--sampler`` (repeatable) and one flag per setting the built-in samplers declare
+    as a command-line setting ([`Setting`][driffusion.core.samplers.base.Setting]
+    ``flag=True``: ``--drafts``, ``--window``, ``--cores``, ``--blocks``, ``--tol``,
+    ``--solver``, and those of any sampler registered when the parser is built).
+
+    A flag applies to every sampler that has the setting and does not set it in ``--sampler``;
+    a sampler's rows setting (``rows=True``) defaults to the draft-group size.
 
     Args:
         parser: the parser.
@@ -86,46 +89,63 @@ def add_sampler_args(
         dest="sampler",
         metavar="SAMPLER",
         help=(
-            f"repeatable; a built-in name ({', '.join(SAMPLER_NAMES)}) with optional settings, "
-            "e.g. 'aggressive(drafts=4)', or an import path package.module:NAME or "
+            f"repeatable; a built-in name ({', '.join(sampler_names())}) with optional "
+            "settings, e.g. 'aggressive(drafts=4)', or an import path package.module:NAME or "
             f"path/to/file.py:NAME (default: {' '.join(default)})"
         ),
     )
-    group.add_argument(
-        "--solver",
-        choices=SOLVER_NAMES,
-        default=solver,
-        help=f"the built-in samplers' solver (default: {solver or 'DDIM / flow Euler'})",
-    )
-    group.add_argument(
-        "--drafts", type=positive_int, default=None, help="DRiffusion drafts (default: g)"
-    )
-    group.add_argument(
-        "--window",
-        type=positive_int,
-        default=None,
-        help="ParaDiGMS / Picard-DRiffusion window (default: g)",
-    )
-    group.add_argument("--cores", type=positive_int, default=None, help="CHORDS cores (default: g)")
-    group.add_argument(
-        "--blocks", type=positive_int, default=None, help="SRDS blocks (default: sqrt(N))"
-    )
-    group.add_argument(
-        "--tol",
-        type=nonnegative_float,
-        default=DEFAULT_TOL,
-        help="SRDS / ParaDiGMS / Picard tolerance: RMS change relative to sigma "
-        f"(default {DEFAULT_TOL:g})",
-    )
-    parser.set_defaults(sampler_default=list(default))
+    flags: list[str] = []
+    for name, (spec, owners) in _flag_settings().items():
+        option = "--" + name.replace("_", "-")
+        if spec.kind == "solver":
+            group.add_argument(
+                option,
+                dest=name,
+                choices=SOLVER_NAMES,
+                default=solver,
+                help=f"the built-in samplers' solver (default: {solver or 'DDIM / flow Euler'})",
+            )
+        else:
+            default_text = "the draft-group size" if spec.rows else "each sampler's own"
+            group.add_argument(
+                option,
+                dest=name,
+                type=_parser_of(spec),
+                default=None,
+                help=f"{spec.help} ({', '.join(owners)}; default: {default_text})",
+            )
+        flags.append(name)
+    parser.set_defaults(sampler_default=list(default), sampler_flags=flags)
     return parser
 
 
+def _flag_settings() -> dict[str, tuple[Setting, list[str]]]:
+    """Every command-line setting of the registered samplers, once per name, with the samplers
+    that declare it (the first declaration gives the help and the type)."""
+    found: dict[str, tuple[Setting, list[str]]] = {}
+    for cls in builtin_samplers():
+        for name, spec in settings_of(cls).items():
+            if spec.flag:
+                found.setdefault(name, (spec, []))[1].append(cls.name)
+    return found
+
+
+def _parser_of(spec: Setting) -> Callable[[str], Any]:
+    """An argparse type from a setting's declaration (an argparse error on a bad value)."""
+
+    def parse(text: str) -> Any:
+        try:
+            return spec.parse(text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error).replace("value ", "", 1)) from None
+
+    return parse
+
+
 def samplers_from_args(args: argparse.Namespace, devices: int) -> list[SamplerFn]:
-    """The samplers of ``--sampler``, with ``--drafts`` / ``--window`` / ``--cores`` defaulting to
-    ``devices``
-    (the draft-group size) and ``--solver``, ``--blocks``, ``--tol`` applied to built-in
-    samplers that do not set them.
+    """The samplers of ``--sampler``, with each sampler's rows setting (``--drafts``,
+    ``--window``, ``--cores``, ``--blocks``) defaulting to ``devices`` (the draft-group size)
+    and the other setting flags applied to built-in samplers that do not set them.
 
     Raises:
         ValueError: a sampler that cannot be read or built.
@@ -135,15 +155,14 @@ def samplers_from_args(args: argparse.Namespace, devices: int) -> list[SamplerFn
 
 
 def sampler_defaults(args: argparse.Namespace, devices: int) -> dict[str, Any]:
-    """The settings built-in samplers take from the command line."""
-    return {
-        "drafts": args.drafts or devices,
-        "window": args.window or devices,
-        "cores": args.cores or devices,
-        "blocks": args.blocks,
-        "tol": args.tol,
-        "solver": args.solver,
+    """The settings built-in samplers take from the command line: every flag given, and
+    ``rows`` (the draft-group size) for the rows setting of each sampler."""
+    given = {
+        name: getattr(args, name)
+        for name in getattr(args, "sampler_flags", ())
+        if getattr(args, name, None) is not None
     }
+    return {"rows": devices, **given}
 
 
 def check_sampler_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -44,7 +44,8 @@ class ParallelPipelineOutput:
     Attributes:
         images: as the pipeline returns them for ``output_type`` (PIL images, a numpy array, a
             tensor, or latents).
-        stats: rounds, evaluations, the sampler's label, its solver, drafts, steps, devices.
+        stats: rounds, evaluations, rows (the most rows of a round: drafts, window, cores or
+            blocks, as run), the sampler's label, steps, devices.
     """
 
     images: Any
@@ -173,12 +174,11 @@ class ParallelPipeline:
 
             result: SampleResult = sampler(model, x, adapter.schedule, callback=on_state, **extra)
         stats = {
-            **dataclasses.asdict(result.stats),
+            **result.stats.as_dict(),
             "sampler": repr(sampler),
             "steps": steps,
             "guidance_scale": guidance,
             "devices": self.devices,
-            "drafts": getattr(sampler, "drafts", getattr(sampler, "window", None)),
             "scheduler": type(self.pipe.scheduler).__name__,
             "batch": len(prompts),
             "latent_shape": list(adapter.latent_shape),

@@ -1,44 +1,74 @@
 """Samplers: pure functions ``sample_X(model, x, schedule, *, ..., callback)`` and, over them,
-frozen sampler values (``Aggressive(drafts=4)``) called as ``sampler(model, x, schedule)``."""
+frozen sampler values (``Aggressive(drafts=4)``) called as ``sampler(model, x, schedule)``.
 
-from driffusion.core.samplers.base import Callback, Sampler, SamplerFn, evaluate, payload
-from driffusion.core.samplers.chords import (
-    Chords,
-    chords_evaluations,
-    chords_rounds,
-    default_starts,
-    sample_chords,
+Importing a sampler's module registers its value by name (see
+[`Sampler`][driffusion.core.samplers.base.Sampler]); the order here is the registry's order.
+"""
+
+from driffusion.core.samplers.base import (
+    Callback,
+    Sampler,
+    SamplerFn,
+    Setting,
+    evaluate,
+    payload,
+    rows_name,
+    rows_setting,
+    sampler_rows,
+    setting,
+    settings_of,
+    solver_setting,
+    tolerance_setting,
 )
-from driffusion.core.samplers.driffusion import (
+from driffusion.core.samplers.serial import Serial, sample_serial  # isort: split
+
+from driffusion.core.samplers.driffusion import (  # isort: split
     Aggressive,
     Conservative,
     aggressive_rounds,
     conservative_rounds,
-    draft,
-    refine,
     sample_driffusion,
 )
-from driffusion.core.samplers.paradigms import (
+
+from driffusion.core.samplers.srds import (  # isort: split
+    SRDS,
+    block_boundaries,
+    default_blocks,
+    sample_srds,
+)
+
+from driffusion.core.samplers.paradigms import (  # isort: split
     ParaDiGMS,
     SerialReduced,
     reduced_grid,
     sample_paradigms,
     sample_serial_reduced,
 )
-from driffusion.core.samplers.picard_driffusion import PicardDRiffusion, sample_picard_driffusion
-from driffusion.core.samplers.registry import (
-    SAMPLER_NAMES,
-    SAMPLERS,
+
+from driffusion.core.samplers.picard_driffusion import (  # isort: split
+    PicardDRiffusion,
+    sample_picard_driffusion,
+)
+
+from driffusion.core.samplers.chords import (  # isort: split
+    Chords,
+    chords_evaluations,
+    chords_rounds,
+    default_starts,
+    even_starts,
+    sample_chords,
+)
+
+from driffusion.core.samplers.registry import (  # isort: split
+    builtin_samplers,
     parse_sampler,
     sampler_name,
+    sampler_names,
     unique_names,
+    unregister,
 )
-from driffusion.core.samplers.serial import Serial, sample_serial
-from driffusion.core.samplers.srds import SRDS, block_boundaries, default_blocks, sample_srds
 
 __all__ = [
-    "SAMPLERS",
-    "SAMPLER_NAMES",
     "SRDS",
     "Aggressive",
     "Callback",
@@ -50,19 +80,22 @@ __all__ = [
     "SamplerFn",
     "Serial",
     "SerialReduced",
+    "Setting",
     "aggressive_rounds",
     "block_boundaries",
+    "builtin_samplers",
     "chords_evaluations",
     "chords_rounds",
     "conservative_rounds",
     "default_blocks",
     "default_starts",
-    "draft",
     "evaluate",
+    "even_starts",
     "parse_sampler",
     "payload",
     "reduced_grid",
-    "refine",
+    "rows_name",
+    "rows_setting",
     "sample_chords",
     "sample_driffusion",
     "sample_paradigms",
@@ -71,5 +104,12 @@ __all__ = [
     "sample_serial_reduced",
     "sample_srds",
     "sampler_name",
+    "sampler_names",
+    "sampler_rows",
+    "setting",
+    "settings_of",
+    "solver_setting",
+    "tolerance_setting",
     "unique_names",
+    "unregister",
 ]

@@ -1,7 +1,17 @@
-"""What sampler authors share: the [`Sampler`][driffusion.core.samplers.base.Sampler] value
-base and its [`SamplerFn`][driffusion.core.samplers.base.SamplerFn] contract, argument checks,
-one round of evaluations ([`evaluate`][driffusion.core.samplers.base.evaluate]), the callback
-payload and the solver set-up.
+"""What sampler authors share: the [`Sampler`][driffusion.core.samplers.base.Sampler] value base
+with its settings ([`Setting`][driffusion.core.samplers.base.Setting]) and registry, the
+[`SamplerFn`][driffusion.core.samplers.base.SamplerFn] contract, one round of evaluations
+([`evaluate`][driffusion.core.samplers.base.evaluate]), the callback payload and the solver
+set-up.
+
+A built-in sampler is one module: its pure function and its value, whose dataclass fields are
+its settings, each declared once with [`setting`][driffusion.core.samplers.base.setting] (type,
+default, bound, help). Everything else derives from those declarations: the checks on
+construction (and at the top of the pure function, which builds the value), the function's
+defaults (``window: int = ParaDiGMS.window``), the label, parsing of labels, the command-line
+flags (``driffusion.lightning.cli``) and the benchmarks' configurations
+([`Sampler.configurations`][driffusion.core.samplers.base.Sampler.configurations]). Defining the
+class registers it by its ``name``.
 """
 
 from __future__ import annotations
@@ -10,21 +20,14 @@ import dataclasses
 import inspect
 import math
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, TypeVar, runtime_checkable
 
 import torch
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
 from driffusion.core.schedule import Schedule
-from driffusion.core.solvers import (
-    DDPM,
-    DRAFT_RULES,
-    Solver,
-    SolverState,
-    check_step_noise,
-    get_solver,
-)
+from driffusion.core.solvers import DDPM, Solver, SolverState, check_step_noise, get_solver
 
 Callback = Callable[[dict[str, Any]], None]
 """``callback(payload)``, called with [`payload`][driffusion.core.samplers.base.payload] for
@@ -38,7 +41,8 @@ class SamplerFn(Protocol):
     Anything with this call signature goes through the recipes, the Lightning module, the Fabric
     loop, the benchmarks and the evaluation. A sampler over a stochastic solver also takes
     ``noise=`` (``[N, B, *shape]``, drawn per seed by the module). Its ``repr`` is its label in
-    reports; a ``name`` attribute (optional) names its output folder.
+    reports; a ``name`` attribute (optional) names its output folder, and a ``rows`` attribute
+    (optional) the rows its rounds evaluate.
     """
 
     def __call__(
@@ -46,37 +50,246 @@ class SamplerFn(Protocol):
     ) -> SampleResult: ...
 
 
+# --- settings ----------------------------------------------------------------------------------
+
+KINDS = ("int", "float", "bool", "choice", "solver", "points")
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """The declaration of one sampler setting: what every consumer of it derives from.
+
+    Attributes:
+        kind: ``"int"``, ``"float"``, ``"bool"``, ``"choice"`` (one of ``choices``), ``"solver"``
+            (a [`Solver`][driffusion.core.solvers.Solver] or a solver's name) or ``"points"`` (a
+            tuple of grid points).
+        help: one line, shown on command lines.
+        minimum: the smallest allowed number (``int`` and ``float``).
+        exclusive: ``minimum`` itself is not allowed.
+        choices: the allowed values of a ``"choice"``.
+        optional: ``None`` is allowed (the sampler or the grid decides).
+        label: always shown in the sampler's label, even at its default.
+        flag: offered on command lines as ``--name`` (for every sampler that declares it).
+        rows: this setting is the sampler's rows per round (at most one per sampler): command
+            lines default it to the draft-group size.
+        implied_by: another setting that, when given, fixes this one (a command-line default
+            is then not applied to it).
+    """
+
+    kind: str
+    help: str
+    minimum: float | None = None
+    exclusive: bool = False
+    choices: tuple[Any, ...] = ()
+    optional: bool = False
+    label: bool = False
+    flag: bool = False
+    rows: bool = False
+    implied_by: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"setting kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "choice" and not self.choices:
+            raise ValueError("a choice setting needs its choices")
+
+    def check(self, name: str, value: Any) -> Any:
+        """``value`` if it is allowed (a list of points becomes a tuple), else ``ValueError``
+        naming the setting."""
+        if value is None:
+            if self.optional:
+                return None
+            raise ValueError(f"{name} must be set, got None")
+        if self.kind == "int":
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer{self._bound()}, got {value!r}")
+            self._check_bound(name, value, "an integer")
+        elif self.kind == "float":
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+            ):
+                raise ValueError(f"{name} must be a finite number{self._bound()}, got {value!r}")
+            self._check_bound(name, value, "a finite number")
+        elif self.kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{name} must be True or False, got {value!r}")
+        elif self.kind == "choice":
+            if value not in self.choices:
+                raise ValueError(f"{name} must be one of {self.choices}, got {value!r}")
+        elif self.kind == "solver":
+            if not isinstance(value, (Solver, str)):
+                raise ValueError(f"{name} must be a Solver or a solver's name, got {value!r}")
+            get_solver(value)
+        else:  # points
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+                raise ValueError(f"{name} must be a sequence of grid points, got {value!r}")
+            if not value or any(isinstance(p, bool) or not isinstance(p, int) for p in value):
+                raise ValueError(f"{name} must be a non-empty sequence of integers, got {value!r}")
+            return tuple(value)
+        return value
+
+    def parse(self, text: str) -> Any:
+        """A command-line value: the text as this setting's kind, checked."""
+        if self.kind == "int":
+            value: Any = int(text)
+        elif self.kind == "float":
+            value = float(text)
+        elif self.kind == "bool":
+            lowered = text.lower()
+            if lowered not in ("true", "false", "1", "0", "yes", "no"):
+                raise ValueError(f"expected true or false, got {text!r}")
+            value = lowered in ("true", "1", "yes")
+        elif self.kind == "points":
+            value = tuple(int(p) for p in text.replace(",", " ").split())
+        elif self.kind == "choice":
+            by_text = {str(c): c for c in self.choices}
+            if text not in by_text:
+                raise ValueError(f"expected one of {', '.join(by_text)}, got {text!r}")
+            value = by_text[text]
+        else:
+            value = text
+        return self.check("value", value)
+
+    def _bound(self) -> str:
+        if self.minimum is None:
+            return ""
+        return f" {'>' if self.exclusive else '>='} {self.minimum:g}"
+
+    def _check_bound(self, name: str, value: float, noun: str) -> None:
+        low = self.minimum
+        if low is not None and (value < low or (self.exclusive and value == low)):
+            raise ValueError(f"{name} must be {noun}{self._bound()}, got {value!r}")
+
+
+def setting(default: Any, kind: str, help: str, **declaration: Any) -> Any:
+    """A sampler setting: a dataclass field with its default and its
+    [`Setting`][driffusion.core.samplers.base.Setting] declaration (keywords as its attributes).
+
+    Examples:
+        >>> from dataclasses import dataclass
+        >>> @dataclass(frozen=True, repr=False)
+        ... class Halves(Sampler):   # a sampler of your own; a ``name`` would register it
+        ...     steps: int = setting(2, "int", "how many halvings", minimum=1)
+        >>> Halves(steps=3)
+        Halves(steps=3)
+    """
+    spec = Setting(kind, help, **declaration)
+    if default is not None or not spec.optional:
+        spec.check("default", default)
+    return dataclasses.field(default=default, metadata={"setting": spec})
+
+
+def rows_setting(default: int | None, help: str, *, optional: bool = False, **more: Any) -> Any:
+    """The setting that fixes a sampler's rows per round (drafts, window, cores, blocks): an
+    integer >= 1, always in the label, a command-line flag defaulting to the draft-group size."""
+    return setting(
+        default, "int", help, minimum=1, optional=optional, label=True, flag=True, rows=True, **more
+    )
+
+
+def solver_setting(help: str = "the solver (default: DDIM / flow Euler)") -> Any:
+    """The ``solver`` setting every built-in sampler has: a solver or its name, ``None`` for the
+    default (DDIM / flow Euler, or DDPM with noise)."""
+    return setting(None, "solver", help, optional=True, flag=True)
+
+
+def tolerance_setting(default: float, help: str, **more: Any) -> Any:
+    """A ``tol``: a finite number >= 0 (``0``: run until exact), a command-line flag."""
+    return setting(default, "float", help, minimum=0.0, flag=True, **more)
+
+
+def settings_of(sampler: type | object) -> dict[str, Setting]:
+    """The declared settings of a sampler class or value, by name, in field order (fields
+    without a declaration are left out)."""
+    cls = sampler if isinstance(sampler, type) else type(sampler)
+    if not dataclasses.is_dataclass(cls):
+        return {}
+    return {
+        f.name: f.metadata["setting"] for f in dataclasses.fields(cls) if "setting" in f.metadata
+    }
+
+
+def rows_name(sampler: type | object) -> str | None:
+    """The name of the setting that fixes a sampler's rows per round (``drafts``, ``window``,
+    ``cores``, ``blocks``), or ``None``."""
+    return next((name for name, s in settings_of(sampler).items() if s.rows), None)
+
+
+def sampler_rows(sampler: object) -> int | None:
+    """The rows per round a sampler asks for: its ``rows`` (``None`` where the grid decides, or
+    for a sampler that does not say)."""
+    rows = getattr(sampler, "rows", None)
+    return rows if isinstance(rows, int) and not isinstance(rows, bool) else None
+
+
+# --- the value base and its registry -------------------------------------------------------------
+
+REGISTRY: dict[str, type[Sampler]] = {}
+"""The built-in samplers by ``name``, in the order their classes were defined; a subclass of
+[`Sampler`][driffusion.core.samplers.base.Sampler] with a ``name`` registers itself."""
+
+S = TypeVar("S", bound="Sampler")
+F = TypeVar("F", bound=Callable[..., SampleResult])
+
+
 @dataclasses.dataclass(frozen=True, repr=False)
 class Sampler:
     """Base of the built-in samplers: a frozen dataclass of settings, called like a function.
 
-    A built-in subclass declares its settings as dataclass fields named like the keywords of its
-    pure ``function`` (which ``__call__`` calls with them) and gets them checked on construction
-    (``drafts``, ``window``, ``rounds``, ``blocks``, ``max_iters``, ``cores``, ``index``:
-    integers >= 1; ``tol``: finite
-    >= 0; ``solver``, ``draft_rule``, ``order``, ``pipelined``, ``adaptive_tol``: known values).
-    A sampler of your own may instead override ``__call__``. The ``repr`` is the label used in
-    reports and grids: the class name with
-    every setting that is not ``None`` and either differs from its default or is marked
-    ``metadata={"label": True}`` (the settings that define the sampler, such as ``drafts``), e.g.
+    A subclass declares its settings as dataclass fields made by
+    [`setting`][driffusion.core.samplers.base.setting] (or its shorthands), named like the
+    keywords of its pure ``function`` (which ``__call__`` calls with them, and which names the
+    class with [`implemented_by`][driffusion.core.samplers.base.Sampler.implemented_by]). A
+    sampler of your own may instead override ``__call__``. Settings are checked on construction.
+    The ``repr`` is the label used in reports and grids: the class name with every setting that
+    is not ``None`` and either differs from its default or is declared ``label=True`` (the
+    settings that define the sampler, such as ``drafts``), e.g.
     ``Aggressive(drafts=4, solver='dpmpp_2m')``. It parses back with
     [`parse_sampler`][driffusion.core.samplers.registry.parse_sampler].
 
     Attributes:
-        name: the registry name (``"aggressive"``); also the default output folder.
+        name: the registry name (``"aggressive"``); also the default output folder. A subclass
+            that sets it is registered under it.
         parallel: ``False`` for samplers that evaluate one state per round (one device's work).
-        implied_by: settings another one fixes (``{"cores": "starts"}``): a default from the
-            command line is not applied to them when the other is given.
+        title: how tables and pages name it (default: the class name).
     """
 
     name: ClassVar[str] = ""
     parallel: ClassVar[bool] = True
+    title: ClassVar[str] = ""
     function: ClassVar[Callable[..., SampleResult] | None] = None
-    implied_by: ClassVar[dict[str, str]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        name = cls.__dict__.get("name")
+        if not name:
+            return
+        known = REGISTRY.get(name)
+        if known is not None and known.__qualname__ != cls.__qualname__:
+            raise ValueError(f"sampler name {name!r} is taken by {known.__qualname__}")
+        REGISTRY[name] = cls
+
+    @classmethod
+    def implemented_by(cls, function: F) -> F:
+        """Decorate the pure function the value calls: ``@Serial.implemented_by``."""
+        cls.function = function
+        return function
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _check_setting(f.name, getattr(self, f.name))
+        for name, spec in settings_of(self).items():
+            object.__setattr__(self, name, spec.check(name, getattr(self, name)))
+        self.validate()
+
+    def validate(self) -> None:
+        """Checks across settings (a subclass's; each setting alone is checked already)."""
+
+    @classmethod
+    def check(cls, **settings: Any) -> None:
+        """Check settings as construction does (``ValueError`` naming the setting): the first
+        line of a pure sampler function, so that calling it directly is as safe as the value."""
+        cls(**settings)
 
     def __call__(
         self,
@@ -90,7 +303,7 @@ class Sampler:
     ) -> SampleResult:
         function = type(self).function
         if function is None:
-            raise NotImplementedError(f"{type(self).__name__} sets no function: override __call__")
+            raise TypeError(f"{type(self).__name__} sets no function: override __call__")
         settings = self.keywords()
         if noise is not None:
             if "noise" not in inspect.signature(function).parameters:
@@ -104,47 +317,77 @@ class Sampler:
         """The keyword arguments of ``function``: the settings by field name."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
+    @property
+    def rows(self) -> int | None:
+        """Rows per round: the value of the setting declared ``rows=True`` (``None`` where the
+        grid decides); 1 for a serial sampler."""
+        name = rows_name(self)
+        if name is None:
+            return None if self.parallel else 1
+        value = getattr(self, name)
+        return value if isinstance(value, int) else None
+
+    def fits(self, num_steps: int) -> bool:
+        """Whether this configuration runs on a grid of ``num_steps`` steps."""
+        return True
+
+    @classmethod
+    def variants(cls, rows: int, num_steps: int) -> list[dict[str, Any]]:
+        """The configurations worth comparing at ``rows`` rows per round on an ``N``-step grid,
+        as settings beyond the rows setting (default: the sampler's defaults alone)."""
+        return [{}]
+
+    @classmethod
+    def configurations(cls, rows: int, num_steps: int, **common: Any) -> list[Sampler]:
+        """The values of [`variants`][driffusion.core.samplers.base.Sampler.variants] at ``rows``
+        rows per round that fit the grid: what benchmarks sweep.
+
+        Args:
+            rows: rows per round (set on the rows setting, if the sampler has one).
+            num_steps: the grid's steps ``N``.
+            **common: command-line settings (declared ``flag=True``, e.g. ``solver``,
+                ``tol``) for every configuration that has them; a variant's own settings win.
+        """
+        flags = {name for name, spec in settings_of(cls).items() if spec.flag}
+        base = {k: v for k, v in common.items() if k in flags}
+        rows_key = rows_name(cls)
+        if rows_key is not None:
+            base[rows_key] = rows
+        out: list[Sampler] = []
+        seen: set[str] = set()
+        for variant in cls.variants(rows, num_steps):
+            value = cls(**{**base, **variant})
+            key = repr(value.canonical())
+            if value.fits(num_steps) and key not in seen:
+                seen.add(key)
+                out.append(value)
+        return out
+
+    def canonical(self: S) -> S:
+        """The same sampler with a default solver spelled out (``None`` -> ``"ddim"``): values
+        that run the same have the same canonical form."""
+        solver = getattr(self, "solver", None)
+        if "solver" not in settings_of(self) or isinstance(solver, Solver):
+            return self
+        return self.replace(solver=get_solver(solver).name)
+
     def __repr__(self) -> str:
         shown = []
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if value is None or (value == f.default and not f.metadata.get("label")):
+            spec = f.metadata.get("setting")
+            label = spec is not None and spec.label
+            if value is None or (value == f.default and not label):
                 continue
             shown.append(f"{f.name}={value!r}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
-    def replace(self, **changes: Any) -> Sampler:
+    def replace(self: S, **changes: Any) -> S:
         """A copy with some settings changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
 
 
-def _check_setting(name: str, value: object) -> None:
-    """Check a built-in sampler setting by its name (``ValueError`` naming it)."""
-    if value is None and name not in ("order", "pipelined", "tol"):
-        return
-    if name in ("drafts", "window", "rounds", "blocks", "max_iters", "cores", "index"):
-        check_positive_int(value, name)
-    elif name == "tol":
-        check_tolerance(value)
-    elif name == "solver":
-        check_solver(value)
-    elif name == "draft_rule" and value not in DRAFT_RULES:
-        raise ValueError(f"draft_rule must be one of {DRAFT_RULES}, got {value!r}")
-    elif name == "order" and value not in (1, 2):
-        raise ValueError(f"order must be 1 or 2, got {value!r}")
-    elif name == "pipelined" and not isinstance(value, bool):
-        raise ValueError(f"pipelined must be True or False, got {value!r}")
-    elif name == "adaptive_tol" and (
-        isinstance(value, bool)
-        or not isinstance(value, (int, float))
-        or not (math.isfinite(value) and value > 0)
-    ):
-        raise ValueError(f"adaptive_tol must be a positive number, got {value!r}")
-
-
-def label_field(default: Any) -> Any:
-    """A dataclass field that always appears in the sampler's label."""
-    return dataclasses.field(default=default, metadata={"label": True})
+# --- what every sampler function shares --------------------------------------------------------
 
 
 def check_state(x: Tensor, schedule: Schedule) -> None:
@@ -176,27 +419,6 @@ def check_positive_int(value: object, name: str, upper: int | None = None) -> in
     if upper is not None and value > upper:
         raise ValueError(f"{name} must be at most {upper}, got {value!r}")
     return value
-
-
-def check_tolerance(tol: object) -> float:
-    """``tol`` as a finite float ``>= 0``, or ``ValueError`` naming it."""
-    if (
-        isinstance(tol, bool)
-        or not isinstance(tol, (int, float))
-        or not math.isfinite(tol)
-        or tol < 0
-    ):
-        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
-    return float(tol)
-
-
-def check_solver(solver: object) -> None:
-    """``solver`` must be ``None``, a [`Solver`][driffusion.core.solvers.Solver] or a known
-    solver's name (``ValueError`` otherwise)."""
-    if solver is not None and not isinstance(solver, Solver):
-        if not isinstance(solver, str):
-            raise ValueError(f"solver must be a Solver or a solver's name, got {solver!r}")
-        get_solver(solver)
 
 
 def max_rms(a: Tensor, b: Tensor) -> float:

@@ -21,7 +21,7 @@ bit for bit, after ``N`` rounds. Stopping at round ``R`` costs
 The official default for ``N = 50`` is 8 cores at ``0-2-4-8-16-24-32-40``: the fastest core
 returns after 17 rounds (``50 / 17 = 2.94``). See
 [`default_starts`][driffusion.core.samplers.chords.default_starts] for the lists of other core
-counts, and ``../shared/CHORDS.md`` (the project's spec) for the cadence in detail.
+counts, and the CHORDS section of the documentation's concepts page for the cadence in detail.
 
 **Solvers.** The paper uses first-order fine solvers (DDIM, flow Euler). A multistep solver
 works too when its step is applied to the state it is given, as DPM-Solver++(2M/3M) and PLMS
@@ -40,7 +40,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import Any, Literal
 
 from torch import Tensor
 
@@ -49,23 +49,17 @@ from driffusion.core.samplers.base import (
     Callback,
     Sampler,
     check_positive_int,
-    check_tolerance,
     evaluate,
-    label_field,
     max_rms,
     payload,
+    rows_setting,
+    setting,
     setup_solver,
+    solver_setting,
 )
 from driffusion.core.schedule import Schedule
-from driffusion.core.solvers import (
-    PLMS,
-    Solver,
-    SolverState,
-    UniPC,
-    clean_estimate,
-    get_solver,
-)
-from driffusion.core.transitions import skip_transition
+from driffusion.core.solvers import PLMS, Solver, SolverState, UniPC, get_solver
+from driffusion.core.transitions import predict_x0_eps, skip_transition
 
 StopRule = Literal["core_index", "residual"]
 STOP_RULES: tuple[str, ...] = ("core_index", "residual")
@@ -190,6 +184,21 @@ def chords_evaluations(starts: Sequence[int], num_steps: int, rounds: int) -> in
     return sum(min(num_steps - s, max(0, rounds - c)) for c, s in enumerate(starts))
 
 
+def even_starts(cores: int, num_steps: int, windows: int) -> tuple[int, ...] | None:
+    """Evenly spaced starts ``(0, g, 2g, ..., (C-1) g)`` whose fastest core gets ``windows``
+    whole rectification windows before ``N``: ``g = N // (C - 1 + windows)`` (``None`` when
+    ``g < 2`` or there is one core). Later starts for the fastest core are faster, earlier ones
+    more accurate; the default list gives it one window.
+
+    Examples:
+        >>> even_starts(4, 50, 2)
+        (0, 10, 20, 30)
+    """
+    check_positive_int(cores, "cores")
+    gap = num_steps // (cores - 1 + windows)
+    return None if gap < 2 or cores < 2 else tuple(gap * c for c in range(cores))
+
+
 @dataclass(eq=False)
 class _Core:
     """One core: its next point, its last evaluation and its anchor."""
@@ -210,17 +219,99 @@ class _Core:
             self.anchor_out = out
 
 
+@dataclass(frozen=True, repr=False)
+class Chords(Sampler):
+    """[`sample_chords`][driffusion.core.samplers.chords.sample_chords] as a value.
+
+    Attributes:
+        cores: ``C`` cores (parallel rows per round); ``None``: ``len(starts)``, or 8.
+        starts: start points ``(0, s_1, ..., s_{C-1})``; ``None``: ``default_starts(C, N)``.
+        stop: ``"core_index"`` or ``"residual"``.
+        index: with ``stop="core_index"``, return the ``index``-th core to finish (1: fastest).
+        tol: with ``stop="residual"``, the RMS residual relative to ``sigma_{N-1}``.
+        solver: the fine solver's name or value (deterministic; ``None``: DDIM / flow Euler).
+
+    Examples:
+        >>> from driffusion.testing import toy_problem
+        >>> model, x, schedule = toy_problem(steps=50)
+        >>> sampler = Chords(cores=8, index=2)
+        >>> sampler
+        Chords(cores=8, index=2)
+        >>> sampler(model, x, schedule).stats.rounds  # core 6 finishes at 50 - 32 + 6
+        24
+    """
+
+    name = "chords"
+    title = "CHORDS"
+    cores: int | None = rows_setting(
+        None, "CHORDS cores (rows per round)", optional=True, implied_by="starts"
+    )
+    starts: tuple[int, ...] | None = setting(
+        None, "points", "CHORDS core start points 0 < s_1 < ...", optional=True
+    )
+    stop: str = setting("core_index", "choice", "CHORDS stop rule", choices=STOP_RULES)
+    index: int = setting(1, "int", "CHORDS: return the index-th core to finish", minimum=1)
+    tol: float = setting(
+        1e-3, "float", "CHORDS residual stop: RMS within tol x sigma_{N-1}", minimum=0.0
+    )
+    solver: str | Solver | None = solver_setting()
+
+    def validate(self) -> None:
+        if self.starts is not None:
+            starts = check_starts(self.starts)
+            if self.cores is not None and self.cores != len(starts):
+                raise ValueError(f"cores={self.cores} but starts has {len(starts)} points")
+        count = self.cores if self.starts is None else len(self.starts)
+        if count is not None and self.index > count:
+            raise ValueError(f"index must be at most the {count} cores, got {self.index}")
+        resolved = get_solver(self.solver)
+        if resolved.stochastic:
+            raise ValueError(f"CHORDS needs a deterministic solver, got {resolved.name!r}")
+        if isinstance(resolved, UniPC):
+            raise ValueError(
+                "CHORDS cannot run over unipc: its UniC corrector recomputes each state from "
+                "the previous one and would discard every rectification; use dpmpp_2m, "
+                "dpmpp_3m, plms, ddim or euler"
+            )
+
+    @property
+    def rows(self) -> int | None:
+        """The cores (``len(starts)`` when a start list fixes them)."""
+        return len(self.starts) if self.starts is not None else self.cores
+
+    def fits(self, num_steps: int) -> bool:
+        try:
+            resolve_starts(self.cores, self.starts, num_steps)
+        except ValueError:
+            return False
+        return True
+
+    @classmethod
+    def variants(cls, rows: int, num_steps: int) -> list[dict[str, Any]]:
+        """The default start list returning the fastest and the second core, and evenly spaced
+        lists whose fastest core gets two or three rectification windows (see
+        [`even_starts`][driffusion.core.samplers.chords.even_starts]); each also over DDIM,
+        the paper's solver."""
+        out: list[dict[str, Any]] = [{"index": m} for m in range(1, min(2, rows - 1) + 1)]
+        for windows in (2, 3):
+            starts = even_starts(rows, num_steps, windows)
+            if starts is not None and {"starts": starts, "cores": None} not in out:
+                out.append({"starts": starts, "cores": None})
+        return out + [{**variant, "solver": "ddim"} for variant in out]
+
+
+@Chords.implemented_by
 def sample_chords(
     model: Model,
     x: Tensor,
     schedule: Schedule,
     *,
-    cores: int | None = None,
-    starts: Sequence[int] | None = None,
+    cores: int | None = Chords.cores,
+    starts: Sequence[int] | None = Chords.starts,
     stop: StopRule = "core_index",
-    index: int = 1,
-    tol: float = 1e-3,
-    solver: Solver | str | None = None,
+    index: int = Chords.index,
+    tol: float = Chords.tol,
+    solver: Solver | str | None = Chords.solver,
     callback: Callback | None = None,
     check_finite: bool = True,
 ) -> SampleResult:
@@ -255,7 +346,7 @@ def sample_chords(
         check_finite: raise ``ValueError`` on a non-finite network output.
 
     Returns:
-        The returned core's state at ``N`` and stats; ``iterations`` is ``m``, the returned
+        The returned core's state at ``N`` and stats; ``finish_order`` is ``m``, the returned
         core's place in the finishing order.
 
     Examples:
@@ -263,28 +354,18 @@ def sample_chords(
         >>> from driffusion.core import sample_chords
         >>> model, x, schedule = toy_problem(steps=50)
         >>> result = sample_chords(model, x, schedule, starts=(0, 2, 4, 8, 16, 24, 32, 40))
-        >>> result.stats.rounds, result.stats.evaluations, result.stats.width  # fastest core
+        >>> result.stats.rounds, result.stats.evaluations, result.stats.rows  # fastest core
         (17, 108, 8)
     """
-    resolved = get_solver(solver)
-    if resolved.stochastic:  # before setup_solver, which would ask for its noise
-        raise ValueError(f"CHORDS needs a deterministic solver, got {resolved.name!r}")
-    fine, schedule, initial = setup_solver(resolved, x, schedule, None)
-    if isinstance(fine, UniPC):
-        raise ValueError(
-            "CHORDS cannot run over unipc: its UniC corrector recomputes each state from the "
-            "previous one and would discard every rectification; use dpmpp_2m, dpmpp_3m, plms, "
-            "ddim or euler"
-        )
+    Chords.check(cores=cores, starts=starts, stop=stop, index=index, tol=tol, solver=solver)
+    fine, schedule, initial = setup_solver(solver, x, schedule, None)
     n = schedule.num_steps
     points = resolve_starts(cores, starts, n)
     count = len(points)
     if isinstance(fine, PLMS) and 1 in points[1:]:
         raise ValueError("plms cannot start a core at point 1 (its Heun warm start's repeat)")
-    if stop not in STOP_RULES:
-        raise ValueError(f"stop must be one of {STOP_RULES}, got {stop!r}")
     check_positive_int(index, "index", upper=count)
-    threshold = check_tolerance(tol) * schedule.sigma(n - 1)
+    threshold = tol * schedule.sigma(n - 1)
     counter = CountingModel(model, check_finite=check_finite)
 
     live = [_Core(0, 0, x, initial, 0, x)]
@@ -325,7 +406,7 @@ def sample_chords(
         if callback is not None:
             fast = rows[-1]
             assert fast.last_x is not None and fast.last_out is not None
-            denoised = clean_estimate(fast.last_out, fast.last_x, schedule, fast.i - 1)
+            denoised = predict_x0_eps(fast.last_x, fast.last_out, schedule, fast.i - 1)[0]
             callback(payload(fast.i, fast.x, denoised, schedule, counter.rounds, core=fast.core))
         for core in rows:
             if core.i < n:
@@ -337,52 +418,6 @@ def sample_chords(
             if stop == "residual":
                 done = len(outputs) >= 2 and max_rms(outputs[-1], outputs[-2]) <= threshold
             if done or not live:
-                return SampleResult(core.x, counter.stats(iterations=finished))
+                return SampleResult(core.x, counter.stats(finish_order=finished))
         if spawn is not None:
             live.append(spawn)
-
-
-@dataclass(frozen=True, repr=False)
-class Chords(Sampler):
-    """[`sample_chords`][driffusion.core.samplers.chords.sample_chords] as a value.
-
-    Attributes:
-        cores: ``C`` cores (parallel rows per round); ``None``: ``len(starts)``, or 8.
-        starts: start points ``(0, s_1, ..., s_{C-1})``; ``None``: ``default_starts(C, N)``.
-        stop: ``"core_index"`` or ``"residual"``.
-        index: with ``stop="core_index"``, return the ``index``-th core to finish (1: fastest).
-        tol: with ``stop="residual"``, the RMS residual relative to ``sigma_{N-1}``.
-        solver: the fine solver's name or value (deterministic; ``None``: DDIM / flow Euler).
-
-    Examples:
-        >>> from driffusion.testing import toy_problem
-        >>> model, x, schedule = toy_problem(steps=50)
-        >>> sampler = Chords(cores=8, index=2)
-        >>> sampler
-        Chords(cores=8, index=2)
-        >>> sampler(model, x, schedule).stats.rounds  # core 6 finishes at 50 - 32 + 6
-        24
-    """
-
-    name = "chords"
-    function = sample_chords
-    implied_by: ClassVar[dict[str, str]] = {"cores": "starts"}  # the list fixes the count
-    cores: int | None = label_field(None)
-    starts: tuple[int, ...] | None = None
-    stop: str = "core_index"
-    index: int = 1
-    tol: float = 1e-3
-    solver: str | Solver | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.starts is not None:
-            starts = check_starts(self.starts)
-            object.__setattr__(self, "starts", starts)  # a list becomes a (hashable) tuple
-            if self.cores is not None and self.cores != len(starts):
-                raise ValueError(f"cores={self.cores} but starts has {len(starts)} points")
-        if self.stop not in STOP_RULES:
-            raise ValueError(f"stop must be one of {STOP_RULES}, got {self.stop!r}")
-        count = self.cores if self.starts is None else len(self.starts)
-        if count is not None and self.index > count:
-            raise ValueError(f"index must be at most the {count} cores, got {self.index}")

@@ -21,38 +21,76 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from driffusion.core.drafting import DRAFT_RULES, DraftRule, draft
 from driffusion.core.model import CountingModel, Model, SampleResult
 from driffusion.core.samplers.base import (
     Callback,
     Sampler,
-    check_positive_int,
-    check_tolerance,
     evaluate,
-    label_field,
     max_rms,
     payload,
+    rows_setting,
+    setting,
     setup_solver,
+    solver_setting,
+    tolerance_setting,
 )
 from driffusion.core.schedule import Schedule
-from driffusion.core.solvers import (
-    DraftRule,
-    Solver,
-    SolverState,
-    clean_estimate,
-    draft_states,
-)
+from driffusion.core.solvers import Solver, SolverState
+from driffusion.core.transitions import predict_x0_eps
 
 
+@dataclass(frozen=True, repr=False)
+class PicardDRiffusion(Sampler):
+    """[`sample_picard_driffusion`][driffusion.core.samplers.picard_driffusion.sample_picard_driffusion]
+    as a value.
+
+    Attributes:
+        window: points per round (the draft-group size).
+        tol: accept a step once its RMS change is at most ``tol * sigma``.
+        max_iters: accept a step after this many refinements regardless (``None``: no cap).
+        solver: the solver's name or value (``None``: DDIM / flow Euler).
+        draft_rule: how new window points are drafted (see
+            [`draft`][driffusion.core.drafting.draft]; ``second_order`` is not offered).
+
+    Examples:
+        >>> import torch
+        >>> from driffusion.testing import toy_problem
+        >>> model, x, schedule = toy_problem(steps=50)
+        >>> exact = PicardDRiffusion(window=4, tol=0.0)
+        >>> exact
+        PicardDRiffusion(window=4, tol=0.0)
+        >>> from driffusion.core import Serial
+        >>> torch.equal(exact(model, x, schedule).x, Serial()(model, x, schedule).x)
+        True
+    """
+
+    name = "picard_driffusion"
+    title = "Picard-DRiffusion"
+    window: int = rows_setting(4, "Picard-DRiffusion window: points evaluated per round")
+    tol: float = tolerance_setting(
+        1e-3, "accept a step once its RMS change is within tol x sigma", label=True
+    )
+    max_iters: int | None = setting(
+        None, "int", "accept a step after this many refinements", minimum=1, optional=True
+    )
+    solver: str | Solver | None = solver_setting()
+    draft_rule: str = setting(
+        "skip", "choice", "how new window points are drafted", choices=DRAFT_RULES[:2]
+    )
+
+
+@PicardDRiffusion.implemented_by
 def sample_picard_driffusion(
     model: Model,
     x: Tensor,
     schedule: Schedule,
     *,
-    window: int = 4,
-    tol: float = 1e-3,
-    max_iters: int | None = None,
-    solver: Solver | str | None = None,
-    draft_rule: DraftRule | None = None,
+    window: int = PicardDRiffusion.window,
+    tol: float = PicardDRiffusion.tol,
+    max_iters: int | None = PicardDRiffusion.max_iters,
+    solver: Solver | str | None = PicardDRiffusion.solver,
+    draft_rule: DraftRule = "skip",
     noise: Tensor | None = None,
     callback: Callback | None = None,
     check_finite: bool = True,
@@ -71,15 +109,15 @@ def sample_picard_driffusion(
             batch); ``0`` reproduces the serial sample.
         max_iters: accept a step after this many refinements regardless (``None``: no cap).
         solver: the solver or its name (default: DDIM / flow Euler, or DDPM with ``noise``).
-        draft_rule: how new window points are drafted (see
-            [`draft_states`][driffusion.core.solvers.draft_states]).
+        draft_rule: how new window points are drafted, ``"skip"`` or ``"solver"`` (see
+            [`draft`][driffusion.core.drafting.draft]).
         noise: pre-drawn noise ``[N, B, *shape]`` of a stochastic solver.
         callback: called with [`payload`][driffusion.core.samplers.base.payload] when the window
             moves to a new final point.
         check_finite: raise ``ValueError`` on a non-finite network output.
 
     Returns:
-        The final state; ``iterations`` is the most refinements any step needed.
+        The final state; ``picard_sweeps`` is the most refinements any step needed.
 
     Examples:
         >>> import torch
@@ -92,11 +130,11 @@ def sample_picard_driffusion(
         >>> sample_picard_driffusion(model, x, schedule, window=4, tol=1e-3).stats.rounds < 50
         True
     """
+    PicardDRiffusion.check(
+        window=window, tol=tol, max_iters=max_iters, solver=solver, draft_rule=draft_rule
+    )
     solver, schedule, start = setup_solver(solver, x, schedule, noise)
-    k = check_positive_int(window, "window")
-    if max_iters is not None:
-        check_positive_int(max_iters, "max_iters")
-    check_tolerance(tol)
+    k = window
     counter = CountingModel(model, check_finite=check_finite)
     n = schedule.num_steps
     guesses: dict[int, Tensor] = {0: x}  # current guesses; guesses[t] is final
@@ -113,8 +151,15 @@ def sample_picard_driffusion(
             a_x, a_out, point, a_state = anchor
             missing = [m for m in range(t + 1, t + width) if m not in guesses]
             if missing:  # new window points start from drafts
-                ds = draft_states(
-                    solver, a_x, a_out, schedule, point, max(missing) - point, a_state, draft_rule
+                ds = draft(
+                    a_x,
+                    a_out,
+                    schedule,
+                    point,
+                    max(missing) - point,
+                    solver=solver,
+                    state=a_state,
+                    rule=draft_rule,
                 )
                 for m in missing:
                     guesses[m] = ds[m - point - 1]
@@ -143,41 +188,8 @@ def sample_picard_driffusion(
         anchor = (new[last], outs[-1], last, new_states[last])
         if callback is not None:  # the new final point came from the window's step stride-1
             previous = points[stride - 1]
-            denoised = clean_estimate(outs[stride - 1], new[previous], schedule, previous)
+            denoised = predict_x0_eps(new[previous], outs[stride - 1], schedule, previous)[0]
             callback(payload(t + stride, new[t + stride], denoised, schedule, counter.rounds))
         t += stride
         states = {t: new_states[t]}
-    return SampleResult(guesses[n], counter.stats(iterations=most))
-
-
-@dataclass(frozen=True, repr=False)
-class PicardDRiffusion(Sampler):
-    """[`sample_picard_driffusion`][driffusion.core.samplers.picard_driffusion.sample_picard_driffusion]
-    as a value.
-
-    Attributes:
-        window: points per round (the draft-group size).
-        tol: accept a step once its RMS change is at most ``tol * sigma``.
-        max_iters: accept a step after this many refinements regardless (``None``: no cap).
-        solver: the solver's name or value (``None``: DDIM / flow Euler).
-        draft_rule: how new window points are drafted (``None``: the solver's default).
-
-    Examples:
-        >>> import torch
-        >>> from driffusion.testing import toy_problem
-        >>> model, x, schedule = toy_problem(steps=50)
-        >>> exact = PicardDRiffusion(window=4, tol=0.0)
-        >>> exact
-        PicardDRiffusion(window=4, tol=0.0)
-        >>> from driffusion.core import Serial
-        >>> torch.equal(exact(model, x, schedule).x, Serial()(model, x, schedule).x)
-        True
-    """
-
-    name = "picard_driffusion"
-    function = sample_picard_driffusion
-    window: int = label_field(4)
-    tol: float = label_field(1e-3)
-    max_iters: int | None = None
-    solver: str | Solver | None = None
-    draft_rule: DraftRule | None = None
+    return SampleResult(guesses[n], counter.stats(picard_sweeps=most))

@@ -22,30 +22,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from driffusion.core.samplers.base import Sampler, SamplerFn
-from driffusion.core.samplers.chords import Chords
-from driffusion.core.samplers.driffusion import Aggressive, Conservative
-from driffusion.core.samplers.paradigms import ParaDiGMS, SerialReduced
-from driffusion.core.samplers.picard_driffusion import PicardDRiffusion
-from driffusion.core.samplers.serial import Serial
-from driffusion.core.samplers.srds import SRDS
+from driffusion.core.samplers.base import REGISTRY, Sampler, SamplerFn, rows_name, settings_of
 
-SAMPLERS: dict[str, type[Sampler]] = {
-    cls.name: cls
-    for cls in (
-        Serial,
-        Aggressive,
-        Conservative,
-        SRDS,
-        ParaDiGMS,
-        PicardDRiffusion,
-        SerialReduced,
-        Chords,
-    )
-}
-"""The built-in samplers by name."""
 
-SAMPLER_NAMES: tuple[str, ...] = tuple(SAMPLERS)
+def sampler_names() -> tuple[str, ...]:
+    """The names of the registered built-in samplers, in the order they were defined."""
+    return tuple(REGISTRY)
+
+
+def builtin_samplers() -> list[type[Sampler]]:
+    """The registered built-in sampler classes, in the order they were defined."""
+    return list(REGISTRY.values())
+
+
+def unregister(name: str) -> None:
+    """Remove a registered sampler (e.g. one a test defined); unknown names are ignored."""
+    REGISTRY.pop(name, None)
 
 
 def parse_sampler(text: str, defaults: Mapping[str, Any] | None = None) -> SamplerFn:
@@ -54,11 +46,13 @@ def parse_sampler(text: str, defaults: Mapping[str, Any] | None = None) -> Sampl
     Args:
         text: a built-in name or label with optional settings, or an import path.
         defaults: settings applied to a built-in sampler for each of its fields that ``text``
-            does not set (e.g. ``{"drafts": 4, "window": 4, "solver": "dpmpp_2m"}`` from the
-            command line); a field the sampler does not have is ignored, and so is one the
-            settings given imply (``Sampler.implied_by``: CHORDS' ``starts`` fix its ``cores``).
-            Not applied to samplers
-            loaded by import path: they are what their author wrote.
+            does not set (e.g. ``{"rows": 4, "solver": "dpmpp_2m"}`` from the command line);
+            ``"rows"`` sets the setting declared ``rows=True`` (``drafts``, ``window``,
+            ``cores``, ``blocks``) unless that one is given by name too. A setting the sampler
+            does not have is ignored, and so is one the settings given imply (a
+            [`Setting`][driffusion.core.samplers.base.Setting]'s ``implied_by``: CHORDS'
+            ``starts`` fix its ``cores``). Not applied to samplers loaded by import path: they
+            are what their author wrote.
 
     Returns:
         The sampler.
@@ -68,25 +62,30 @@ def parse_sampler(text: str, defaults: Mapping[str, Any] | None = None) -> Sampl
             that does not lead to a callable.
 
     Examples:
-        >>> parse_sampler("aggressive(drafts=4)", {"drafts": 2, "solver": "dpmpp_2m"})
+        >>> parse_sampler("aggressive(drafts=4)", {"rows": 2, "solver": "dpmpp_2m"})
         Aggressive(drafts=4, solver='dpmpp_2m')
-        >>> parse_sampler("SRDS(tol=0.01, pipelined=True)")
-        SRDS(tol=0.01, pipelined=True)
+        >>> parse_sampler("aggressive", {"rows": 2})
+        Aggressive(drafts=2)
     """
     text = text.strip()
     head, settings = _split_settings(text)
     if ":" in head:
         return _from_import_path(head, settings, text)
     cls = _builtin(head)
+    declared = settings_of(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(settings) - names)
     if unknown:
         raise ValueError(f"{cls.__name__} has no setting(s) {unknown}; it has {sorted(names)}")
-    implied = {k for k, by in cls.implied_by.items() if by in settings}
+    given = dict(defaults or {})
+    rows_key = rows_name(cls)
+    if "rows" in given:
+        rows = given.pop("rows")
+        if rows_key is not None:
+            given.setdefault(rows_key, rows)
+    implied = {k for k, spec in declared.items() if spec.implied_by in settings}
     merged = {
-        k: v
-        for k, v in (defaults or {}).items()
-        if k in names and k not in settings and k not in implied
+        k: v for k, v in given.items() if k in names and k not in settings and k not in implied
     }
     return cls(**merged, **settings)
 
@@ -112,11 +111,11 @@ def unique_names(samplers: list[Any]) -> list[str]:
 
 
 def _builtin(name: str) -> type[Sampler]:
-    by_class = {cls.__name__.lower(): cls for cls in SAMPLERS.values()}
-    cls = SAMPLERS.get(name) or by_class.get(name.lower())
+    by_class = {cls.__name__.lower(): cls for cls in REGISTRY.values()}
+    cls = REGISTRY.get(name) or by_class.get(name.lower())
     if cls is None:
         raise ValueError(
-            f"unknown sampler {name!r}; choose one of {', '.join(SAMPLER_NAMES)}, or give an "
+            f"unknown sampler {name!r}; choose one of {', '.join(REGISTRY)}, or give an "
             "import path (package.module:NAME or path/to/file.py:NAME)"
         )
     return cls

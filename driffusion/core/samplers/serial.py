@@ -13,17 +13,42 @@ from driffusion.core.samplers.base import (
     evaluate,
     payload,
     setup_solver,
+    solver_setting,
 )
 from driffusion.core.schedule import Schedule
-from driffusion.core.solvers import Solver, clean_estimate
+from driffusion.core.solvers import Solver
+from driffusion.core.transitions import predict_x0_eps
 
 
+@dataclass(frozen=True, repr=False)
+class Serial(Sampler):
+    """[`sample_serial`][driffusion.core.samplers.serial.sample_serial] as a value.
+
+    Attributes:
+        solver: the solver's name (``None``: DDIM / flow Euler, or DDPM with noise).
+
+    Examples:
+        >>> from driffusion.testing import toy_problem
+        >>> model, x, schedule = toy_problem(steps=20)
+        >>> sampler = Serial(solver="dpmpp_2m")
+        >>> sampler
+        Serial(solver='dpmpp_2m')
+        >>> sampler(model, x, schedule).stats.rounds
+        20
+    """
+
+    name = "serial"
+    parallel = False
+    solver: str | Solver | None = solver_setting()
+
+
+@Serial.implemented_by
 def sample_serial(
     model: Model,
     x: Tensor,
     schedule: Schedule,
     *,
-    solver: Solver | str | None = None,
+    solver: Solver | str | None = Serial.solver,
     noise: Tensor | None = None,
     callback: Callback | None = None,
     check_finite: bool = True,
@@ -33,8 +58,7 @@ def sample_serial(
     $$x_{i+1}, s_{i+1} = \mathrm{step}(x_i, f(x_i, t_i), i, s_i), \qquad i = 0..N-1$$
 
     with the solver state ``s`` (see [`driffusion.core.solvers`][driffusion.core.solvers]). The
-    default solver is
-    the DDIM step (flow: the Euler step) or, with ``noise``, the DDPM step.
+    default solver is the DDIM step (flow: the Euler step) or, with ``noise``, the DDPM step.
 
     Args:
         model: ``model(xs[K, B, ...], t[K]) -> out``
@@ -61,6 +85,7 @@ def sample_serial(
         >>> result.stats.rounds, result.stats.evaluations
         (50, 50)
     """
+    Serial.check(solver=solver)
     solver, schedule, state = setup_solver(solver, x, schedule, noise)
     counter = CountingModel(model, check_finite=check_finite)
     for i in range(schedule.num_steps):
@@ -68,29 +93,6 @@ def sample_serial(
         before = x
         x, state = solver.step(x, out, schedule, i, state)
         if callback is not None:
-            denoised = clean_estimate(out, before, schedule, i)
+            denoised = predict_x0_eps(before, out, schedule, i)[0]
             callback(payload(i + 1, x, denoised, schedule, counter.rounds))
     return SampleResult(x, counter.stats())
-
-
-@dataclass(frozen=True, repr=False)
-class Serial(Sampler):
-    """[`sample_serial`][driffusion.core.samplers.serial.sample_serial] as a value.
-
-    Attributes:
-        solver: the solver's name (``None``: DDIM / flow Euler, or DDPM with noise).
-
-    Examples:
-        >>> from driffusion.testing import toy_problem
-        >>> model, x, schedule = toy_problem(steps=20)
-        >>> sampler = Serial(solver="dpmpp_2m")
-        >>> sampler
-        Serial(solver='dpmpp_2m')
-        >>> sampler(model, x, schedule).stats.rounds
-        20
-    """
-
-    name = "serial"
-    function = sample_serial
-    parallel = False
-    solver: str | Solver | None = None

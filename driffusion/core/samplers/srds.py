@@ -13,19 +13,30 @@ iterations reproduce the serial sample; iteration stops early once the last bloc
 at most ``tol * sigma_{N-1}`` (per-sample RMS): as in ParaDiGMS and Picard-DRiffusion, a state's
 change is measured relative to the noise level of the step that produced it.
 
-Implementation: a small dataflow engine. Every round it gathers all evaluations that are ready
-(first evaluations at newly corrected block starts, which serve both ``G`` and the first fine
-step, and the next step of every running fine solve) into **one** model call. Without
-``pipelined`` the fine solves of iteration ``p + 1`` wait until iteration ``p``'s correction sweep
-is complete; with ``pipelined`` a block's next fine solve starts as soon as its start is
-corrected. Unchanged block starts (``X^p_{b-1}`` identical to ``X^{p-1}_{b-1}``) reuse earlier
-fine results, so the converged prefix costs nothing and stays bit-identical to serial.
+Implementation, in two parts:
+
+- the **sweep** (``_Parareal``): the iterates ``X^p_b``, the outputs at them, the coarse and
+  fine results, and the Parareal update that fills every block end whose inputs are known (no
+  model calls);
+- the **schedule** (``_Schedule``): which evaluations run in each round. Every round gathers
+  all that are ready (the outputs at newly corrected block starts, which serve both ``G`` and
+  the first fine step, and the next step of every running fine solve) into **one** model call.
+  With ``pipelined`` (the default) a block's next fine solve starts as soon as its start is
+  corrected; without it, the fine solves of iteration ``p + 1`` wait until iteration ``p``'s
+  correction sweep is complete.
+
+Unchanged block starts (``X^p_{b-1}`` identical to ``X^{p-1}_{b-1}``) reuse earlier fine
+results, so the converged prefix costs nothing and stays bit-identical to serial. Pipelined, the
+fine solve that fixes block ``b`` starts from the serial state at ``n_{b-1}`` no later than the
+serial sampler reaches it, so SRDS never takes more rounds than serial (``N``, at ``tol = 0``);
+not pipelined, each correction sweep adds rounds, and it can take more than ``N``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from torch import Tensor
 
@@ -34,12 +45,14 @@ from driffusion.core.samplers.base import (
     Callback,
     Sampler,
     check_positive_int,
-    check_tolerance,
     evaluate,
-    label_field,
     max_rms,
     payload,
+    rows_setting,
+    setting,
     setup_solver,
+    solver_setting,
+    tolerance_setting,
 )
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import Solver, SolverState
@@ -65,6 +78,51 @@ def default_blocks(num_steps: int) -> int:
     return max(1, min(num_steps, round(math.sqrt(num_steps))))
 
 
+@dataclass(frozen=True, repr=False)
+class SRDS(Sampler):
+    """[`sample_srds`][driffusion.core.samplers.srds.sample_srds] as a value.
+
+    Attributes:
+        blocks: Parareal blocks ``B`` (``None``: ``round(sqrt(N))``); the rows of a round.
+        tol: stop once the sample moves by at most ``tol * sigma_{N-1}`` (RMS).
+        max_iters: iteration cap (``None``: ``B``, which always reaches the serial sample).
+        pipelined: start each block's next fine solve as soon as its start is corrected (the
+            default: never more rounds than serial).
+        solver: the fine solver's name or value (``None``: DDIM / flow Euler).
+
+    Examples:
+        >>> from driffusion.testing import toy_problem
+        >>> model, x, schedule = toy_problem(steps=50)
+        >>> sampler = SRDS(tol=1e-2)
+        >>> sampler
+        SRDS(tol=0.01)
+        >>> sampler(model, x, schedule).stats.rounds < 50
+        True
+    """
+
+    name = "srds"
+    title = "SRDS"
+    blocks: int | None = rows_setting(
+        None, "SRDS Parareal blocks (rows per round; default sqrt(N))", optional=True
+    )
+    tol: float = tolerance_setting(
+        1e-3, "stop once the sample moves by at most tol x sigma_{N-1}", label=True
+    )
+    max_iters: int | None = setting(
+        None, "int", "SRDS: at most this many Parareal iterations", minimum=1, optional=True
+    )
+    pipelined: bool = setting(True, "bool", "SRDS: start fine solves as soon as they can")
+    solver: str | Solver | None = solver_setting()
+
+    def fits(self, num_steps: int) -> bool:
+        return self.blocks is None or self.blocks <= num_steps
+
+    @classmethod
+    def variants(cls, rows: int, num_steps: int) -> list[dict[str, Any]]:
+        """Until the tolerance, or one or two Parareal iterations."""
+        return [{}, {"max_iters": 1}, {"max_iters": 2}]
+
+
 @dataclass
 class _FineSolve:
     """A running fine solve of block ``block`` for iteration ``iteration``."""
@@ -77,16 +135,158 @@ class _FineSolve:
     solver_state: SolverState
 
 
+class _Parareal:
+    """The sweep: Parareal's iterates over the block ends and their pure updates.
+
+    ``X[p][b]`` is the state at block end ``n_b`` in iteration ``p`` (``X[p][0] = x``), ``E`` the
+    output at it, ``G`` the coarse skip from it over block ``b + 1``, ``Y[p][b]`` the fine solve
+    of block ``b`` from ``X[p - 1][b - 1]`` and ``S`` its final solver state; ``None`` while
+    unknown.
+    """
+
+    def __init__(self, x: Tensor, schedule: Schedule, bounds: list[int], iters: int) -> None:
+        blocks = len(bounds) - 1
+        self.schedule, self.bounds, self.iters, self.blocks = schedule, bounds, iters, blocks
+
+        def grid() -> list[list[Any]]:
+            return [[None] * (blocks + 1) for _ in range(iters + 1)]
+
+        self.X, self.E, self.G, self.Y, self.S = grid(), grid(), grid(), grid(), grid()
+        for p in range(iters + 1):
+            self.X[p][0] = x
+
+    def unchanged(self, p: int, b: int) -> bool:
+        """``X^p_b`` is (the same object as) ``X^{p-1}_b``: its block has converged."""
+        return p >= 1 and self.X[p][b] is not None and self.X[p][b] is self.X[p - 1][b]
+
+    def coarse(self, p: int, b: int) -> Tensor:
+        """``G_b(X^p_{b-1})``, memoised."""
+        if self.G[p][b] is None:
+            start, out = self.X[p][b - 1], self.E[p][b - 1]
+            bounds = self.bounds
+            self.G[p][b] = skip_transition(start, out, self.schedule, bounds[b - 1], bounds[b])
+        return self.G[p][b]
+
+    def complete(self, p: int) -> bool:
+        """Every block start of iteration ``p`` and its output are known."""
+        return all(
+            self.X[p][b] is not None and self.E[p][b] is not None for b in range(self.blocks)
+        )
+
+    def correct(self) -> bool:
+        """One pass of the Parareal update over every block end whose inputs are known:
+        ``X^0_b = G_b(X^0_{b-1})``, ``X^p_b = Y^p_b + G_b(X^p_{b-1}) - G_b(X^{p-1}_{b-1})``
+        (exactly ``Y^p_b`` when the start did not move); outputs at unchanged states are reused.
+        Returns whether anything became known."""
+        X, E, Y = self.X, self.E, self.Y
+        changed = False
+        for p in range(self.iters + 1):
+            for b in range(self.blocks + 1):
+                reusable = b < self.blocks and E[p][b] is None and self.unchanged(p, b)
+                if reusable and E[p - 1][b] is not None:
+                    E[p][b] = E[p - 1][b]
+                    changed = True
+                if X[p][b] is not None or b == 0:
+                    continue
+                if p == 0:
+                    if E[0][b - 1] is not None:
+                        X[0][b] = self.coarse(0, b)
+                        changed = True
+                elif Y[p][b] is not None and X[p][b - 1] is not None:
+                    if self.unchanged(p, b - 1):
+                        X[p][b] = Y[p][b]  # the G terms cancel exactly
+                        changed = True
+                    elif E[p][b - 1] is not None:
+                        X[p][b] = Y[p][b] + self.coarse(p, b) - self.coarse(p - 1, b)
+                        changed = True
+        return changed
+
+
+class _Schedule:
+    """The rounds: which fine solves run, and which evaluations each round gathers."""
+
+    def __init__(
+        self, sweep: _Parareal, solver: Solver, initial: SolverState, pipelined: bool
+    ) -> None:
+        self.sweep, self.solver, self.initial, self.pipelined = sweep, solver, initial, pipelined
+        self.started: set[tuple[int, int]] = set()
+        self.solves: list[_FineSolve] = []
+
+    def start(self) -> bool:
+        """Start every fine solve ``(p, b)`` whose start ``X^{p-1}_{b-1}`` and its output are
+        known (without ``pipelined``: once iteration ``p - 1`` is complete); one from an
+        unchanged start reuses the earlier result. Returns whether any started."""
+        sweep = self.sweep
+        X, E, Y, S = sweep.X, sweep.E, sweep.Y, sweep.S
+        changed = False
+        for p in range(1, sweep.iters + 1):
+            if not (self.pipelined or sweep.complete(p - 1)):
+                continue
+            for b in range(1, sweep.blocks + 1):
+                x_start, out = X[p - 1][b - 1], E[p - 1][b - 1]
+                if (p, b) in self.started or x_start is None or out is None:
+                    continue
+                if p >= 2 and sweep.unchanged(p - 1, b - 1):
+                    if Y[p - 1][b] is None:
+                        continue  # same start as the solve still running: wait for it
+                    Y[p][b], S[p][b] = Y[p - 1][b], S[p - 1][b]
+                else:
+                    # a multistep solver continues the history of the block before
+                    begin = self.initial if b == 1 or p == 1 else S[p - 1][b - 1]
+                    if begin is None:
+                        continue  # the previous block's fine solve has not finished
+                    bounds = sweep.bounds
+                    solve = _FineSolve(p, b, bounds[b - 1], bounds[b], x_start, begin)
+                    self.solves.append(solve)
+                    self.advance(solve, out)  # its first output is the one at the block start
+                self.started.add((p, b))
+                changed = True
+        return changed
+
+    def advance(self, solve: _FineSolve, out: Tensor) -> None:
+        """One fine step; a finished solve stores its result."""
+        solve.state, solve.solver_state = self.solver.step(
+            solve.state, out, self.sweep.schedule, solve.point, solve.solver_state
+        )
+        solve.point += 1
+        if solve.point == solve.end:
+            self.sweep.Y[solve.iteration][solve.block] = solve.state
+            self.sweep.S[solve.iteration][solve.block] = solve.solver_state
+            self.solves.remove(solve)
+
+    def requests(self) -> list[tuple[Tensor, int, tuple[int, int] | _FineSolve]]:
+        """This round's rows ``(state, point, target)``: the outputs wanted at block starts
+        (``target = (p, b)``), then the next step of every running fine solve."""
+        sweep = self.sweep
+        rows: list[tuple[Tensor, int, tuple[int, int] | _FineSolve]] = []
+        for p in range(sweep.iters + 1):
+            for b in range(sweep.blocks):
+                state = sweep.X[p][b]
+                if state is not None and sweep.E[p][b] is None and not sweep.unchanged(p, b):
+                    rows.append((state, sweep.bounds[b], (p, b)))
+        rows += [(solve.state, solve.point, solve) for solve in self.solves]
+        return rows
+
+    def apply(self, targets: list[tuple[int, int] | _FineSolve], outs: Tensor) -> None:
+        """Hand each output of the round to its target."""
+        for target, out in zip(targets, outs, strict=True):
+            if isinstance(target, _FineSolve):
+                self.advance(target, out)
+            else:
+                self.sweep.E[target[0]][target[1]] = out
+
+
+@SRDS.implemented_by
 def sample_srds(
     model: Model,
     x: Tensor,
     schedule: Schedule,
     *,
-    blocks: int | None = None,
-    tol: float = 1e-3,
-    max_iters: int | None = None,
-    pipelined: bool = False,
-    solver: Solver | str | None = None,
+    blocks: int | None = SRDS.blocks,
+    tol: float = SRDS.tol,
+    max_iters: int | None = SRDS.max_iters,
+    pipelined: bool = SRDS.pipelined,
+    solver: Solver | str | None = SRDS.solver,
     noise: Tensor | None = None,
     callback: Callback | None = None,
     check_finite: bool = True,
@@ -101,7 +301,7 @@ def sample_srds(
     Args:
         model: ``model(xs[K, B, ...], t[K]) -> out``.
         x: initial state ``[B, *shape]`` at point 0.
-        schedule: the grid (deterministic base sampler: DDIM / flow Euler).
+        schedule: the grid.
         blocks: number of blocks ``B`` in ``1..N``; default ``round(sqrt(N))``.
         tol: stop once the sample's change ``max_b RMS(X^p_B - X^{p-1}_B)`` is at most
             ``tol * sigma_{N-1}`` (relative to the noise level of the last step, the same
@@ -118,191 +318,43 @@ def sample_srds(
         check_finite: raise ``ValueError`` on a non-finite network output.
 
     Returns:
-        The final state and stats (rounds, evaluations, iterations run).
+        The final state and stats (rounds, evaluations, ``parareal_iterations`` run).
 
     Examples:
         >>> import torch
         >>> from driffusion.testing import toy_problem
         >>> model, x, schedule = toy_problem(steps=50)  # an exact denoiser, noise, a grid
         >>> from driffusion.core import sample_serial, sample_srds
-        >>> close = sample_srds(model, x, schedule, blocks=7, tol=1e-3, pipelined=True)
+        >>> close = sample_srds(model, x, schedule, blocks=7, tol=1e-3)
         >>> close.stats.rounds  # of 50; the sample moved by at most 1e-3 sigma_49 (RMS)
         32
         >>> exact = sample_srds(model, x, schedule, blocks=7, tol=0.0)
         >>> bool((exact.x - sample_serial(model, x, schedule).x).abs().max() < 1e-5)
         True
     """
+    SRDS.check(blocks=blocks, tol=tol, max_iters=max_iters, pipelined=pipelined, solver=solver)
     solver, schedule, initial = setup_solver(solver, x, schedule, noise)
     n = schedule.num_steps
     num_blocks = default_blocks(n) if blocks is None else check_positive_int(blocks, "blocks", n)
-    iters = num_blocks if max_iters is None else check_positive_int(max_iters, "max_iters")
-    iters = min(iters, num_blocks)
-    check_tolerance(tol)
-    bounds = block_boundaries(n, num_blocks)
+    iters = num_blocks if max_iters is None else min(max_iters, num_blocks)
+    sweep = _Parareal(x, schedule, block_boundaries(n, num_blocks), iters)
+    rounds = _Schedule(sweep, solver, initial, pipelined)
     counter = CountingModel(model, check_finite=check_finite)
-
-    # X[p][b]: block-end states of iteration p (X[p][0] is x for all p); None while unknown.
-    X: list[list[Tensor | None]] = [[None] * (num_blocks + 1) for _ in range(iters + 1)]
-    E: list[list[Tensor | None]] = [[None] * num_blocks for _ in range(iters + 1)]  # outputs at X
-    G: list[list[Tensor | None]] = [[None] * (num_blocks + 1) for _ in range(iters + 1)]  # coarse
-    Y: list[list[Tensor | None]] = [[None] * (num_blocks + 1) for _ in range(iters + 1)]  # fine
-    # solver state at the end of each fine solve
-    S: list[list[SolverState | None]] = [[None] * (num_blocks + 1) for _ in range(iters + 1)]
-    for p in range(iters + 1):
-        X[p][0] = x
-    started: set[tuple[int, int]] = set()
-    solves: list[_FineSolve] = []
     next_check = 1  # the next iteration whose convergence is checked
-
-    def unchanged(p: int, b: int) -> bool:
-        return p >= 1 and X[p][b] is not None and X[p][b] is X[p - 1][b]
-
-    def coarse(p: int, b: int) -> Tensor:
-        """G_b(X^p_{b-1}), memoised."""
-        value = G[p][b]
-        if value is None:
-            start, out = X[p][b - 1], E[p][b - 1]
-            assert start is not None and out is not None
-            value = skip_transition(start, out, schedule, bounds[b - 1], bounds[b])
-            G[p][b] = value
-        return value
-
-    def iteration_ready(p: int) -> bool:
-        return all(X[p][b] is not None and E[p][b] is not None for b in range(num_blocks))
-
-    def advance(solve: _FineSolve, out: Tensor) -> None:
-        solve.state, solve.solver_state = solver.step(
-            solve.state, out, schedule, solve.point, solve.solver_state
-        )
-        solve.point += 1
-        if solve.point == solve.end:
-            Y[solve.iteration][solve.block] = solve.state
-            S[solve.iteration][solve.block] = solve.solver_state
-            solves.remove(solve)
-
-    def start_state(p: int, b: int) -> SolverState | None:
-        """The solver state the fine solve (p, b) starts with; None while not yet known."""
-        if b == 1 or p == 1:
-            return initial
-        return S[p - 1][b - 1]
-
-    def resolve() -> None:
-        """Do all the pure math that is ready, until nothing changes (no model calls)."""
-        changed = True
-        while changed:
-            changed = False
-            for p in range(iters + 1):
-                for b in range(num_blocks + 1):
-                    # Outputs at unchanged states are reused, not re-evaluated.
-                    reusable = b < num_blocks and E[p][b] is None and unchanged(p, b)
-                    if reusable and E[p - 1][b] is not None:
-                        E[p][b] = E[p - 1][b]
-                        changed = True
-                    if X[p][b] is not None or b == 0:
-                        continue
-                    if p == 0:
-                        if E[0][b - 1] is not None:
-                            X[0][b] = coarse(0, b)
-                            changed = True
-                        continue
-                    fine = Y[p][b]
-                    if fine is None or X[p][b - 1] is None:
-                        continue
-                    if unchanged(p, b - 1):
-                        X[p][b] = fine  # the G terms cancel exactly
-                        changed = True
-                    elif E[p][b - 1] is not None:
-                        X[p][b] = fine + coarse(p, b) - coarse(p - 1, b)
-                        changed = True
-            for p in range(1, iters + 1):
-                gate = pipelined or iteration_ready(p - 1)
-                for b in range(1, num_blocks + 1):
-                    if (p, b) in started or not gate:
-                        continue
-                    x_start, out = X[p - 1][b - 1], E[p - 1][b - 1]
-                    if x_start is None or out is None:
-                        continue
-                    if p >= 2 and unchanged(p - 1, b - 1):
-                        if Y[p - 1][b] is None:
-                            continue  # same start as the solve still running: wait for it
-                        Y[p][b], S[p][b] = Y[p - 1][b], S[p - 1][b]
-                    else:
-                        begin = start_state(p, b)
-                        if begin is None:
-                            continue  # the previous block's fine solve has not finished
-                        solve = _FineSolve(p, b, bounds[b - 1], bounds[b], x_start, begin)
-                        solves.append(solve)
-                        advance(solve, out)  # its first output is the one at the block start
-                    started.add((p, b))
-                    changed = True
-
     while True:
-        resolve()
-        while next_check <= iters and X[next_check][num_blocks] is not None:
-            final, previous = X[next_check][num_blocks], X[next_check - 1][num_blocks]
-            assert final is not None and previous is not None
+        while sweep.correct() | rounds.start():  # both, every pass: all pure math that is ready
+            pass
+        while next_check <= iters and sweep.X[next_check][num_blocks] is not None:
+            final, previous = sweep.X[next_check][num_blocks], sweep.X[next_check - 1][num_blocks]
             change = 0.0 if final is previous else max_rms(final, previous)
             if callback is not None:  # at the last point the state is the sample itself
-                callback(
-                    payload(
-                        n,
-                        final,
-                        final,
-                        schedule,
-                        counter.rounds,
-                        iteration=next_check,
-                        change=change,
-                    )
-                )
+                extra = {"iteration": next_check, "change": change}
+                callback(payload(n, final, final, schedule, counter.rounds, **extra))
             if change <= tol * schedule.sigma(n - 1) or next_check == iters:
-                return SampleResult(final, counter.stats(iterations=next_check))
+                return SampleResult(final, counter.stats(parareal_iterations=next_check))
             next_check += 1
-        requests: list[tuple[Tensor, int]] = []
-        targets: list[tuple[int, int] | _FineSolve] = []
-        for p in range(iters + 1):
-            for b in range(num_blocks):
-                state = X[p][b]
-                if state is not None and E[p][b] is None and not unchanged(p, b):
-                    requests.append((state, bounds[b]))
-                    targets.append((p, b))
-        for solve in solves:
-            requests.append((solve.state, solve.point))
-            targets.append(solve)
-        if not requests:  # pragma: no cover - the dataflow above always leaves work
+        rows = rounds.requests()
+        if not rows:  # pragma: no cover - the dataflow above always leaves work
             raise RuntimeError("SRDS scheduler stalled; this is a bug")
-        outs = evaluate(counter, [s for s, _ in requests], [i for _, i in requests], schedule)
-        for target, out in zip(targets, outs, strict=True):
-            if isinstance(target, _FineSolve):
-                advance(target, out)
-            else:
-                E[target[0]][target[1]] = out
-
-
-@dataclass(frozen=True, repr=False)
-class SRDS(Sampler):
-    """[`sample_srds`][driffusion.core.samplers.srds.sample_srds] as a value.
-
-    Attributes:
-        blocks: Parareal blocks ``B`` (``None``: ``round(sqrt(N))``).
-        tol: stop once the sample moves by at most ``tol * sigma_{N-1}`` (RMS).
-        max_iters: iteration cap (``None``: ``B``, which always reaches the serial sample).
-        pipelined: start each block's next fine solve as soon as its start is corrected.
-        solver: the fine solver's name or value (``None``: DDIM / flow Euler).
-
-    Examples:
-        >>> from driffusion.testing import toy_problem
-        >>> model, x, schedule = toy_problem(steps=50)
-        >>> sampler = SRDS(tol=1e-2, pipelined=True)
-        >>> sampler
-        SRDS(tol=0.01, pipelined=True)
-        >>> sampler(model, x, schedule).stats.rounds < 50
-        True
-    """
-
-    name = "srds"
-    function = sample_srds
-    blocks: int | None = None
-    tol: float = label_field(1e-3)
-    max_iters: int | None = None
-    pipelined: bool = False
-    solver: str | Solver | None = None
+        outs = evaluate(counter, [r[0] for r in rows], [r[1] for r in rows], schedule)
+        rounds.apply([r[2] for r in rows], outs)

@@ -118,10 +118,9 @@ def build_generator(args: argparse.Namespace, device: torch.device) -> tuple[Any
             return DiffusionSamplerModule(denoiser, schedule, (1, 16, 16), sampler)
 
         return make_digits, None, steps
-    from text2image import load_family_pipeline
-
     from driffusion.adapters.diffusers import FAMILIES, adapt_pipeline
     from driffusion.lightning.text2image import PromptSamplerModule, collate_prompts
+    from driffusion.recipes.text2image import load_family_pipeline
 
     family = FAMILIES[args.recipe]
     pipe, size = load_family_pipeline(family, args.model or family.model, args.tiny, "fp32")

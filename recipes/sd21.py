@@ -3,10 +3,11 @@
     fabric run --accelerator cuda --devices 4 --strategy ddp recipes/sd21.py --prompt "a lighthouse"
     python recipes/sd21.py --tiny --prompt "a red cat"          # random tiny model, CPU, offline
 
-See text2image.py (beside this script) for every flag.
+Every flag: ``python sd21.py --help`` (the job is ``driffusion.recipes.text2image``, so this
+script runs from any folder, copied alone).
 """
 
-from text2image import run_recipe
+from driffusion.recipes.text2image import run_recipe
 
 if __name__ == "__main__":
     run_recipe("sd21")

@@ -1,4 +1,4 @@
-"""The text-to-image job behind ``sd21.py``, ``sdxl.py`` and ``sd3.py`` in this folder.
+"""The text-to-image job behind the recipes ``sd21.py``, ``sdxl.py`` and ``sd3.py``.
 
 It is what a diffusers user writes, plus the files: load the pipeline (``--tiny`` builds a small
 random one), optionally swap its scheduler (``--scheduler``), ``parallelize`` it with the

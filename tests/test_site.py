@@ -247,3 +247,11 @@ def test_a_formula_that_does_not_convert_fails_the_build(tmp_path: Path) -> None
     assert result.returncode != 0
     assert "math on index.md does not render" in result.stderr
     assert "\\nosuchmacro" in result.stderr
+
+
+def test_the_chords_cadence_has_the_anchors_docstrings_link_to(pages: dict[str, Page]) -> None:
+    """``[text][chords]`` in a docstring resolves (autorefs) to these headings of the concepts."""
+    html = pages["concepts.html"].html
+    anchors = ("chords", "chords-cadence", "chords-rectification", "chords-finish-rounds")
+    anchors += ("chords-evaluations", "chords-stop-rules", "chords-official-threshold")
+    assert [a for a in anchors if f'id="{a}"' not in html] == []

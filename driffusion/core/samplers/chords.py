@@ -21,7 +21,7 @@ bit for bit, after ``N`` rounds. Stopping at round ``R`` costs
 The official default for ``N = 50`` is 8 cores at ``0-2-4-8-16-24-32-40``: the fastest core
 returns after 17 rounds (``50 / 17 = 2.94``). See
 [`default_starts`][driffusion.core.samplers.chords.default_starts] for the lists of other core
-counts, and the CHORDS section of the documentation's concepts page for the cadence in detail.
+counts, and [the CHORDS section of the concepts page][chords] for the cadence in detail.
 
 **Solvers.** The paper uses first-order fine solvers (DDIM, flow Euler). A multistep solver
 works too when its step is applied to the state it is given, as DPM-Solver++(2M/3M) and PLMS

@@ -103,6 +103,7 @@ class Aggressive(_DRiffusion):
     """
 
     name = "aggressive"
+    title = "DRiffusion aggressive"
     mode = "aggressive"
 
 
@@ -119,6 +120,7 @@ class Conservative(_DRiffusion):
     """
 
     name = "conservative"
+    title = "DRiffusion conservative"
     mode = "conservative"
 
 

@@ -1,7 +1,8 @@
 """Your own sampler from the public pieces: a "draft-twice" variant of DRiffusion.
 
 A sampler is any callable ``sampler(model, x, schedule, *, callback=None) -> SampleResult``;
-subclassing the frozen dataclass ``Sampler`` adds a label (its ``repr``) and checked settings.
+subclassing the frozen dataclass ``Sampler`` adds a label (its ``repr``) and settings declared
+once with ``setting`` (type, default, bound, help), checked on construction.
 It then goes everywhere the built-in ones go, e.g. (2 processes splitting each round):
 
     fabric run --accelerator cpu --devices 2 --strategy ddp recipes/digits.py \
@@ -19,11 +20,12 @@ from driffusion.core import (
     Sampler,
     SampleResult,
     Serial,
-    clean_estimate,
     draft,
     evaluate,
     payload,
+    predict_x0_eps,
     refine,
+    rows_setting,
 )
 from driffusion.testing import toy_problem
 
@@ -33,22 +35,21 @@ class DraftTwice(Sampler):
     """Conservative-style blocks whose drafts are evaluated twice: once at the drafts, once at
     the refined states, refining after each (3 rounds per block of ``drafts`` steps)."""
 
-    name = "draft_twice"
-    drafts: int = 3
+    drafts: int = rows_setting(3, "steps per block (its rows per round)")
 
     def __call__(self, model, x, schedule, *, callback=None, check_finite=True):
         counter = CountingModel(model, check_finite=check_finite)
         i, n = 0, schedule.num_steps
         while i < n:
             anchor = evaluate(counter, [x], [i], schedule)[0]
-            denoised = clean_estimate(anchor, x, schedule, i)
+            denoised = predict_x0_eps(x, anchor, schedule, i)[0]
             k = min(self.drafts, n - i)  # steps in this block
-            refined = refine(x, anchor[None], schedule, i)
+            refined, _ = refine(x, anchor[None], schedule, i)
             if k > 1:
                 states = draft(x, anchor, schedule, i, k - 1)
                 for _ in range(2):  # evaluate at the drafts, then at the refined states
                     outs = evaluate(counter, list(states), list(range(i + 1, i + k)), schedule)
-                    refined = refine(x, torch.cat([anchor[None], outs]), schedule, i)
+                    refined, _ = refine(x, torch.cat([anchor[None], outs]), schedule, i)
                     states = refined[:-1]
             x, i = refined[-1], i + k
             if callback is not None:

@@ -54,14 +54,16 @@ def draft(
     - ``"solver"``: the solver's own extrapolation over the span ``i -> i + j`` with its history
       (for DPM-Solver++(2M): the 2M formula with ``h = lambda_{i+j} - lambda_i``).
     - ``"second_order"``: with ``previous = (x0_p, p)``, an earlier clean estimate at point
-      ``p < i``, ``x0`` is extrapolated linearly in log-SNR ``lambda = log(alpha / sigma)`` and
-      integrated exactly (the DPM-Solver++(2M) step over the span):
+      ``p < i``, the clean estimate is extrapolated linearly in log-SNR and integrated exactly
+      (below); without ``previous`` (the first block) it drafts by ``skip``.
+
+    The second-order draft, with ``lambda = log(alpha / sigma)``:
 
     $$d_j = \frac{\sigma_m}{\sigma_i} x - \alpha_m (e^{-h} - 1)
         \Big(\hat x_0 + \frac{\hat x_0 - \hat x_{0,p}}{2r}\Big),\quad
-        h = \lambda_m - \lambda_i,\ r = \frac{\lambda_i - \lambda_p}{h},\ m = i + j;$$
+        h = \lambda_m - \lambda_i,\ r = \frac{\lambda_i - \lambda_p}{h},\ m = i + j$$
 
-      without ``previous`` (the first block) it drafts by ``skip``.
+    (the DPM-Solver++(2M) step over the span).
 
     Args:
         x: the anchor state at point ``i``.

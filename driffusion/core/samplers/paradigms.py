@@ -8,27 +8,27 @@ $$x_{t+j} \leftarrow x_t + \sum_{m=t}^{t+j-1} \big(\mathrm{Step}(x_m, f(x_m), m)
 whose right-hand side needs the ``j`` evaluations ``f(x_m)`` of the current guesses, all in one
 parallel round. Each round evaluates a window of ``window`` points starting at the first
 non-final point ``t``, updates the guesses with a cumulative sum, and slides the window. Two
-acceptance rules (``rule``):
+acceptance rules (``rule``) say when a point ``j`` of the window has converged. Under
+``"sigma"`` (the default; the project's meaning of ``tol``, shared with SRDS, CHORDS and
+Picard-DRiffusion) point ``t + 1`` is exact (it comes from a final state), and the window slides
+past the leading points after it whose change is within the tolerance relative to the noise
+level of the step into them; it stops *before* the first that fails:
 
-- ``"sigma"`` (the default; the project's meaning of ``tol``, shared with SRDS, CHORDS and
-  Picard-DRiffusion): point ``t + 1`` is exact (it comes from a final state); the window slides
-  past the leading points ``m + 1 = t + 2, ...`` whose change is within the tolerance relative
-  to the noise level ``sigma_m`` of the step into them, and stops *before* the first that fails:
+$$\mathrm{RMS}(x^{new}_{j} - x^{old}_{j}) \le \mathrm{tol}\,\sigma_{j-1} .$$
 
-  $$\mathrm{RMS}(x^{new}_{m+1} - x^{old}_{m+1}) \le \mathrm{tol}\,\sigma_m .$$
+Under ``"paper"`` (the official code and diffusers' ``StableDiffusionParadigmsPipeline``, pass
+for pass) every point of the window is checked against the DDPM posterior noise of the step
+leaving it, ``Var_j = Var(x_{j+1} | x_j, x_0)`` (0 at ``j = N``), and the window slides *to*
+the first point that fails (its new value was computed from outputs at points that passed):
 
-- ``"paper"`` (the official code and diffusers' ``StableDiffusionParadigmsPipeline``, pass for
-  pass): every point ``j = t + 1, ...`` of the window is checked against the DDPM posterior noise
-  of the step leaving it, ``Var_j = Var(x_{j+1} | x_j, x_0)`` (0 at ``j = N``), and the window
-  slides *to* the first point that fails (its new value was computed from outputs at points
-  that passed):
+$$\mathrm{RMS}(x^{new}_{j} - x^{old}_{j}) \le \mathrm{tol}\,\sqrt{\mathrm{Var}_j} .$$
 
-  $$\mathrm{RMS}(x^{new}_{j} - x^{old}_{j}) \le \mathrm{tol}\,\sqrt{\mathrm{Var}_j} .$$
-
-  Both the normalisation and the slide differ: on Stable Diffusion's betas at ``N = 50``,
-  ``sigma_{j-1} / \sqrt{Var_j}`` is 2.7-5, so the paper's ``tol = 0.1`` (its default) is about
-  ``tol = 0.036`` of the ``"sigma"`` rule, and the paper's slide accepts one more point per round.
-  It needs a VP schedule (the DDPM posterior).
+Both the normalisation and the slide differ: on Stable Diffusion's betas at ``N = 50``,
+``sigma_{j-1} / sqrt(Var_j)`` is 2.2-3.0 on the trailing grid (up to 5 on the leading one), so
+the paper's ``tol = 0.1`` (its default) is roughly ``tol = 0.04`` under ``"sigma"``, and the
+paper's slide accepts one more point per round. Where the step's posterior variance is 0 (into
+``sigma = 0``) the paper's rule accepts no change at all. It needs a VP schedule (the DDPM
+posterior).
 
 The window always moves; with ``tol = 0`` only steps that stopped changing are accepted and the
 result equals the serial sample up to float rounding, on any grid.

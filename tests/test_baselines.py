@@ -12,8 +12,7 @@ from driffusion.core import (
     sample_serial,
     sample_serial_reduced,
 )
-
-from .conftest import ABAR, make_family, make_noise, make_oracle, make_vp
+from tests.support import ABAR, make_family, make_noise, make_oracle, make_vp
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])

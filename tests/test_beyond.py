@@ -15,8 +15,7 @@ from driffusion.core import (
     sample_serial,
     skip_transition,
 )
-
-from .conftest import FAMILIES, make_family, make_noise, make_oracle
+from tests.support import FAMILIES, make_family, make_noise, make_oracle
 
 MODES = ["aggressive", "conservative"]
 

@@ -17,8 +17,7 @@ from driffusion.core import (
     vp_schedule,
     vp_timesteps,
 )
-
-from .conftest import ABAR, make_noise, make_oracle, make_vp
+from tests.support import ABAR, make_noise, make_oracle, make_vp
 
 
 @pytest.mark.parametrize("rounds", [2, 5, 8, 14])

@@ -7,7 +7,9 @@ import ast
 import sys
 from pathlib import Path
 
-CORE = Path(__file__).resolve().parents[1] / "driffusion" / "core"
+from tests.support import ROOT
+
+CORE = ROOT / "driffusion" / "core"
 FORBIDDEN = ("torch.distributed", "diffusers", "lightning", "tqdm", "PIL", "transformers", "numpy")
 
 

@@ -29,10 +29,7 @@ from driffusion.models.digits import (
     load_digits,
     reference_sample,
 )
-
-from .test_distributed import fabric_run, run_script
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT, fabric_run, run_script
 
 
 @pytest.fixture(scope="module")

@@ -3,14 +3,8 @@ generated once, and a dead or hung rank stops its peers with a clear error inste
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,62 +14,8 @@ import torch
 from driffusion.core import BatchedExecutor
 from driffusion.lightning import DiffusionSamplerModule
 from driffusion.lightning.loop import collate
-
-from .scripts import common
-
-SCRIPTS = Path(__file__).parent / "scripts"
-FABRIC = Path(sys.executable).with_name("fabric")
-
-
-def free_port() -> int:
-    """A port nobody listens on now: `fabric run` binds 29400 unless told otherwise, so two
-    runs on one machine (a test and the main job) would collide."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def fabric_run(devices: int = 2) -> list[str]:
-    """``fabric run`` on ``devices`` CPU processes (ddp) with a free rendezvous port."""
-    cmd = [str(FABRIC), "run", "--accelerator", "cpu", "--devices", str(devices)]
-    return [*cmd, "--strategy", "ddp", "--main-port", str(free_port())]
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def run_script(
-    cmd: list[str], timeout: float, leftovers: list[bool] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run in a new session; wait for the launching process (rank 0), then kill the whole group,
-    since a hung rank must not leak. Output goes to a file: a hung child would hold a pipe open."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
-        )
-        try:
-            proc.wait(timeout=timeout)
-            if leftovers is not None:  # did the launching process leave any child behind?
-                time.sleep(1.0)
-                leftovers.append(group_alive(proc.pid))
-        except subprocess.TimeoutExpired:
-            pass
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-        timed_out = proc.returncode is None
-        proc.wait()
-        log.seek(0)
-        out = log.read()
-    if timed_out:
-        pytest.fail(f"{cmd} did not finish in {timeout}s:\n{out[-4000:]}")
-    return subprocess.CompletedProcess(cmd, proc.returncode, out, None)
+from tests.scripts import common
+from tests.support import ROOT, SCRIPTS, fabric_run, run_script
 
 
 @pytest.fixture(scope="module")
@@ -186,7 +126,7 @@ def test_module_runs_in_trainer_predict(tmp_path: Path) -> None:
 def test_speedup_benchmark_runs_under_fabric(tmp_path: Path) -> None:
     out = tmp_path / "speedup.json"
     cmd = fabric_run(2)
-    script = str(Path(__file__).parents[1] / "benchmarks" / "speedup.py")
+    script = str(ROOT / "benchmarks" / "speedup.py")
     args = ["--eval-ms", "2", "--steps", "6", "--repeats", "1", "--json", str(out)]
     result = run_script([*cmd, script, *args], timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]

@@ -30,10 +30,7 @@ from driffusion.eval.scores import (
 from driffusion.io import save_png
 from driffusion.lightning import DiffusionSamplerModule, Session
 from driffusion.models.digits import digits_dataset, load_digits
-
-from .test_distributed import run_script
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT, run_script
 
 
 @pytest.fixture(scope="module")

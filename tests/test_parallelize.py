@@ -23,10 +23,7 @@ from driffusion.adapters.schedulers import UnsupportedSchedulerError
 from driffusion.adapters.tiny import build_tiny_pipeline
 from driffusion.core import Aggressive, Chords, Conservative, Serial
 from driffusion.lightning.pipeline import parallelize
-
-from .test_distributed import SCRIPTS, fabric_run, run_script
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT, SCRIPTS, fabric_run, run_script
 
 
 def sd15_pndm() -> object:

@@ -25,10 +25,8 @@ from driffusion.core import (
     sample_driffusion,
     sample_serial,
 )
+from tests.support import ROOT, fabric_run, run_script
 
-from .test_distributed import fabric_run, run_script
-
-ROOT = Path(__file__).resolve().parents[1]
 CASES = [("sd21", "epsilon"), ("sd21", "v_prediction"), ("sdxl", "epsilon"), ("sd3", "epsilon")]
 
 

@@ -23,8 +23,7 @@ from driffusion.core import (
     aggressive_rounds as core_aggressive_rounds,
 )
 from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
-
-from .conftest import ABAR, FAMILIES, make_family, make_noise, make_oracle, make_vp
+from tests.support import ABAR, FAMILIES, make_family, make_noise, make_oracle, make_vp
 
 MODES = ["aggressive", "conservative"]
 

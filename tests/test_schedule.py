@@ -9,8 +9,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
 from driffusion.core import flow_schedule, flow_sigmas, vp_schedule, vp_timesteps
-
-from .conftest import ABAR, make_vp
+from tests.support import ABAR, make_vp
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])

@@ -28,11 +28,8 @@ from driffusion.lightning import (
     samplers_from_args,
 )
 from driffusion.lightning.loop import collate
-
-from .scripts import common
-from .test_distributed import FABRIC, SCRIPTS, fabric_run, free_port
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.scripts import common
+from tests.support import FABRIC, ROOT, SCRIPTS, fabric_run, free_port
 
 
 def one_process_outputs() -> dict[str, torch.Tensor]:

@@ -28,7 +28,6 @@ from driffusion.adapters.schedulers import (
 )
 from driffusion.core import (
     aggressive_rounds,
-    alphas_cumprod_from_betas,
     ddpm_noise,
     sample_driffusion,
     sample_paradigms,
@@ -50,37 +49,11 @@ from driffusion.core.solvers import (
     draft_states,
     get_solver,
 )
-from driffusion.testing import FlowNoiseLevels, GaussianMixtureDenoiser, VPNoiseLevels
+from driffusion.testing import GaussianMixtureDenoiser
+from tests.support import ABAR64, SHAPE, make_flow, make_vp, oracle64, start64, step_noise
 
-from .conftest import make_flow, make_vp
-
-SHAPE = (2, 4, 4)
 BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
-ABAR64 = alphas_cumprod_from_betas().to(torch.float64)
 VE = (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)
-
-
-def oracle(prediction_type: str, flow: bool = False) -> GaussianMixtureDenoiser:
-    levels = FlowNoiseLevels() if flow else VPNoiseLevels(ABAR64)
-    return GaussianMixtureDenoiser.random(
-        SHAPE, noise_levels=levels, prediction_type=prediction_type, seed=0
-    )
-
-
-def start_state() -> torch.Tensor:
-    return torch.randn(3, *SHAPE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-
-
-def step_noise(steps: int) -> torch.Tensor:
-    """Per-step noise, step k from Generator(1234 + k): what the diffusers loop draws too."""
-    return torch.stack(
-        [
-            torch.randn(
-                (3, *SHAPE), generator=torch.Generator().manual_seed(1234 + k), dtype=torch.float64
-            )
-            for k in range(steps)
-        ]
-    )
 
 
 def diffusers_loop(
@@ -174,8 +147,8 @@ def test_serial_solver_equals_the_diffusers_step_loop(
 ) -> None:
     solver, schedule = from_scheduler(scheduler, steps)
     assert solver.name == name
-    model = oracle(scheduler.config.prediction_type)
-    x = start_state()
+    model = oracle64(scheduler.config.prediction_type)
+    x = start64()
     noise = step_noise(steps) if solver.stochastic else None
     ours = sample_serial(model, x, schedule, solver=solver, noise=noise).x
     theirs = diffusers_loop(scheduler, steps, model, x, solver.stochastic)
@@ -186,8 +159,8 @@ def test_flow_euler_equals_flow_match_euler() -> None:
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     solver, schedule = from_scheduler(scheduler, 12)
     assert solver.name == "euler" and schedule.kind == "flow"
-    model = oracle("flow", flow=True)
-    x = start_state()
+    model = oracle64("flow", flow=True)
+    x = start64()
     sched = copy.deepcopy(scheduler)
     sched.set_timesteps(12)
     latents = x.clone()
@@ -247,8 +220,8 @@ def test_off_grid_spacing_is_a_clear_error() -> None:
 
 def test_unknown_solver_and_noise_mismatches() -> None:
     sched = make_vp(6)
-    model = oracle("epsilon")
-    x = start_state()
+    model = oracle64("epsilon")
+    x = start64()
     with pytest.raises(ValueError, match="unknown solver 'rk4'"):
         sample_serial(model, x, sched, solver="rk4")
     with pytest.raises(ValueError, match="is stochastic: pass its pre-drawn noise"):
@@ -264,8 +237,8 @@ def test_unknown_solver_and_noise_mismatches() -> None:
 
 def setup(name: str, steps: int, family: str = "epsilon") -> tuple[Any, ...]:
     schedule = make_flow(steps) if family == "flow" else make_vp(steps, family, "trailing")
-    model = oracle("flow" if family == "flow" else family, flow=family == "flow")
-    x = start_state()
+    model = oracle64("flow" if family == "flow" else family, flow=family == "flow")
+    x = start64()
     solver = get_solver(name)
     grid_steps = solver.prepare(schedule).num_steps
     noise = (
@@ -339,8 +312,8 @@ def test_convergent_samplers_with_zero_tolerance_equal_serial(name: str) -> None
 
 def test_multistep_drafts_by_the_solver_extrapolate_the_history() -> None:
     schedule = make_vp(30, "epsilon", "trailing")
-    model = oracle("epsilon")
-    x = start_state()
+    model = oracle64("epsilon")
+    x = start64()
     solver = DPMSolverPP(order=2)
     state = solver.init(x, schedule)
     # walk five serial steps to build a history, then draft four points both ways

@@ -18,8 +18,7 @@ from driffusion.core import (
     to_x0_eps,
     vp_schedule,
 )
-
-from .conftest import make_family
+from tests.support import make_family
 
 families = st.sampled_from(["epsilon", "v_prediction", "sample", "flow"])
 

@@ -6,10 +6,24 @@ import math
 
 import pytest
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+)
 
 from driffusion.core import flow_schedule, flow_sigmas, vp_schedule, vp_timesteps
-from tests.support import ABAR, make_vp
+from driffusion.core.schedule import (
+    beta_sigmas,
+    exponential_sigmas,
+    karras_sigmas,
+    sigma_to_t,
+    training_sigmas,
+)
+from tests.support import ABAR, ABAR64, make_vp
+
+BETAS = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
 
 
 @pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
@@ -98,3 +112,18 @@ def test_slice_and_subgrid() -> None:
 def test_bad_schedule_arguments_raise_value_error(call, message: str) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(ValueError, match=message):
         call()
+
+
+def test_sigma_grids_match_diffusers() -> None:
+    train = training_sigmas(ABAR64)
+    for flag, make in (
+        ("use_karras_sigmas", karras_sigmas),
+        ("use_exponential_sigmas", exponential_sigmas),
+        ("use_beta_sigmas", beta_sigmas),
+    ):
+        sched = EulerDiscreteScheduler(**BETAS, **{flag: True})
+        sched.set_timesteps(17)
+        ours = make(float(train[0]), float(train[-1]), 17)
+        assert torch.allclose(ours.float(), sched.sigmas[:-1], rtol=1e-6), flag
+        times = sigma_to_t(ours, ABAR64)
+        assert torch.allclose(times.float(), sched.timesteps, atol=1e-3), flag

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from tests.support import FAMILIES
+from tests.support import FAMILIES, SCRIPTS, fabric_run, run_script
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -14,3 +15,58 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 @pytest.fixture(params=FAMILIES)
 def family(request: pytest.FixtureRequest) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def two_process_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One `fabric run --devices 2 tests/scripts/parallel_check.py` for the whole session: its
+    output folder (core samplers over the distributed executor, and the predict loop), read by
+    tests/adapters/test_distributed.py and tests/lightning/test_loop.py."""
+    out = tmp_path_factory.mktemp("parallel")
+    cmd = fabric_run(2)
+    result = run_script([*cmd, str(SCRIPTS / "parallel_check.py"), "--out", str(out)], timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random CLIP model and processor saved in a folder (read only by the tests that use
+    it: the CLIP / PickScore scorers and the SD2.1 evaluation protocol)."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from driffusion.adapters.tiny import tiny_tokenizer
+
+    folder = tmp_path_factory.mktemp("tiny") / "clip"
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={
+            "vocab_size": len(tiny_tokenizer()),
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+            "bos_token_id": 0,
+            "eos_token_id": 1,
+            "pad_token_id": 1,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
+        projection_dim=16,
+    )
+    CLIPModel(config).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    CLIPProcessor(image_processor=image_processor, tokenizer=tiny_tokenizer()).save_pretrained(
+        folder
+    )
+    return folder

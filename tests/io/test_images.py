@@ -1,16 +1,15 @@
-"""Outputs on disk: grids whose cells are the images, tables, strict JSON written atomically."""
+"""Images on disk (driffusion.io.images): grids whose cells are the enlarged images, PNG
+metadata."""
 
 from __future__ import annotations
 
-import json
-import math
 from pathlib import Path
 
 import pytest
 import torch
 from PIL import Image
 
-from driffusion.io import labelled_grid, markdown_table, save_png, strict, to_pil, write_json
+from driffusion.io import labelled_grid, save_png, to_pil
 
 
 def test_grid_cells_are_the_enlarged_images() -> None:
@@ -28,24 +27,6 @@ def test_grid_cells_are_the_enlarged_images() -> None:
     assert set(blank.getdata()) == {(255, 255, 255)}
     with pytest.raises(ValueError, match="at least one row"):
         labelled_grid([])
-
-
-def test_markdown_table_and_strict_json(tmp_path: Path) -> None:
-    rows = [{"name": "x", "value": 1.23456, "n": 3}, {"name": "y", "value": math.inf}]
-    assert markdown_table(rows, ["name", "value", "n"]).splitlines() == [
-        "| name | value | n |",
-        "|---|---|---|",
-        "| x | 1.23 | 3 |",
-        "| y | inf |  |",
-    ]
-    value = {"a": [1.0, math.nan, {"b": -math.inf}], "c": "ok"}
-    assert strict(value) == {"a": [1.0, None, {"b": None}], "c": "ok"}
-    write_json(tmp_path / "r.json", value)
-    text = (tmp_path / "r.json").read_text()
-    assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict {c}")) == strict(
-        value
-    )
-    assert not list(tmp_path.glob(".*"))
 
 
 def test_png_metadata_round_trips(tmp_path: Path) -> None:

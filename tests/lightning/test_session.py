@@ -3,7 +3,6 @@ gather, barrier and teardown; recipes, benchmarks and evaluation never call a co
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -18,14 +17,10 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from driffusion.core import Aggressive, BatchedExecutor, ParaDiGMS, Serial
+from driffusion.core import BatchedExecutor
 from driffusion.lightning import (
     DiffusionSamplerModule,
     Session,
-    add_sampler_args,
-    add_session_args,
-    check_sampler_args,
-    samplers_from_args,
 )
 from driffusion.lightning.loop import collate
 from tests.scripts import common
@@ -60,27 +55,6 @@ def test_a_session_runs_tears_down_and_refuses_use_outside() -> None:
             assert torch.equal(x, expected[sample_id])
     with pytest.raises(ValueError, match="timeout_s must be positive"):
         Session(timeout_s=0)
-
-
-def test_the_module_keeps_the_executor_it_was_given() -> None:
-    """A module built with its own executor keeps it inside the loop (not overwritten)."""
-    calls: list[int] = []
-
-    def counting(network):  # type: ignore[no-untyped-def]
-        executor = BatchedExecutor(network)
-
-        def run(xs, t):  # type: ignore[no-untyped-def]
-            calls.append(xs.shape[0])
-            return executor(xs, t)
-
-        return run
-
-    module = DiffusionSamplerModule(
-        common.network(), common.schedule(), common.SHAPE, Serial(), executor_factory=counting
-    )
-    with Session(accelerator="cpu") as session:
-        session.predict(module, common.items(2), batch_size=2)
-    assert len(calls) == common.schedule().num_steps
 
 
 def test_two_nodes_simulated_on_one_machine(tmp_path: Path) -> None:
@@ -120,48 +94,6 @@ def test_two_nodes_simulated_on_one_machine(tmp_path: Path) -> None:
     assert saved.keys() == expected.keys()
     for sample_id, x in expected.items():
         assert torch.equal(saved[sample_id], x), sample_id
-
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    add_session_args(parser)
-    add_sampler_args(parser, default=("serial", "aggressive"), solver="dpmpp_2m")
-    args = parser.parse_args(argv)
-    check_sampler_args(parser, args)
-    return args
-
-
-def test_one_set_of_sampler_flags() -> None:
-    args = parse([])
-    assert samplers_from_args(args, devices=4) == [
-        Serial(solver="dpmpp_2m"),
-        Aggressive(drafts=4, solver="dpmpp_2m"),
-    ]
-    args = parse(["--sampler", "aggressive(drafts=3)", "--sampler", "paradigms", "--tol", "0.01"])
-    assert samplers_from_args(args, devices=2) == [
-        Aggressive(drafts=3, solver="dpmpp_2m"),
-        ParaDiGMS(window=2, tol=0.01, solver="dpmpp_2m"),
-    ]
-    assert args.timeout == 180.0 and args.draft_devices is None
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
-        ["--sampler", "nope"],
-        ["--sampler", "aggressive(drafts=0)"],
-        ["--drafts", "0"],
-        ["--tol", "nan"],
-        ["--tol", "-1"],
-        ["--timeout", "0"],
-        ["--draft-devices", "0"],
-    ],
-)
-def test_bad_sampler_flags_stop_the_parser(argv: list[str], capsys) -> None:  # type: ignore[no-untyped-def]
-    with pytest.raises(SystemExit) as raised:
-        parse(argv)
-    assert raised.value.code == 2
-    assert "error:" in capsys.readouterr().err
 
 
 def test_no_script_calls_a_collective_itself() -> None:
@@ -254,43 +186,3 @@ def test_two_runs_started_together_both_succeed(tmp_path: Path) -> None:
     assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
     for name in ("a", "b"):
         assert torch.load(tmp_path / name / "x.pt").keys() == one_process_outputs().keys()
-
-
-def test_a_collective_error_never_names_the_failing_rank_itself() -> None:
-    from driffusion.adapters.distributed import CollectiveError, ParallelLayout, collective
-
-    def broken() -> None:
-        raise RuntimeError("connection reset")
-
-    for layout, peers in ((ParallelLayout(3, 1, 1), "[0, 2]"), (ParallelLayout(4, 2, 2), "[3]")):
-        with pytest.raises(CollectiveError, match=re.escape(f"peer rank(s) {peers}")):
-            collective(layout, "gather", broken)
-
-
-def test_unusable_output_folders_fail_before_anything_loads(tmp_path: Path) -> None:
-    from driffusion.io import OutputFolderError, RunFolder
-
-    (tmp_path / "file").write_text("")
-    with pytest.raises(OutputFolderError, match="is a file"), RunFolder(tmp_path / "file"):
-        pass
-    held = pytest.raises(OutputFolderError, match=f"pid {os.getpid()}")
-    with RunFolder(tmp_path / "out", {"steps": 4}), held:
-        RunFolder(tmp_path / "out", {"steps": 4}).__enter__()
-    assert not (tmp_path / "out" / ".lock").exists()  # released
-    (tmp_path / "out" / ".lock").write_text("999999999")  # a crashed run's lock: taken over
-    with RunFolder(tmp_path / "out", {"steps": 4}):
-        pass
-
-
-def test_new_out_picks_the_first_folder_of_the_same_settings(tmp_path: Path) -> None:
-    from driffusion.io import RunFolder
-
-    with RunFolder(tmp_path / "out", {"steps": 4}):
-        pass
-    assert RunFolder.matching(tmp_path / "out", {"steps": 4}).path == tmp_path / "out"
-    other = RunFolder.matching(tmp_path / "out", {"steps": 5})
-    assert other.path == tmp_path / "out-2"
-    with other:
-        pass
-    assert RunFolder.matching(tmp_path / "out", {"steps": 5}).path == tmp_path / "out-2"
-    assert RunFolder.matching(tmp_path / "out", {"steps": 6}).path == tmp_path / "out-3"

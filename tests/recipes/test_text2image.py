@@ -1,4 +1,6 @@
-"""The diffusers adapter and the SD2.1 / SDXL / SD3 recipes on tiny random models built in code."""
+"""The SD2.1 / SDXL / SD3 recipes (recipes/text2image.py) on tiny random models built in code:
+end to end on 1 and 2 processes, a configuration for a round budget, clean failures, and flag
+checks; in-process: no PNG when decoding fails, refused Fabric precision, scheduler swaps."""
 
 from __future__ import annotations
 
@@ -8,118 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from driffusion.adapters.diffusers import (
-    ModelNotAvailableError,
-    adapt_pipeline,
-    load_pipeline,
+    NonFiniteImageError,
 )
-from driffusion.adapters.schedulers import schedule_from_scheduler
 from driffusion.adapters.tiny import build_tiny_pipeline
-from driffusion.core import (
-    SAMPLERS,
-    RowwiseModel,
-    initial_noise,
-    sample_driffusion,
-    sample_serial,
-)
 from tests.support import ROOT, fabric_run, run_script
-
-CASES = [("sd21", "epsilon"), ("sd21", "v_prediction"), ("sdxl", "epsilon"), ("sd3", "epsilon")]
-
-
-@pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}")
-def tiny(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
-    family, prediction = request.param
-    pipe = build_tiny_pipeline(family, prediction_type=prediction)
-    adapter = adapt_pipeline(pipe, 6, height=32, width=32, guidance=3.0)
-    prompts, negative = ["a red cat", "two dogs"], ["blurry", ""]
-    cond = adapter.encode(prompts, negative)
-    x = initial_noise([11, 12], adapter.latent_shape)
-    return pipe, adapter, prompts, negative, cond, x
-
-
-def test_schedule_is_read_from_the_scheduler(tiny) -> None:  # type: ignore[no-untyped-def]
-    pipe, adapter = tiny[0], tiny[1]
-    expected = "flow" if adapter.family == "sd3" else pipe.scheduler.config.prediction_type
-    assert adapter.schedule.prediction_type == expected
-    assert adapter.schedule.num_steps == 6
-    assert getattr(pipe.scheduler, "num_inference_steps", None) is None  # a copy was stepped
-
-
-def test_serial_through_the_adapter_reproduces_the_pipeline(tiny) -> None:  # type: ignore[no-untyped-def]
-    pipe, adapter, prompts, negative, cond, x = tiny
-    with torch.no_grad():
-        ours = sample_serial(RowwiseModel(adapter.network, cond), x, adapter.schedule).x
-        reference = pipe(
-            prompts,
-            negative_prompt=negative,
-            num_inference_steps=6,
-            guidance_scale=3.0,
-            height=32,
-            width=32,
-            latents=x.clone(),
-            output_type="latent",
-        ).images
-    scale = float(reference.abs().max())
-    torch.testing.assert_close(ours, reference.float(), rtol=0, atol=1e-5 * max(1.0, scale))
-
-
-@pytest.mark.parametrize("mode", ["aggressive", "conservative"])
-def test_one_draft_equals_serial_through_the_adapter(tiny, mode: str) -> None:  # type: ignore[no-untyped-def]
-    _, adapter, _, _, cond, x = tiny
-    model = RowwiseModel(adapter.network, cond)
-    with torch.no_grad():
-        serial = sample_serial(model, x, adapter.schedule).x
-        drafted = sample_driffusion(model, x, adapter.schedule, drafts=1, mode=mode).x  # type: ignore[arg-type]
-        parallel = SAMPLERS[mode](drafts=3)(model, x, adapter.schedule)  # type: ignore[call-arg]
-    assert torch.equal(drafted, serial)
-    assert parallel.stats.evaluations == 6 and not torch.equal(parallel.x, serial)
-
-
-def test_guidance_is_one_batched_call(tiny) -> None:  # type: ignore[no-untyped-def]
-    _, adapter, _, _, cond, x = tiny
-    calls: list[int] = []
-    inner = adapter.network.unet if adapter.family != "sd3" else adapter.network.transformer
-    handle = inner.register_forward_hook(lambda m, args, out: calls.append(1))
-    try:
-        with torch.no_grad():
-            adapter.network(x, torch.full((2,), 500.0), **cond)
-    finally:
-        handle.remove()
-    assert calls == [1]
-
-
-def test_decode_gives_images(tiny) -> None:  # type: ignore[no-untyped-def]
-    _, adapter, _, _, _, x = tiny
-    images = adapter.decode(x)
-    assert images.shape == (2, 3, 32, 32) and images.dtype == torch.float32
-    assert float(images.abs().max()) <= 1.0
-
-
-def test_schedule_from_scheduler_rejects_bad_steps() -> None:
-    pipe = build_tiny_pipeline("sd21")
-    with pytest.raises(ValueError, match="steps must be an integer >= 1, got 0"):
-        schedule_from_scheduler(pipe.scheduler, 0)
-    with pytest.raises(ValueError, match="multiple of 2, got 33"):
-        adapt_pipeline(pipe, 4, height=33, width=32, guidance=1.0)
-
-
-def test_missing_model_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelNotAvailableError, match="--model /path/to/folder"):
-        load_pipeline("sdxl", "stabilityai/stable-diffusion-xl-base-1.0")
-
-
-def test_save_pretrained_round_trip_loads_through_the_real_path(tmp_path: Path) -> None:
-    pipe = build_tiny_pipeline("sd21")
-    pipe.save_pretrained(tmp_path / "tiny-sd21")
-    loaded = load_pipeline("sd21", str(tmp_path / "tiny-sd21"))
-    assert type(loaded).__name__ == "StableDiffusionPipeline"
-    for a, b in zip(pipe.unet.parameters(), loaded.unet.parameters(), strict=True):
-        assert torch.equal(a, b)
 
 
 def check_recipe_outputs(out: Path, prompts: list[str], steps: int, sampler: str) -> dict:
@@ -199,19 +96,6 @@ def test_recipe_without_weights_fails_cleanly(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_single_device_benchmark_smoke(tmp_path: Path) -> None:
-    from benchmarks import single_device
-
-    args = ["--random-weights", "--device", "cpu", "--reduced", "--steps", "4", "--drafts", "2"]
-    rows = single_device.main([*args, "--repeats", "1", "--json", str(tmp_path / "s.json")])
-    assert {r["model"] for r in rows} == {"sd21", "sdxl", "sd3"}
-    for row in rows:
-        assert row["s_per_image"] > 0 and row["steps"] == 4
-        if row["sampler"] == "aggressive":
-            assert row["rounds"] == 1 + 2  # 1 + ceil(3 / 2)
-    assert json.loads((tmp_path / "s.json").read_text()) == rows
-
-
 def test_the_same_drafts_give_the_same_image_on_one_and_two_processes(tmp_path: Path) -> None:
     """`fabric run --devices 2 recipes/sdxl.py` splits each round across 2 processes; plain
     `python` batches it on one: at the same drafts the images agree (PNG bytes: exactly)."""
@@ -264,3 +148,57 @@ def test_bad_flags_are_argument_errors_before_anything_loads(
         text2image.parse_args(text2image.FAMILIES["sd3"], ["--tiny", *prompt, *argv])
     assert raised.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_the_recipe_writes_no_png_when_decoding_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import driffusion.adapters.tiny as tiny
+
+    def nan_vae(family: str, **kwargs):  # type: ignore[no-untyped-def]
+        pipe = build_tiny_pipeline(family, **kwargs)
+        original = pipe.vae.decode
+
+        def overflowing(latents, *args, **kw):  # type: ignore[no-untyped-def]
+            out = original(latents, *args, **kw)
+            out.sample[:, 0, 0, 0] = float("nan")
+            return out
+
+        pipe.vae.decode = overflowing
+        return pipe
+
+    monkeypatch.setattr(tiny, "build_tiny_pipeline", nan_vae)
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import text2image
+
+    argv = ["--tiny", "--prompt", "a lighthouse", "--steps", "3", "--out", str(tmp_path / "out")]
+    with pytest.raises(NonFiniteImageError):
+        text2image.main("sdxl", [*argv, "--accelerator", "cpu"])
+    assert not list(tmp_path.rglob("*.png"))
+
+
+def test_fabric_precision_is_refused_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import text2image
+
+    monkeypatch.setenv("LT_CLI_USED", "1")
+    monkeypatch.setenv("LT_PRECISION", "bf16-mixed")
+    with pytest.raises(SystemExit, match="--precision fp16"):
+        text2image.main("sd21", ["--tiny", "--prompt", "a"])
+
+
+def test_the_recipe_swaps_the_scheduler_and_reports_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
+    import text2image
+
+    argv = ["--tiny", "--prompt", "a lighthouse", "--steps", "4", "--out", str(tmp_path)]
+    argv += ["--scheduler", "DPMSolverMultistepScheduler", "--accelerator", "cpu"]
+    rows = text2image.main("sd21", [*argv, "--sampler", "conservative(drafts=2)"])
+    assert rows[0]["scheduler"] == "DPMSolverMultistepScheduler"
+    assert rows[0]["sampler"].startswith("Conservative(drafts=2, solver=DPMSolverPP(")
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["memory"]["draft_state_bytes"] == 2 * 1 * 4 * 16 * 16 * 4  # k B C h w fp32
+    with pytest.raises(ValueError, match="not a diffusers scheduler"):
+        text2image.main("sd21", [*argv[:-4], "--scheduler", "NoSuchScheduler"])

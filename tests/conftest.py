@@ -1,15 +1,57 @@
-"""Fixtures of the whole suite (plain helpers are in ``tests/support.py``)."""
+"""Fixtures and hooks of the whole suite (plain helpers are in ``tests/support.py``).
+
+A test that launches a process (``subprocess``, ``fabric run``, ``multiprocessing``,
+``torch.multiprocessing``, ``os.fork`` / ``os.system``) must be marked ``processes``: ``make
+test-fast`` (``pytest -m "not processes"``) leaves those out. The marker cannot be forgotten:
+while an unmarked test is set up, runs and is torn down, every way of starting a process raises
+``tests.support.UnmarkedProcessError`` (and the test fails even if the code under test
+swallowed that error)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.support import FAMILIES, SCRIPTS, fabric_run, run_script
+from tests.support import (
+    FAMILIES,
+    PROCESSES,
+    SCRIPTS,
+    UnmarkedProcessError,
+    fabric_run,
+    processes_refused,
+    run_script,
+)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _guarded(item: pytest.Item) -> Any:
+    if item.get_closest_marker(PROCESSES) is not None:
+        return (yield)
+    attempts: list[str] = []
+    with processes_refused(item.nodeid, attempts):
+        result = yield
+    if attempts:  # refused, but the error was swallowed on the way up
+        raise UnmarkedProcessError(attempts[0])
+    return result
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Any:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    return (yield from _guarded(item))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
+    return (yield from _guarded(item))
 
 
 @pytest.fixture(params=FAMILIES)

@@ -3,12 +3,14 @@
 
 - Problem builders: schedules of every family, the exact Gaussian-mixture denoiser, noise.
 - Process launching: ``fabric run`` command lines and ``run_script``, for tests marked
-  ``processes``.
+  ``processes``; ``processes_refused``, what the suite's hooks wrap around every other test.
 """
 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing.process
+import multiprocessing.util
 import os
 import signal
 import socket
@@ -16,7 +18,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -100,6 +104,56 @@ def step_noise(steps: int) -> torch.Tensor:
 
 
 # --- processes (only in tests marked ``processes``) ----------------------------------------
+
+PROCESSES = "processes"
+
+
+class UnmarkedProcessError(RuntimeError):
+    """A test not marked ``processes`` tried to start a process."""
+
+
+def _refusal(nodeid: str, what: str) -> str:
+    return (
+        f"{nodeid} started a process ({what}) but is not marked `{PROCESSES}`: add "
+        f"@pytest.mark.{PROCESSES} to the test (or pytestmark = pytest.mark.{PROCESSES} to its "
+        "module) so that `make test-fast` (pytest -m 'not processes') leaves it out"
+    )
+
+
+@contextlib.contextmanager
+def processes_refused(nodeid: str, attempts: list[str]) -> Iterator[None]:
+    """While in the block, every way of starting a process raises ``UnmarkedProcessError``
+    naming the test ``nodeid``; each attempt is appended to ``attempts``. (Used by the hooks in
+    ``tests/conftest.py`` around each test not marked ``processes``.)"""
+
+    def refuse(what: Callable[..., str]) -> Callable[..., Any]:
+        def guard(*args: Any, **kwargs: Any) -> Any:
+            message = _refusal(nodeid, what(*args, **kwargs))
+            attempts.append(message)
+            raise UnmarkedProcessError(message)
+
+        return guard
+
+    def command(args: Any) -> str:
+        return f"subprocess {args if isinstance(args, str) else list(map(str, args))}"
+
+    targets: list[tuple[Any, str, Callable[..., str]]] = [
+        (subprocess.Popen, "__init__", lambda self, args, *a, **k: command(args)),
+        (multiprocessing.process.BaseProcess, "start", lambda self: f"multiprocessing {self!r}"),
+        (multiprocessing.util, "spawnv_passfds", lambda path, args, fds: command(args)),
+        (os, "system", lambda cmd: f"os.system({cmd!r})"),
+    ]
+    for name in ("fork", "forkpty", "posix_spawn", "posix_spawnp"):
+        if hasattr(os, name):
+            targets.append((os, name, lambda *a, _name=name, **k: f"os.{_name}"))
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in targets]
+    try:
+        for owner, name, what in targets:
+            setattr(owner, name, refuse(what))
+        yield
+    finally:
+        for owner, name, original in saved:
+            setattr(owner, name, original)
 
 
 def free_port() -> int:

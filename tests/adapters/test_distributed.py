@@ -18,12 +18,14 @@ from tests.scripts import common
 from tests.support import SCRIPTS, run_script
 
 
+@pytest.mark.processes
 def test_ranks_hold_identical_results(two_process_run: Path) -> None:
     report = json.loads((two_process_run / "report.json").read_text())
     assert report["world_size"] == 2
     assert report["ranks_agree"] == dict.fromkeys(common.SPECS, True)
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("name", list(common.SPECS))
 def test_two_processes_equal_one_process_batched(two_process_run: Path, name: str) -> None:
     saved = torch.load(two_process_run / "results.pt")["samplers"][name]
@@ -35,6 +37,7 @@ def test_two_processes_equal_one_process_batched(two_process_run: Path, name: st
     assert saved["evaluations"] == reference.stats.evaluations
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("fault", ["die", "hang"])
 def test_a_dead_or_hung_rank_stops_the_others_with_a_clear_error(
     tmp_path: Path, fault: str

@@ -6,7 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from driffusion.core import chords_evaluations, chords_rounds, default_starts
+
+# frontier.py maps its rows over 2 worker processes (--workers 2, its default)
+pytestmark = pytest.mark.processes
 
 
 def test_frontier_benchmark_quick(tmp_path: Path) -> None:

@@ -9,6 +9,8 @@ import pytest
 
 from tests.support import ROOT, fabric_run, run_script
 
+pytestmark = pytest.mark.processes  # the benchmark runs under `fabric run --devices 2`
+
 
 def test_speedup_benchmark_runs_under_fabric(tmp_path: Path) -> None:
     out = tmp_path / "speedup.json"

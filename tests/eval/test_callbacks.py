@@ -53,6 +53,7 @@ def test_fidelity_callback_equals_torch_fidelity_on_the_folders(digits_run) -> N
         cuda=False,
         cache=False,
         verbose=False,
+        save_cpu_ram=True,  # load the folders in this process, as driffusion.eval.scores does
     )
     assert results is not None
     assert results["frechet_inception_distance"] == pytest.approx(

@@ -12,6 +12,9 @@ from driffusion.lightning import DiffusionSamplerModule
 from driffusion.lightning.loop import collate
 from tests.scripts import common
 
+# the tests read the session's `fabric run --devices 2` (the two_process_run fixture)
+pytestmark = pytest.mark.processes
+
 
 @pytest.mark.parametrize("mode", ["dp", "draft"])
 def test_predict_loop_generates_every_item_once(two_process_run: Path, mode: str) -> None:

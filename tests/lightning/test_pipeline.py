@@ -116,6 +116,7 @@ def test_unsupported_scheduler_and_pipeline_are_clear_errors() -> None:
         parallelize(object())
 
 
+@pytest.mark.processes
 def test_the_users_script_spreads_over_fabric_run_unchanged(tmp_path: Path) -> None:
     script = [str(SCRIPTS / "user_pipeline.py")]
     one = run_script([sys.executable, *script, str(tmp_path / "one.pt")], timeout=300)

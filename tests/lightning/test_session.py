@@ -57,6 +57,7 @@ def test_a_session_runs_tears_down_and_refuses_use_outside() -> None:
         Session(timeout_s=0)
 
 
+@pytest.mark.processes
 def test_two_nodes_simulated_on_one_machine(tmp_path: Path) -> None:
     """`fabric run --num-nodes 2 --node-rank r` (one process each) gives the 1-process samples."""
     port = str(free_port())
@@ -131,6 +132,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+@pytest.mark.processes
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
 def test_ranks_die_with_their_launcher(tmp_path: Path) -> None:
     """`kill -9` of `fabric run` alone (not its group): within 10 s no rank is alive and no new
@@ -167,6 +169,7 @@ def test_ranks_die_with_their_launcher(tmp_path: Path) -> None:
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.processes
 def test_two_runs_started_together_both_succeed(tmp_path: Path) -> None:
     """Each launch takes its own free rendezvous port, so two jobs on one machine coexist."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}

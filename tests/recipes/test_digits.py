@@ -8,12 +8,16 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
 from driffusion.models.digits import (
     NUM_CLASSES,
 )
 from tests.support import ROOT, fabric_run, run_script
+
+# every test runs recipes/digits.py in a process of its own or under `fabric run`
+pytestmark = pytest.mark.processes
 
 
 def check_outputs(out: Path, samplers: list[str], steps: int, devices: int) -> list[dict]:

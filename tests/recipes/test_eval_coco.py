@@ -21,6 +21,8 @@ from driffusion.eval.scores import (
 from driffusion.io import save_png
 from tests.support import ROOT, run_script
 
+pytestmark = pytest.mark.processes  # every test runs recipes/eval_coco.py in processes of its own
+
 EVAL = [sys.executable, str(ROOT / "recipes" / "eval_coco.py"), "--accelerator", "cpu"]
 DIGITS = ["--recipe", "digits", "--limit", "20", "--steps", "10", "--batch-size", "2"]
 DIGITS += ["--sampler", "serial", "--sampler", "aggressive", "--sampler", "srds"]

@@ -33,6 +33,7 @@ def check_recipe_outputs(out: Path, prompts: list[str], steps: int, sampler: str
     return report
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("family", ["sd21", "sdxl", "sd3"])
 def test_recipe_end_to_end_tiny(tmp_path: Path, family: str) -> None:
     prompts = ["a red cat", "a blue dog"]
@@ -54,6 +55,7 @@ def test_recipe_end_to_end_tiny(tmp_path: Path, family: str) -> None:
     assert all(row["rounds"] == 5 for row in report["images"])  # one device: drafts = 1
 
 
+@pytest.mark.processes
 def test_sdxl_recipe_on_two_processes(tmp_path: Path) -> None:
     prompts = ["a red cat", "a blue dog", "a green bird"]
     (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
@@ -70,6 +72,7 @@ def test_sdxl_recipe_on_two_processes(tmp_path: Path) -> None:
     assert all(row["rounds"] == 2 * (5 // 3) + min(5 % 3, 2) for row in report["images"])
 
 
+@pytest.mark.processes
 def test_recipe_picks_a_configuration_for_a_round_budget(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "recipes" / "sd21.py"), "--tiny", "--rounds", "4"]
     cmd += ["--reference-points", "40", "--prompt", "a red cat", "--out", str(tmp_path)]
@@ -86,6 +89,7 @@ def test_recipe_picks_a_configuration_for_a_round_budget(tmp_path: Path) -> None
     assert "chose serial" in result.stdout  # one device: only serial configurations fit
 
 
+@pytest.mark.processes
 def test_recipe_without_weights_fails_cleanly(tmp_path: Path) -> None:
     cmd = [sys.executable, str(ROOT / "recipes" / "sd3.py"), "--prompt", "a cat"]
     cmd += ["--model", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")]
@@ -96,6 +100,7 @@ def test_recipe_without_weights_fails_cleanly(tmp_path: Path) -> None:
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.processes
 def test_the_same_drafts_give_the_same_image_on_one_and_two_processes(tmp_path: Path) -> None:
     """`fabric run --devices 2 recipes/sdxl.py` splits each round across 2 processes; plain
     `python` batches it on one: at the same drafts the images agree (PNG bytes: exactly)."""

@@ -173,6 +173,8 @@ def test_ranks_die_with_their_launcher(tmp_path: Path) -> None:
 def test_two_runs_started_together_both_succeed(tmp_path: Path) -> None:
     """Each launch takes its own free rendezvous port, so two jobs on one machine coexist."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    for name in ("a", "b"):  # before the launches: session_check.py writes into it at once
+        (tmp_path / name).mkdir()
     procs = [
         subprocess.Popen(
             [*fabric_run(2), str(SCRIPTS / "session_check.py"), "--out", str(tmp_path / name)],
@@ -183,8 +185,6 @@ def test_two_runs_started_together_both_succeed(tmp_path: Path) -> None:
         )
         for name in ("a", "b")
     ]
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
     logs = [proc.communicate(timeout=240)[0] for proc in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(log[-2000:] for log in logs)
     for name in ("a", "b"):

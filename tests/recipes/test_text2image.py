@@ -140,9 +140,13 @@ def test_the_same_drafts_give_the_same_image_on_one_and_two_processes(tmp_path: 
     ],
 )
 def test_bad_flags_are_argument_errors_before_anything_loads(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    message: str,
 ) -> None:
-    sys.path.insert(0, str(ROOT / "recipes"))
+    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
     import text2image
 
     (tmp_path / "empty.txt").write_text("\n\n")

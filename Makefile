@@ -1,6 +1,8 @@
-# Two entry points, each doing its own set-up on a fresh machine:
-#   make demo   - create .venv if missing, install, run the main job
-#   make test   - same set-up, then lint, type check, docs build and the whole test suite
+# Entry points, each doing its own set-up on a fresh machine:
+#   make demo       - create .venv if missing, install, run the main job
+#   make test       - same set-up, then lint, type check, docs build and the whole test suite (CI)
+#   make test-fast  - same set-up, then lint and every test that starts no process
+#                     (pytest -m "not processes"; tiers: tests/README.md)
 # Override the torch pin for another machine: make test TORCH="torch==X torchvision==Y"
 
 PYTHON ?= python3
@@ -10,7 +12,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.driffusion-installed
 OUT ?= outputs
 
-.PHONY: install demo test lint typecheck docs pytest clean
+.PHONY: install demo test test-fast lint typecheck docs pytest pytest-fast clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,7 +38,12 @@ docs: $(STAMP)
 pytest: $(STAMP)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest
 
+pytest-fast: $(STAMP)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "not processes"
+
 test: lint typecheck docs pytest
+
+test-fast: lint pytest-fast
 
 clean:
 	rm -rf $(VENV) $(OUT) .pytest_cache .mypy_cache .ruff_cache

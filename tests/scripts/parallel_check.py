@@ -1,5 +1,6 @@
 """Run under `fabric run --accelerator cpu --devices 2 --strategy ddp`: writes what 2 processes
-produce, for tests/test_distributed.py to compare against a 1-process run."""
+produce, for tests/adapters/test_distributed.py and tests/lightning/test_loop.py to compare
+against a 1-process run."""
 
 from __future__ import annotations
 

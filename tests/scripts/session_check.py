@@ -1,5 +1,5 @@
 """Run under `fabric run` (any number of nodes and devices): samples with a Session, leader
-writes what every rank saw, for tests/test_session.py to compare with one process."""
+writes what every rank saw, for tests/lightning/test_session.py to compare with one process."""
 
 from __future__ import annotations
 

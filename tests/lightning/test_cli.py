@@ -1,0 +1,58 @@
+"""One set of sampler and session flags (driffusion.lightning.cli): samplers from the flags, and
+bad flags stop the parser."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from driffusion.core import Aggressive, ParaDiGMS, Serial
+from driffusion.lightning import (
+    add_sampler_args,
+    add_session_args,
+    check_sampler_args,
+    samplers_from_args,
+)
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_session_args(parser)
+    add_sampler_args(parser, default=("serial", "aggressive"), solver="dpmpp_2m")
+    args = parser.parse_args(argv)
+    check_sampler_args(parser, args)
+    return args
+
+
+def test_one_set_of_sampler_flags() -> None:
+    args = parse([])
+    assert samplers_from_args(args, devices=4) == [
+        Serial(solver="dpmpp_2m"),
+        Aggressive(drafts=4, solver="dpmpp_2m"),
+    ]
+    args = parse(["--sampler", "aggressive(drafts=3)", "--sampler", "paradigms", "--tol", "0.01"])
+    assert samplers_from_args(args, devices=2) == [
+        Aggressive(drafts=3, solver="dpmpp_2m"),
+        ParaDiGMS(window=2, tol=0.01, solver="dpmpp_2m"),
+    ]
+    assert args.timeout == 180.0 and args.draft_devices is None
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--sampler", "nope"],
+        ["--sampler", "aggressive(drafts=0)"],
+        ["--drafts", "0"],
+        ["--tol", "nan"],
+        ["--tol", "-1"],
+        ["--timeout", "0"],
+        ["--draft-devices", "0"],
+    ],
+)
+def test_bad_sampler_flags_stop_the_parser(argv: list[str], capsys) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as raised:
+        parse(argv)
+    assert raised.value.code == 2
+    assert "error:" in capsys.readouterr().err

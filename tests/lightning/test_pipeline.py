@@ -1,0 +1,129 @@
+"""`parallelize(pipe)`: called like the pipeline, the pipeline's scheduler is the solver, and the
+serial sampler reproduces `pipe(...)` with the same generator."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import (
+    DPMSolverMultistepScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UniPCMultistepScheduler,
+)
+
+import driffusion
+from driffusion.adapters.schedulers import UnsupportedSchedulerError
+from driffusion.adapters.tiny import build_tiny_pipeline
+from driffusion.core import Aggressive, Chords, Conservative, Serial
+from driffusion.lightning.pipeline import parallelize
+from tests.support import SCRIPTS, fabric_run, run_script
+
+
+def sd15_pndm() -> object:
+    """SD 1.5's scheduler: PNDM (PLMS with skip_prk_steps), leading spacing, steps_offset 1."""
+    pipe = build_tiny_pipeline("sd21")
+    pipe.scheduler = PNDMScheduler.from_config(
+        pipe.scheduler.config, skip_prk_steps=True, steps_offset=1, timestep_spacing="leading"
+    )
+    return pipe
+
+
+def sdxl_dpmpp_karras() -> object:
+    pipe = build_tiny_pipeline("sdxl")
+    pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+        pipe.scheduler.config, use_karras_sigmas=True
+    )
+    return pipe
+
+
+PIPELINES = {
+    "sd15-pndm": sd15_pndm,
+    "sd21-ddim-v": lambda: build_tiny_pipeline("sd21", prediction_type="v_prediction"),
+    "sdxl-euler": lambda: build_tiny_pipeline("sdxl"),
+    "sdxl-dpmpp-karras": sdxl_dpmpp_karras,
+    "sd3-flow": lambda: build_tiny_pipeline("sd3"),
+}
+CALL = {"num_inference_steps": 6, "guidance_scale": 3.0, "height": 32, "width": 32}
+
+
+def generate(pipe, output_type: str, sampler=None, seed: int = 0, **extra):  # type: ignore[no-untyped-def]
+    kwargs = {**CALL, **extra, "output_type": output_type}
+    prompts = ["a red cat", "two dogs"]
+    generator = torch.Generator().manual_seed(seed)
+    if sampler is None:
+        return pipe(prompts, generator=generator, **kwargs).images
+    return parallelize(pipe, sampler)(prompts, generator=generator, **kwargs)
+
+
+@pytest.fixture(scope="module", params=list(PIPELINES))
+def pipe(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    return PIPELINES[request.param]()
+
+
+def test_serial_reproduces_the_pipeline(pipe) -> None:  # type: ignore[no-untyped-def]
+    reference = generate(pipe, "latent").float()
+    ours = generate(pipe, "latent", Serial())
+    scale = float(reference.abs().max())
+    assert float((ours.images - reference).abs().max()) <= 1e-4 * scale  # latents, 1e-4 relative
+    pixels = np.abs(generate(pipe, "np", Serial()).images - generate(pipe, "np"))
+    assert float(pixels.max()) <= 2 / 255
+    assert ours.stats["rounds"] == ours.stats["evaluations"] >= 6
+    assert ours.stats["scheduler"] == type(pipe.scheduler).__name__
+
+
+def test_one_draft_is_the_serial_sampler_bit_for_bit(pipe) -> None:  # type: ignore[no-untyped-def]
+    serial = generate(pipe, "latent", Serial()).images
+    for sampler in (Aggressive(drafts=1), Conservative(drafts=1), Chords(cores=1)):
+        assert torch.equal(generate(pipe, "latent", sampler).images, serial)
+    cores = generate(pipe, "latent", Chords(starts=(0, 3)))  # over the pipeline's scheduler
+    assert cores.stats["rounds"] < cores.stats["steps"] and cores.stats["sampler"].startswith(
+        "Chords(starts=(0, 3), solver="
+    )
+    fast = generate(pipe, "latent", Aggressive(drafts=3))
+    assert fast.stats["rounds"] < generate(pipe, "latent", Serial()).stats["rounds"]
+    assert fast.stats["drafts"] == 3 and fast.stats["devices"] == 1
+
+
+def test_outputs_as_the_pipeline_returns_them() -> None:
+    pipe = build_tiny_pipeline("sd21")
+    ppipe = parallelize(pipe, Serial())
+    pil = ppipe("a red cat", generator=torch.Generator().manual_seed(0), **CALL).images
+    assert len(pil) == 1 and pil[0].size == (32, 32)
+    pt = ppipe(["a", "b"], num_images_per_prompt=2, output_type="pt", **CALL).images
+    assert pt.shape == (4, 3, 32, 32) and float(pt.min()) >= 0 and float(pt.max()) <= 1
+    default = ppipe("a red cat", num_inference_steps=2, output_type="pt").images
+    expected = pipe.unet.config.sample_size * pipe.vae_scale_factor  # the model's own size
+    assert default.shape[-2:] == (expected, expected)
+    with pytest.raises(ValueError, match="output_type"):
+        ppipe("a", output_type="jpeg")
+    assert driffusion.parallelize is parallelize
+
+
+def test_unsupported_scheduler_and_pipeline_are_clear_errors() -> None:
+    pipe = build_tiny_pipeline("sd21")
+    pipe.scheduler = LMSDiscreteScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(UnsupportedSchedulerError, match="DDIMScheduler"):
+        parallelize(pipe, Serial())("a red cat", **CALL)
+    pipe.scheduler = UniPCMultistepScheduler.from_config(pipe.scheduler.config, solver_type="bh1")
+    with pytest.raises(UnsupportedSchedulerError, match="bh1"):
+        parallelize(pipe, Serial())("a red cat", **CALL)
+    with pytest.raises(ValueError, match="unsupported pipeline"):
+        parallelize(object())
+
+
+@pytest.mark.processes
+def test_the_users_script_spreads_over_fabric_run_unchanged(tmp_path: Path) -> None:
+    script = [str(SCRIPTS / "user_pipeline.py")]
+    one = run_script([sys.executable, *script, str(tmp_path / "one.pt")], timeout=300)
+    assert one.returncode == 0, one.stdout[-4000:]
+    two = run_script([*fabric_run(2), *script, str(tmp_path / "two.pt")], timeout=300)
+    assert two.returncode == 0, two.stdout[-4000:]
+    a, b = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
+    assert (a["stats"]["devices"], b["stats"]["devices"]) == (1, 2)
+    assert a["stats"]["rounds"] == b["stats"]["rounds"] == 4
+    torch.testing.assert_close(b["latents"], a["latents"], rtol=0, atol=1e-5)

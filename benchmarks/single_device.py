@@ -35,6 +35,7 @@ from driffusion.core import (
     flow_sigmas,
     initial_noise,
     reduced_grid,
+    sampler_name,
     vp_schedule,
     vp_timesteps,
 )
@@ -43,7 +44,7 @@ from driffusion.lightning import cli
 
 if not __package__:  # run as `python benchmarks/single_device.py`: the repo root holds it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import row_name, timed
+from benchmarks.common import timed
 from driffusion.adapters.diffusers import WEIGHT_DTYPES
 
 KEYS = ["model", "sampler", "drafts", "steps", "rounds", "s_per_image", "speedup"]
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             rows.append(
                 {
                     "model": model,
-                    "sampler": row_name(sampler),
+                    "sampler": sampler_name(sampler),
                     "drafts": getattr(sampler, "drafts", 1),
                     "steps": schedule.num_steps,
                     "rounds": result.stats.rounds,

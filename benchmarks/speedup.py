@@ -42,6 +42,7 @@ from driffusion.core import (
     SerialReduced,
     alphas_cumprod_from_betas,
     initial_noise,
+    sampler_name,
     vp_schedule,
     vp_timesteps,
 )
@@ -51,7 +52,7 @@ from driffusion.testing.networks import ConvStackNetwork, conv_stack_depth
 
 if not __package__:  # run as `fabric run ... benchmarks/speedup.py`: the repo root holds it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import row_name, timed
+from benchmarks.common import timed
 
 KEYS = [
     "sampler",
@@ -162,8 +163,8 @@ def measure(args: argparse.Namespace, session: Session) -> tuple[list[dict[str, 
     samplers: list[SamplerFn] = [
         Aggressive(drafts=g),
         Conservative(drafts=g),
+        SRDS(tol=args.srds_tol, pipelined=False),
         SRDS(tol=args.srds_tol),
-        SRDS(tol=args.srds_tol, pipelined=True),
         ParaDiGMS(window=args.window or g, tol=args.paradigms_tol),
         Chords(cores=g),
     ]
@@ -188,12 +189,12 @@ def measure(args: argparse.Namespace, session: Session) -> tuple[list[dict[str, 
 
 
 def row(measured: Measurement, steps: int, serial_wall: float, all_cores: float) -> dict:
-    """One table row; ``speedup_ideal = N / sum_r ceil(width_r / devices)``."""
+    """One table row; ``speedup_ideal = N / sum_r ceil(rows_r / devices)``."""
     sampler, devices, wall, stats = measured
     ideal = steps / stats.latency_units(devices)
     speedup = serial_wall / wall
     return {
-        "sampler": row_name(sampler),
+        "sampler": sampler_name(sampler),
         "devices": devices,
         "steps": steps,
         "rounds": stats.rounds,

@@ -179,14 +179,24 @@ def group_alive(pgid: int) -> bool:
 
 
 def run_script(
-    cmd: list[str], timeout: float, leftovers: list[bool] | None = None
+    cmd: list[str],
+    timeout: float,
+    leftovers: list[bool] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run in a new session; wait for the launching process (rank 0), then kill the whole group,
-    since a hung rank must not leak. Output goes to a file: a hung child would hold a pipe open."""
+    """Run in a new session (in ``cwd``, if given); wait for the launching process (rank 0), then
+    kill the whole group, since a hung rank must not leak. Output goes to a file: a hung child
+    would hold a pipe open."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryFile("w+") as log:
         proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+            cwd=cwd,
         )
         try:
             proc.wait(timeout=timeout)

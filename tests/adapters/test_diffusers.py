@@ -19,10 +19,10 @@ from driffusion.adapters.diffusers import (
 from driffusion.adapters.schedulers import schedule_from_scheduler
 from driffusion.adapters.tiny import build_tiny_pipeline
 from driffusion.core import (
-    SAMPLERS,
     RowwiseModel,
     Serial,
     initial_noise,
+    parse_sampler,
     sample_driffusion,
     sample_serial,
 )
@@ -76,7 +76,7 @@ def test_one_draft_equals_serial_through_the_adapter(tiny, mode: str) -> None:  
     with torch.no_grad():
         serial = sample_serial(model, x, adapter.schedule).x
         drafted = sample_driffusion(model, x, adapter.schedule, drafts=1, mode=mode).x  # type: ignore[arg-type]
-        parallel = SAMPLERS[mode](drafts=3)(model, x, adapter.schedule)  # type: ignore[call-arg]
+        parallel = parse_sampler(mode, {"rows": 3})(model, x, adapter.schedule)
     assert torch.equal(drafted, serial)
     assert parallel.stats.evaluations == 6 and not torch.equal(parallel.x, serial)
 

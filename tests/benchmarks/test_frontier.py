@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from driffusion.core import chords_evaluations, chords_rounds, default_starts
+from driffusion.core import chords_evaluations, chords_rounds, parse_sampler
+from driffusion.core.samplers.chords import resolve_starts
+from driffusion.core.samplers.registry import builtin_samplers
 
 # frontier.py maps its rows over 2 worker processes (--workers 2, its default)
 pytestmark = pytest.mark.processes
@@ -35,7 +37,7 @@ def test_frontier_benchmark_quick(tmp_path: Path) -> None:
     checks = oracle["reference"]
     assert checks["diff_unipc3_same_grid"] < 1e-4 and checks["diff_dpmpp_3m_half_points"] < 1e-4
     rows = oracle["rows"]
-    keys = {"model", "sampler", "solver", "steps", "k", "rounds", "evaluations", "err_ref"}
+    keys = {"model", "sampler", "solver", "steps", "rows", "rounds", "evaluations", "err_ref"}
     assert all(keys | {"rel_dev"} <= row.keys() for row in rows)
     assert min(r["err_ref"] for r in rows) > 100 * checks["diff_unipc3_same_grid"]
     serial = {(r["solver"], r["steps"]): r for r in rows if r["sampler"] == "serial"}
@@ -44,21 +46,31 @@ def test_frontier_benchmark_quick(tmp_path: Path) -> None:
     for solver in ("ddim", "dpmpp_2m"):  # more steps, closer to the solution
         assert serial[solver, 50]["err_ref"] < serial[solver, 14]["err_ref"]
     samplers = {(r["sampler"], r["solver"]) for r in rows}
-    for name in ("aggressive", "conservative", "picard_driffusion", "paradigms"):
+    for name in (c.name for c in builtin_samplers() if c.parallel):  # every registered one
         assert {(name, "ddim"), (name, "dpmpp_2m")} <= samplers
+    for row in rows:  # the setting is the sampler's label, and N
+        label, steps = row["setting"].rsplit(", N=", 1)
+        sampler = parse_sampler(label)
+        assert int(steps) == row["steps"] and repr(sampler) == label
+        assert row["rows"] == (sampler.rows or 1)
+    paper = [r for r in rows if "rule='paper'" in r["setting"]]  # ParaDiGMS under both rules
+    assert paper and all(r["sampler"] == "paradigms" for r in paper)
     aggressive = next(
         r
         for r in rows
-        if (r["sampler"], r["solver"], r["steps"], r["k"]) == ("aggressive", "dpmpp_2m", 50, 4)
+        if (r["sampler"], r["solver"], r["steps"], r["rows"]) == ("aggressive", "dpmpp_2m", 50, 4)
     )
     assert aggressive["rounds"] == 14 and aggressive["evaluations"] == 50
     assert aggressive["rel_dev"] > 0 and aggressive["err_ref"] < serial["dpmpp_2m", 14]["err_ref"]
     assert [s["rounds"] for s in oracle["summary"]] == [8, 14, 26]
     chords = [r for r in rows if r["sampler"] == "chords"]
-    assert {r["solver"] for r in chords} == {"ddim", "dpmpp_2m", "dpmpp_3m"}
-    for row in chords:  # k cores at the default start list, the index-th to finish
-        starts = default_starts(row["k"], row["steps"])
-        assert row["rounds"] == chords_rounds(starts, row["steps"], row["index"])
+    assert {r["solver"] for r in chords} == {"ddim", "dpmpp_2m"}
+    fastest = {}
+    for row in chords:  # k cores at their start list, the index-th to finish
+        sampler = parse_sampler(row["setting"].rsplit(", N=", 1)[0])
+        starts = resolve_starts(sampler.cores, sampler.starts, row["steps"])
+        assert row["rounds"] == chords_rounds(starts, row["steps"], sampler.index)
         assert row["evaluations"] == chords_evaluations(starts, row["steps"], row["rounds"])
-    fastest = {(r["k"], r["steps"], r["index"]): r["rounds"] for r in chords}
+        if sampler.starts is None:
+            fastest[sampler.cores, row["steps"], sampler.index] = row["rounds"]
     assert fastest[4, 50, 1] == 17 and fastest[4, 50, 2] == 28

@@ -7,52 +7,60 @@ import math
 from pathlib import Path
 
 from benchmarks import rounds
-from driffusion.core import chords_evaluations, chords_rounds, default_starts, parse_sampler
+from driffusion.core import chords_evaluations, chords_rounds, parse_sampler, sampler_names
+from driffusion.core.samplers.chords import resolve_starts
 
-KEYS = {"sampler", "steps", "k", "rounds", "evaluations", "speedup_ideal", "max_abs_dev", "rel_dev"}
-
-
-KEYS |= {"width", "setting"}
+KEYS = {"sampler", "steps", "rows", "rounds", "evaluations", "speedup_ideal", "max_abs_dev"}
+KEYS |= {"rel_dev", "setting"}
 
 
 def test_rounds_benchmark_json(tmp_path: Path) -> None:
     out = tmp_path / "rounds.json"
-    rounds.main(["--steps", "9", "16", "--k", "2", "3", "--json", str(out), "--batch", "2"])
+    rounds.main(["--steps", "9", "16", "--rows", "2", "3", "--json", str(out), "--batch", "2"])
     rows = json.loads(out.read_text())
-    assert {r["sampler"] for r in rows} == {
-        "serial",
-        "aggressive",
-        "conservative",
-        "srds",
-        "srds_pipelined",
-        "paradigms",
-        "picard_driffusion",
-        "serial_reduced",
-        "chords",
-    }
+    assert {r["sampler"] for r in rows} == set(sampler_names())  # every registered sampler
     for row in rows:
         assert row.keys() >= KEYS
         sampler = parse_sampler(row["setting"])  # the label is the sampler, as text
         assert repr(sampler) == row["setting"]
-        pipelined = getattr(sampler, "pipelined", False)
-        assert row["sampler"] == sampler.name + "_pipelined" * pipelined
-        n, k = row["steps"], row["k"]
+        assert row["sampler"] == sampler.name
+        n = row["steps"]
         assert row["speedup_ideal"] == n / row["rounds"]
+        assert row["rounds"] <= n  # no default or configuration is slower than serial
         if row["sampler"] == "serial":
             assert (row["rounds"], row["max_abs_dev"]) == (n, 0.0)
         if row["sampler"] == "chords":  # k cores; the fastest or the second to finish
-            starts = default_starts(k, n)
+            starts = resolve_starts(sampler.cores, sampler.starts, n)
             assert row["rounds"] == chords_rounds(starts, n, sampler.index)
             assert row["evaluations"] == chords_evaluations(starts, n, row["rounds"])
-            assert row["width"] == k and row["max_abs_dev"] > 0
+            assert row["rows"] == len(starts)
         if row["sampler"] == "aggressive":
+            k = sampler.drafts
             assert row["rounds"] == 1 + math.ceil((n - 1) / k)
-            assert row["evaluations"] == n
+            assert row["evaluations"] == n and row["rows"] == min(k, n - 1)
             assert row["max_abs_dev"] > 0
-    reduced = [r for r in rows if r["sampler"] == "serial_reduced"]
-    assert all(r["rounds"] == 1 + math.ceil((r["steps"] - 1) / r["k"]) for r in reduced)
-    assert all(r["max_abs_dev"] > 0 for r in reduced)
-    srds_k = {(r["steps"], r["k"]) for r in rows if r["sampler"] == "srds"}
-    assert (16, 4) in srds_k  # sqrt(N) blocks are included
-    exact = [r for r in rows if r["sampler"] in ("srds", "srds_pipelined", "paradigms")]
-    assert all(r["rel_dev"] < 1e-3 for r in exact)  # they converge to the serial sample
+        if row["sampler"] == "srds":
+            assert row["rows"] <= (sampler.blocks or round(math.sqrt(n)))
+    reduced = [parse_sampler(r["setting"]) for r in rows if r["sampler"] == "serial_reduced"]
+    assert {s.rounds for s in reduced} >= {1 + math.ceil((16 - 1) / k) for k in (2, 3)}
+    srds = [parse_sampler(r["setting"]) for r in rows if r["sampler"] == "srds"]
+    assert any(s.blocks is None for s in srds)  # the defaults: sqrt(N) blocks
+    converged = [
+        r
+        for r in rows
+        if r["sampler"] in ("srds", "paradigms")
+        and getattr(parse_sampler(r["setting"]), "max_iters", None) is None
+        and getattr(parse_sampler(r["setting"]), "rule", "sigma") == "sigma"
+    ]
+    assert converged and all(r["rel_dev"] < 1e-3 for r in converged)  # to the serial sample
+
+
+def test_srds_at_its_defaults_takes_no_more_rounds_than_serial() -> None:
+    """The issue's check: SRDS rows at N in {25, 50, 100} with default settings."""
+    rows = rounds.main(["--steps", "25", "50", "100", "--rows", "2", "--batch", "1"])
+    srds = [r for r in rows if r["sampler"] == "srds"]
+    defaults = [r for r in srds if r["setting"] == "SRDS(tol=0.001)"]
+    assert {r["steps"] for r in defaults} == {25, 50, 100}
+    assert all(r["rounds"] < r["steps"] for r in defaults)  # it saves rounds
+    assert all(r["rel_dev"] < 1e-4 for r in defaults)  # and stays at the serial sample
+    assert all(r["rounds"] <= r["steps"] for r in srds)

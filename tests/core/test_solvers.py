@@ -19,11 +19,11 @@ from driffusion.core import (
     sample_serial,
     sample_srds,
 )
+from driffusion.core.drafting import draft
 from driffusion.core.solvers import (
     PLMS,
     SOLVER_NAMES,
     DPMSolverPP,
-    draft_states,
     get_solver,
 )
 from tests.support import SHAPE, make_flow, make_vp, oracle64, start64, step_noise
@@ -40,7 +40,7 @@ def test_unknown_solver_and_noise_mismatches() -> None:
     with pytest.raises(ValueError, match="is deterministic"):
         sample_serial(model, x, sched, solver="dpmpp_2m", noise=step_noise(6))
     with pytest.raises(ValueError, match="draft_rule='solver'"):
-        sample_driffusion(model, x, sched, drafts=3, solver="unipc", order=2)
+        sample_driffusion(model, x, sched, drafts=3, solver="unipc", draft_rule="second_order")
 
 
 def setup(name: str, steps: int, family: str = "epsilon") -> tuple[Any, ...]:
@@ -130,8 +130,8 @@ def test_multistep_drafts_by_the_solver_extrapolate_the_history() -> None:
         x_next, next_state = solver.step(x, out, schedule, i, state)
         if i < 4:
             x, state = x_next, next_state
-    skip = draft_states(solver, x, out, schedule, 4, 4, state, "skip")
-    own = draft_states(solver, x, out, schedule, 4, 4, state, "solver")
+    skip = draft(x, out, schedule, 4, 4, solver=solver, state=state, rule="skip")
+    own = draft(x, out, schedule, 4, 4, solver=solver, state=state, rule="solver")
     assert torch.equal(skip[0], own[0])  # d_1 is the solver's step either way
     assert not torch.allclose(skip[1:], own[1:])
     # the 2M extrapolation over two steps is the 2M step with h spanning both

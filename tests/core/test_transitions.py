@@ -15,9 +15,9 @@ from driffusion.core import (
     from_x0_eps,
     predict_x0_eps,
     skip_transition,
-    to_x0_eps,
     vp_schedule,
 )
+from driffusion.core.parameterization import to_x0_eps
 from tests.support import make_family
 
 families = st.sampled_from(["epsilon", "v_prediction", "sample", "flow"])
@@ -48,7 +48,7 @@ def test_skips_compose(family: str, n: int, data, seed: int) -> None:  # type: i
     j = data.draw(st.integers(i + 1, n - 1))
     k = data.draw(st.integers(j, n))
     x, out = _tensors(seed)
-    x0, eps = predict_x0_eps(out, x, sched, i)
+    x0, eps = predict_x0_eps(x, out, sched, i)
     x_j = skip_transition(x, out, sched, i, j)
     # the same prediction, re-expressed in the network's parameterisation at point j
     out_j = from_x0_eps(x0, eps, sched.alpha(j), sched.sigma(j), sched.prediction_type)
@@ -66,7 +66,7 @@ def test_parameterisations_round_trip(prediction_type: str) -> None:
     alpha, sigma = (0.6, 0.8) if prediction_type != "flow" else (0.3, 0.7)
     x = alpha * x0 + sigma * eps
     out = from_x0_eps(x0, eps, alpha, sigma, prediction_type)  # type: ignore[arg-type]
-    x0_hat, eps_hat = to_x0_eps(out, x, alpha, sigma, prediction_type)  # type: ignore[arg-type]
+    x0_hat, eps_hat = to_x0_eps(x, out, alpha, sigma, prediction_type)  # type: ignore[arg-type]
     torch.testing.assert_close(x0_hat, x0)
     torch.testing.assert_close(eps_hat, eps)
 

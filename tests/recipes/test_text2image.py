@@ -1,10 +1,12 @@
-"""The SD2.1 / SDXL / SD3 recipes (recipes/text2image.py) on tiny random models built in code:
-end to end on 1 and 2 processes, a configuration for a round budget, clean failures, and flag
-checks; in-process: no PNG when decoding fails, refused Fabric precision, scheduler swaps."""
+"""The SD2.1 / SDXL / SD3 recipes (their job: driffusion.recipes.text2image) on tiny random
+models built in code: end to end on 1 and 2 processes, copied alone into another folder, a
+configuration for a round budget, clean failures, and flag checks; in-process: no PNG when
+decoding fails, refused Fabric precision, scheduler swaps."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -118,7 +120,7 @@ def test_the_same_drafts_give_the_same_image_on_one_and_two_processes(tmp_path: 
     assert two.returncode == 0, two.stdout[-4000:]
     for name in ("00000.png", "00001.png"):
         a, b = Image.open(tmp_path / "one" / name), Image.open(tmp_path / "two" / name)
-        assert a.text["drafts"] == b.text["drafts"] == "2"
+        assert a.text["rows"] == b.text["rows"] == "2"
         assert (a.text["devices"], b.text["devices"]) == ("1", "2")
         pixels = np.abs(np.asarray(a, dtype=np.int16) - np.asarray(b, dtype=np.int16))
         assert int(pixels.max()) <= 1  # stated tolerance: 1/255 (measured: 0)
@@ -146,8 +148,7 @@ def test_bad_flags_are_argument_errors_before_anything_loads(
     argv: list[str],
     message: str,
 ) -> None:
-    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
-    import text2image
+    from driffusion.recipes import text2image
 
     (tmp_path / "empty.txt").write_text("\n\n")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
@@ -177,8 +178,7 @@ def test_the_recipe_writes_no_png_when_decoding_fails(
         return pipe
 
     monkeypatch.setattr(tiny, "build_tiny_pipeline", nan_vae)
-    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
-    import text2image
+    from driffusion.recipes import text2image
 
     argv = ["--tiny", "--prompt", "a lighthouse", "--steps", "3", "--out", str(tmp_path / "out")]
     with pytest.raises(NonFiniteImageError):
@@ -187,8 +187,7 @@ def test_the_recipe_writes_no_png_when_decoding_fails(
 
 
 def test_fabric_precision_is_refused_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
-    import text2image
+    from driffusion.recipes import text2image
 
     monkeypatch.setenv("LT_CLI_USED", "1")
     monkeypatch.setenv("LT_PRECISION", "bf16-mixed")
@@ -199,8 +198,7 @@ def test_fabric_precision_is_refused_not_ignored(monkeypatch: pytest.MonkeyPatch
 def test_the_recipe_swaps_the_scheduler_and_reports_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.syspath_prepend(str(ROOT / "recipes"))
-    import text2image
+    from driffusion.recipes import text2image
 
     argv = ["--tiny", "--prompt", "a lighthouse", "--steps", "4", "--out", str(tmp_path)]
     argv += ["--scheduler", "DPMSolverMultistepScheduler", "--accelerator", "cpu"]
@@ -211,3 +209,20 @@ def test_the_recipe_swaps_the_scheduler_and_reports_memory(
     assert report["memory"]["draft_state_bytes"] == 2 * 1 * 4 * 16 * 16 * 4  # k B C h w fp32
     with pytest.raises(ValueError, match="not a diffusers scheduler"):
         text2image.main("sd21", [*argv[:-4], "--scheduler", "NoSuchScheduler"])
+
+
+@pytest.mark.processes
+def test_a_recipe_copied_alone_into_an_empty_folder_runs(tmp_path: Path) -> None:
+    """`cp recipes/sdxl.py /tmp/x/ && cd /tmp/x && python sdxl.py --tiny --steps 4 --prompt x`:
+    the recipe needs only the installed package, not the folder it came from."""
+    folder = tmp_path / "x"
+    folder.mkdir()
+    shutil.copy(ROOT / "recipes" / "sdxl.py", folder / "sdxl.py")
+    done = run_script(
+        [sys.executable, "sdxl.py", "--tiny", "--steps", "4", "--prompt", "x"],
+        timeout=300,
+        cwd=folder,
+    )
+    assert done.returncode == 0, done.stdout[-4000:]
+    png = folder / "outputs" / "sdxl" / "00000.png"
+    assert Image.open(png).text["prompt"] == "x"

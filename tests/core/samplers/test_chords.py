@@ -140,8 +140,8 @@ def test_core_c_finishes_at_round_n_minus_start_plus_c_and_evaluations_follow(
     assert result.stats.rounds == rounds == chords_rounds(starts, n, index)
     expected = sum(min(n - s, max(0, rounds - c)) for c, s in enumerate(starts))
     assert result.stats.evaluations == expected == chords_evaluations(starts, n, rounds)
-    assert result.stats.iterations == index
-    assert result.stats.width == len(starts)
+    assert result.stats.finish_order == index
+    assert result.stats.rows == len(starts)
 
 
 @pytest.mark.parametrize("solver", DETERMINISTIC)
@@ -206,7 +206,7 @@ def test_the_preview_and_the_residual_stop_rule() -> None:
         m = next(m for m in range(1, 5) if residuals[m - 1] <= threshold or m == 4)
         result = Chords(starts=starts, stop="residual", tol=tol)(model, x, schedule)
         assert torch.equal(result.x, outputs[m])
-        assert result.stats.iterations == m
+        assert result.stats.finish_order == m
         assert result.stats.rounds == chords_rounds(starts, 30, m)
 
 
@@ -219,7 +219,7 @@ def test_default_start_lists() -> None:
     with pytest.raises(ValueError, match="no default start list of 8 cores fits 12 steps"):
         default_starts(8, 12)
     model, x, schedule = toy_problem(steps=12)
-    assert Chords()(model, x, schedule).stats.width == 7  # as many cores as fit
+    assert Chords()(model, x, schedule).stats.rows == 7  # as many cores as fit
 
 
 @settings(max_examples=60, deadline=None)

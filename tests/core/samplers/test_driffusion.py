@@ -82,7 +82,7 @@ def test_round_and_evaluation_counts_match_the_closed_forms() -> None:
                 if mode == "aggressive":
                     assert core_aggressive_rounds(n, k) == stats.rounds
                 assert stats.evaluations == n, (mode, n, k)
-                assert stats.width == max(1, min(k, n - 1)), (mode, n, k)
+                assert stats.rows == max(1, min(k, n - 1)), (mode, n, k)
                 # the sampler's own count agrees with an outside counter
                 assert (counter.rounds, counter.evaluations) == (stats.rounds, stats.evaluations)
 
@@ -125,7 +125,7 @@ def test_draft_and_refine_compose_into_the_sampler() -> None:
     drafts = draft(x, anchor, sched, 0, 3)
     assert drafts.shape == (3, *x.shape)
     outs = oracle(drafts, sched.times([1, 2, 3]))
-    refined = refine(x, torch.cat([anchor[None], outs[:-1]]), sched, 0)
+    refined, _ = refine(x, torch.cat([anchor[None], outs[:-1]]), sched, 0)
     # draft 1 is the first refined state exactly; refinement uses outputs at the refined states
     assert torch.equal(drafts[0], refined[0])
     full = sample_driffusion(oracle, x, sched, drafts=3)
@@ -142,7 +142,7 @@ def test_new_modes_reduce_to_serial_with_one_draft(family: str, mode: str) -> No
     oracle = make_oracle(sched)
     x = make_noise()
     serial = sample_serial(oracle, x, sched).x
-    second = sample_driffusion(oracle, x, sched, drafts=1, mode=mode, order=2)  # type: ignore[arg-type]
+    second = sample_driffusion(oracle, x, sched, drafts=1, mode=mode, draft_rule="second_order")  # type: ignore[arg-type]
     adaptive = sample_driffusion(oracle, x, sched, drafts=1, mode=mode, adaptive_tol=1e-3)  # type: ignore[arg-type]
     assert torch.equal(second.x, serial) and torch.equal(adaptive.x, serial)
     assert torch.equal(sample_picard_driffusion(oracle, x, sched, window=1, tol=0.5).x, serial)
@@ -156,7 +156,7 @@ def test_second_order_drafts_are_closer_at_equal_rounds() -> None:
         x = make_noise(8)
         serial = sample_serial(oracle, x, sched).x
         first = sample_driffusion(oracle, x, sched, drafts=4)
-        second = sample_driffusion(oracle, x, sched, drafts=4, order=2)
+        second = sample_driffusion(oracle, x, sched, drafts=4, draft_rule="second_order")
         assert first.stats.rounds == second.stats.rounds
         dev1 = float((first.x - serial).pow(2).mean().sqrt())
         dev2 = float((second.x - serial).pow(2).mean().sqrt())
@@ -169,7 +169,7 @@ def test_second_order_draft_without_history_is_first_order() -> None:
     x = make_noise()
     out = oracle(x[None], sched.times([2]))[0]
     x0 = (x - sched.sigma(2) * out) / sched.alpha(2)
-    second = draft(x, out, sched, 2, 3, previous=(x0, 1))  # same estimate: no curvature
+    second = draft(x, out, sched, 2, 3, rule="second_order", previous=(x0, 1))  # no curvature
     for j in range(3):
         expected = skip_transition(x, out, sched, 2, 3 + j)
         torch.testing.assert_close(second[j], expected, rtol=1e-5, atol=1e-5)
@@ -190,7 +190,10 @@ def test_adaptive_drafting_trades_rounds_for_accuracy() -> None:
 @pytest.mark.parametrize(
     ("call", "message"),
     [
-        (lambda s, o, x: sample_driffusion(o, x, s, order=3), "order must be 1 or 2, got 3"),
+        (
+            lambda s, o, x: sample_driffusion(o, x, s, draft_rule="third"),
+            "draft_rule must be one of",
+        ),
         (lambda s, o, x: sample_driffusion(o, x, s, adaptive_tol=0.0), "adaptive_tol"),
     ],
 )

@@ -26,7 +26,7 @@ def test_picard_driffusion_at_zero_tolerance_is_serial(family: str, steps: int) 
     for k in (2, 4, 7):
         result = sample_picard_driffusion(oracle, x, sched, window=k, tol=0.0)
         assert torch.equal(result.x, serial.x)
-        assert result.stats.rounds <= steps and result.stats.width <= k
+        assert result.stats.rounds <= steps and result.stats.rows <= k
 
 
 def test_picard_driffusion_with_one_pass_is_plain_driffusion() -> None:
@@ -68,8 +68,9 @@ def test_sampler_values_run_the_new_modes() -> None:
     x = make_noise()
     exact = PicardDRiffusion(window=3, tol=0.0)(oracle, x, sched)
     assert torch.equal(exact.x, sample_serial(oracle, x, sched).x)
-    second = Aggressive(drafts=3, order=2)(oracle, x, sched)
-    assert torch.equal(second.x, sample_driffusion(oracle, x, sched, drafts=3, order=2).x)
+    second = Aggressive(drafts=3, draft_rule="second_order")(oracle, x, sched)
+    rule = "second_order"
+    assert torch.equal(second.x, sample_driffusion(oracle, x, sched, drafts=3, draft_rule=rule).x)
 
 
 @pytest.mark.parametrize(
@@ -100,7 +101,8 @@ def test_picard_driffusion_max_iters_caps_refinements() -> None:
     one = sample_picard_driffusion(oracle, x, sched, window=4, max_iters=1, tol=0.0)
     two = sample_picard_driffusion(oracle, x, sched, window=4, max_iters=2, tol=0.0)
     exact = sample_picard_driffusion(oracle, x, sched, window=4, tol=0.0)
-    assert one.stats.iterations == 1 and two.stats.iterations <= 2 < exact.stats.iterations
+    assert one.stats.picard_sweeps == 1
+    assert two.stats.picard_sweeps <= 2 < exact.stats.picard_sweeps
     assert one.stats.rounds < two.stats.rounds < exact.stats.rounds
     dev = [float((r.x - serial).abs().max()) for r in (one, two, exact)]
     assert dev[0] > dev[1] > dev[2] == 0.0, dev

@@ -35,6 +35,7 @@ class DraftTwice(Sampler):
     """Conservative-style blocks whose drafts are evaluated twice: once at the drafts, once at
     the refined states, refining after each (3 rounds per block of ``drafts`` steps)."""
 
+    name = "draft_twice"  # its output folder; the name also registers it (--sampler draft_twice)
     drafts: int = rows_setting(3, "steps per block (its rows per round)")
 
     def __call__(self, model, x, schedule, *, callback=None, check_finite=True):

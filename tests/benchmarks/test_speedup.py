@@ -28,9 +28,13 @@ def test_speedup_benchmark_runs_under_fabric(tmp_path: Path) -> None:
         "aggressive",
         "conservative",
         "srds",
-        "srds_pipelined",
+        "srds",
         "paradigms",
         "chords",
+    ]
+    assert [r["setting"] for r in rows[4:6]] == [
+        "SRDS(tol=0.001, pipelined=False)",
+        "SRDS(tol=0.001)",
     ]
     for row in rows:
         assert keys <= row.keys()

@@ -26,8 +26,8 @@ demo: $(STAMP)
 	$(VENV)/bin/fabric run --accelerator cpu --devices 2 --strategy ddp recipes/digits.py --out $(OUT)/digits
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check driffusion tests benchmarks recipes
-	$(VENV)/bin/ruff format --check driffusion tests benchmarks recipes
+	$(VENV)/bin/ruff check driffusion tests benchmarks recipes docs
+	$(VENV)/bin/ruff format --check driffusion tests benchmarks recipes docs
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

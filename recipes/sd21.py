@@ -1,10 +1,6 @@
-"""sd21: text to image with DRiffusion / SRDS on a diffusers pipeline.
+"""sd21: Stable Diffusion 2.1 text to image with a driffusion sampler (`--help` for every flag).
 
-    fabric run --accelerator cuda --devices 4 --strategy ddp recipes/sd21.py --prompt "a lighthouse"
-    python recipes/sd21.py --tiny --prompt "a red cat"          # random tiny model, CPU, offline
-
-Every flag: ``python sd21.py --help`` (the job is ``driffusion.recipes.text2image``, so this
-script runs from any folder, copied alone).
+    python recipes/sd21.py --tiny --prompt "a red cat"    # random tiny model, CPU, offline
 """
 
 from driffusion.recipes.text2image import run_recipe

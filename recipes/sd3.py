@@ -1,10 +1,6 @@
-"""sd3: text to image with DRiffusion / SRDS on a diffusers pipeline.
+"""sd3: SD3 (rectified flow) text to image; `--no-t5` drops its T5 encoder.
 
-    fabric run --accelerator cuda --devices 4 --strategy ddp recipes/sd3.py --prompt "a lighthouse"
-    python recipes/sd3.py --tiny --prompt "a red cat"          # random tiny model, CPU, offline
-
-Every flag: ``python sd3.py --help`` (the job is ``driffusion.recipes.text2image``, so this
-script runs from any folder, copied alone).
+    python recipes/sd3.py --tiny --prompt "a red cat"      # random tiny model, CPU, offline
 """
 
 from driffusion.recipes.text2image import run_recipe

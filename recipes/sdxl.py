@@ -1,10 +1,6 @@
-"""sdxl: text to image with DRiffusion / SRDS on a diffusers pipeline.
+"""sdxl: SDXL text to image, each round split across the devices of `fabric run`.
 
     fabric run --accelerator cuda --devices 4 --strategy ddp recipes/sdxl.py --prompt "a lighthouse"
-    python recipes/sdxl.py --tiny --prompt "a red cat"          # random tiny model, CPU, offline
-
-Every flag: ``python sdxl.py --help`` (the job is ``driffusion.recipes.text2image``, so this
-script runs from any folder, copied alone).
 """
 
 from driffusion.recipes.text2image import run_recipe

@@ -17,8 +17,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from driffusion.adapters.distributed import DEFAULT_TIMEOUT_S
-from driffusion.core.samplers.base import SamplerFn, Setting, settings_of
+from driffusion.core.samplers.base import SamplerFn
 from driffusion.core.samplers.registry import builtin_samplers, parse_sampler, sampler_names
+from driffusion.core.samplers.settings import Setting, settings_of
 from driffusion.core.solvers import SOLVER_NAMES
 from driffusion.lightning.launch import FABRIC_FLAGS
 

@@ -28,7 +28,7 @@ SPECS = {
     "aggressive_k3": Aggressive(drafts=3),
     "conservative_k2": Conservative(drafts=2),
     "conservative_k3": Conservative(drafts=3),
-    "srds_exact": SRDS(blocks=4, tol=0.0),
+    "srds_exact": SRDS(blocks=4, tol=0.0, pipelined=False),
     "srds_tol": SRDS(blocks=4, tol=1e-3),
     "srds_pipelined": SRDS(blocks=5, tol=0.0, pipelined=True),
     "paradigms_exact": ParaDiGMS(window=5, tol=0.0),

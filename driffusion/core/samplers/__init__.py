@@ -5,21 +5,7 @@ Importing a sampler's module registers its value by name (see
 [`Sampler`][driffusion.core.samplers.base.Sampler]); the order here is the registry's order.
 """
 
-from driffusion.core.samplers.base import (
-    Callback,
-    Sampler,
-    SamplerFn,
-    Setting,
-    evaluate,
-    payload,
-    rows_name,
-    rows_setting,
-    sampler_rows,
-    setting,
-    settings_of,
-    solver_setting,
-    tolerance_setting,
-)
+from driffusion.core.samplers.base import Callback, Sampler, SamplerFn, evaluate, payload
 from driffusion.core.samplers.serial import Serial, sample_serial  # isort: split
 
 from driffusion.core.samplers.driffusion import (  # isort: split
@@ -30,6 +16,16 @@ from driffusion.core.samplers.driffusion import (  # isort: split
     sample_driffusion,
 )
 
+from driffusion.core.samplers.settings import (
+    Setting,
+    rows_name,
+    rows_setting,
+    sampler_rows,
+    setting,
+    settings_of,
+    solver_setting,
+    tolerance_setting,
+)
 from driffusion.core.samplers.srds import (  # isort: split
     SRDS,
     block_boundaries,

@@ -45,21 +45,12 @@ from typing import Any, Literal
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
-from driffusion.core.samplers.base import (
-    Callback,
-    Sampler,
-    check_positive_int,
-    evaluate,
-    max_rms,
-    payload,
-    rows_setting,
-    setting,
-    setup_solver,
-    solver_setting,
-)
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import PLMS, Solver, SolverState, UniPC, get_solver
 from driffusion.core.transitions import predict_x0_eps, skip_transition
+
+from .base import Callback, Sampler, check_positive_int, evaluate, max_rms, payload, setup_solver
+from .settings import rows_setting, setting, solver_setting
 
 StopRule = Literal["core_index", "residual"]
 STOP_RULES: tuple[str, ...] = ("core_index", "residual")

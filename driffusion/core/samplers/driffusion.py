@@ -24,21 +24,12 @@ from torch import Tensor
 
 from driffusion.core.drafting import DRAFT_RULES, DraftRule, draft, refine
 from driffusion.core.model import CountingModel, Model, SampleResult
-from driffusion.core.samplers.base import (
-    Callback,
-    Sampler,
-    check_positive_int,
-    evaluate,
-    max_rms,
-    payload,
-    rows_setting,
-    setting,
-    setup_solver,
-    solver_setting,
-)
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import Solver, get_solver
 from driffusion.core.transitions import predict_x0_eps
+
+from .base import Callback, Sampler, check_positive_int, evaluate, max_rms, payload, setup_solver
+from .settings import rows_setting, setting, solver_setting
 
 Mode = Literal["aggressive", "conservative"]
 

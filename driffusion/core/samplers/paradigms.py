@@ -43,24 +43,14 @@ import torch
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
-from driffusion.core.samplers.base import (
-    Callback,
-    Sampler,
-    check_positive_int,
-    evaluate,
-    max_rms,
-    payload,
-    rows_setting,
-    setting,
-    setup_solver,
-    solver_setting,
-    tolerance_setting,
-)
-from driffusion.core.samplers.driffusion import aggressive_rounds
-from driffusion.core.samplers.serial import sample_serial
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import Solver, SolverState
 from driffusion.core.transitions import ddpm_posterior, predict_x0_eps
+
+from .base import Callback, Sampler, check_positive_int, evaluate, max_rms, payload, setup_solver
+from .driffusion import aggressive_rounds
+from .serial import sample_serial
+from .settings import rows_setting, setting, solver_setting, tolerance_setting
 
 RULES: tuple[str, ...] = ("sigma", "paper")
 """ParaDiGMS' acceptance rules: the project's ``"sigma"`` and the authors' ``"paper"``."""

@@ -23,21 +23,12 @@ from torch import Tensor
 
 from driffusion.core.drafting import DRAFT_RULES, DraftRule, draft
 from driffusion.core.model import CountingModel, Model, SampleResult
-from driffusion.core.samplers.base import (
-    Callback,
-    Sampler,
-    evaluate,
-    max_rms,
-    payload,
-    rows_setting,
-    setting,
-    setup_solver,
-    solver_setting,
-    tolerance_setting,
-)
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import Solver, SolverState
 from driffusion.core.transitions import predict_x0_eps
+
+from .base import Callback, Sampler, evaluate, max_rms, payload, setup_solver
+from .settings import rows_setting, setting, solver_setting, tolerance_setting
 
 
 @dataclass(frozen=True, repr=False)

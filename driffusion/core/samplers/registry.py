@@ -22,7 +22,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from driffusion.core.samplers.base import REGISTRY, Sampler, SamplerFn, rows_name, settings_of
+from .base import REGISTRY, Sampler, SamplerFn
+from .settings import rows_name, settings_of
 
 
 def sampler_names() -> tuple[str, ...]:

@@ -7,17 +7,12 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
-from driffusion.core.samplers.base import (
-    Callback,
-    Sampler,
-    evaluate,
-    payload,
-    setup_solver,
-    solver_setting,
-)
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import Solver
 from driffusion.core.transitions import predict_x0_eps
+
+from .base import Callback, Sampler, evaluate, payload, setup_solver
+from .settings import solver_setting
 
 
 @dataclass(frozen=True, repr=False)

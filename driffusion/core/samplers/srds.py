@@ -41,22 +41,12 @@ from typing import Any
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
-from driffusion.core.samplers.base import (
-    Callback,
-    Sampler,
-    check_positive_int,
-    evaluate,
-    max_rms,
-    payload,
-    rows_setting,
-    setting,
-    setup_solver,
-    solver_setting,
-    tolerance_setting,
-)
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import Solver, SolverState
 from driffusion.core.transitions import skip_transition
+
+from .base import Callback, Sampler, check_positive_int, evaluate, max_rms, payload, setup_solver
+from .settings import rows_setting, setting, solver_setting, tolerance_setting
 
 
 def block_boundaries(num_steps: int, blocks: int) -> list[int]:

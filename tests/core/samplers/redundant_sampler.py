@@ -12,14 +12,8 @@ from dataclasses import dataclass
 from torch import Tensor
 
 from driffusion.core.model import CountingModel, Model, SampleResult
-from driffusion.core.samplers.base import (
-    Callback,
-    Sampler,
-    evaluate,
-    rows_setting,
-    setup_solver,
-    solver_setting,
-)
+from driffusion.core.samplers.base import Callback, Sampler, evaluate, setup_solver
+from driffusion.core.samplers.settings import rows_setting, solver_setting
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import Solver
 

@@ -20,6 +20,12 @@ parallel sampler that takes fewer rounds than the grid has steps, the same solve
 serially at that round count (``serial@R``): the honest baseline. One untimed warm-up batch runs
 before the timed samplers, and every sampler is timed on the same items.
 
+By default the job runs serial, DRiffusion aggressive and conservative, SRDS at its defaults and
+ParaDiGMS as its authors run it (``rule='paper', tol=0.1``). After the table it says, per
+parallel sampler, whether it saves rounds on these devices and whether it is closer to the
+solution than ``serial@R``: on 2 devices SRDS (2 blocks) needs as many rounds as serial to
+converge, and the report says so instead of showing a slowdown without comment.
+
 ``--rounds R`` replaces ``--steps``: a short calibration on ten samples (one per digit, seeds
 disjoint from the job's) tries every serial and DRiffusion configuration that fits ``R`` rounds
 on the draft group, against the reference, and runs the best one beside the best serial solver

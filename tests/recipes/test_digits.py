@@ -116,3 +116,33 @@ def test_a_user_sampler_file_runs_through_the_main_job_on_two_processes(tmp_path
     assert "| draft_twice | 2 | 20 | 15 |" in result.stdout
     png = Image.open(tmp_path / "draft_twice" / "digit0_seed0.png")
     assert png.text["sampler"] == "DraftTwice(drafts=4)"
+
+
+def test_the_main_job_says_whether_srds_and_paradigms_help(tmp_path: Path) -> None:
+    """SRDS at its defaults takes no more rounds than serial on 2 processes, and the report says,
+    per parallel sampler and from its own numbers, whether it saves rounds and whether it beats
+    serial at equal rounds."""
+    cmd = fabric_run(2)
+    cmd += [str(ROOT / "recipes" / "digits.py"), "--steps", "8", "--n-per-class", "1"]
+    cmd += ["--sampler", "serial", "--sampler", "srds"]
+    cmd += ["--sampler", "paradigms(rule='paper', tol=0.1)", "--no-fid", "--out", str(tmp_path)]
+    cmd += ["--reference-points", "60"]
+    result = run_script(cmd, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    rows = {r["sampler"]: r for r in report["rows"]}
+    serial, srds, paradigms = rows["serial"], rows["srds"], rows["paradigms"]
+    assert srds["rounds"] <= serial["rounds"] == 8
+    verdicts = {line.split(" ", 1)[0]: line for line in report["verdicts"]}
+    assert set(verdicts) == {"srds", "paradigms"}  # one line per parallel sampler
+    for name, row in (("srds", srds), ("paradigms", paradigms)):
+        line = verdicts[name]
+        assert line in result.stdout
+        if row["rounds"] >= serial["rounds"]:
+            assert "saves no rounds" in line
+            continue
+        same = rows[f"serial@{row['rounds']}"]
+        helps = row["err_ref"] <= same["err_ref"]
+        assert ("it helps" in line) == helps
+        assert ("further from the solution" in line) == (not helps)
+    assert paradigms["rounds"] < serial["rounds"]  # the authors' rule saves rounds here

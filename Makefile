@@ -26,8 +26,8 @@ demo: $(STAMP)
 	$(VENV)/bin/fabric run --accelerator cpu --devices 2 --strategy ddp recipes/digits.py --out $(OUT)/digits
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check driffusion tests benchmarks recipes docs
-	$(VENV)/bin/ruff format --check driffusion tests benchmarks recipes docs
+	$(VENV)/bin/ruff check driffusion tests benchmarks recipes docs/hooks docs/examples
+	$(VENV)/bin/ruff format --check driffusion tests benchmarks recipes docs/hooks docs/examples
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -27,6 +27,7 @@ from driffusion.core import (
     Serial,
     alphas_cumprod_from_betas,
     builtin_samplers,
+    flag_values,
     sampler_name,
     vp_schedule,
     vp_timesteps,
@@ -57,13 +58,13 @@ def samplers(steps: int, rows: list[int], tol: float | None) -> list[SamplerFn]:
     every ``rows`` (``tol``, when given, for the samplers that take one)."""
     common = {} if tol is None else {"tol": tol}
     out: list[SamplerFn] = [Serial()]
-    candidates = [cls() for cls in builtin_samplers() if cls.parallel]
+    parallel = [cls for cls in builtin_samplers() if cls.parallel]
+    candidates = [cls(**flag_values(cls, common)) for cls in parallel]
     for r in rows:
-        candidates += [s for cls in builtin_samplers() for s in cls.configurations(r, steps)]
+        for cls in builtin_samplers():
+            candidates += cls.configurations(r, steps, **common)
     seen = {repr(Serial())}
     for sampler in candidates:
-        if common:
-            sampler = sampler.replace(**{k: v for k, v in common.items() if hasattr(sampler, k)})
         if repr(sampler) not in seen and sampler.fits(steps):
             seen.add(repr(sampler))
             out.append(sampler)

@@ -18,6 +18,7 @@ from driffusion.core.samplers.driffusion import (  # isort: split
 
 from driffusion.core.samplers.settings import (
     Setting,
+    flag_values,
     rows_name,
     rows_setting,
     sampler_rows,
@@ -87,6 +88,7 @@ __all__ = [
     "default_starts",
     "evaluate",
     "even_starts",
+    "flag_values",
     "parse_sampler",
     "payload",
     "reduced_grid",

@@ -28,7 +28,7 @@ from driffusion.core.model import CountingModel, Model, SampleResult
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import DDPM, Solver, SolverState, check_step_noise, get_solver
 
-from .settings import rows_name, settings_of
+from .settings import flag_values, rows_name, settings_of
 
 Callback = Callable[[dict[str, Any]], None]
 """``callback(payload)``, called with [`payload`][driffusion.core.samplers.base.payload] for
@@ -175,8 +175,7 @@ class Sampler:
             **common: command-line settings (declared ``flag=True``, e.g. ``solver``,
                 ``tol``) for every configuration that has them; a variant's own settings win.
         """
-        flags = {name for name, spec in settings_of(cls).items() if spec.flag}
-        base = {k: v for k, v in common.items() if k in flags}
+        base = flag_values(cls, common)
         rows_key = rows_name(cls)
         if rows_key is not None:
             base[rows_key] = rows

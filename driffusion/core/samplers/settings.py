@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from driffusion.core.solvers import Solver, get_solver
@@ -172,6 +172,13 @@ def settings_of(sampler: type | object) -> dict[str, Setting]:
     return {
         f.name: f.metadata["setting"] for f in dataclasses.fields(cls) if "setting" in f.metadata
     }
+
+
+def flag_values(sampler: type | object, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The entries of ``values`` that are command-line settings (``flag=True``) of the sampler:
+    what a command line or a benchmark's common settings (``solver``, ``tol``) apply to it."""
+    flags = {name for name, spec in settings_of(sampler).items() if spec.flag}
+    return {k: v for k, v in values.items() if k in flags}
 
 
 def rows_name(sampler: type | object) -> str | None:

@@ -91,17 +91,10 @@ def draft(
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
-    if rule not in DRAFT_RULES:
-        raise ValueError(f"draft rule must be one of {DRAFT_RULES}, got {rule!r}")
     if i + k > schedule.num_steps:
         raise ValueError(f"cannot draft k={k} points past point {i} of {schedule.num_steps}")
-    resolved = get_solver(solver)
+    resolved = check_draft_rule(rule, solver)
     start = SolverState() if state is None else state
-    if rule == "second_order" and (resolved.stochastic or resolved.multistep):
-        raise ValueError(
-            f"second_order drafts extend first-order deterministic solvers; solver "
-            f"{resolved.name!r} drafts with its own extrapolation: use rule 'solver'"
-        )
     first, _ = resolved.step(x, out, schedule, i, start)
     drafts = [first]
     if k == 1:
@@ -124,6 +117,20 @@ def draft(
                 source, point = first, i + 1
             drafts.append(resolved.first_order(source, x0, schedule, point, i + j, start))
     return torch.stack(drafts)
+
+
+def check_draft_rule(rule: str, solver: Solver | str | None = None) -> Solver:
+    """The solver, if ``rule`` is a draft rule it can draft by (``ValueError`` otherwise):
+    ``second_order`` extends first-order deterministic solvers only."""
+    if rule not in DRAFT_RULES:
+        raise ValueError(f"draft rule must be one of {DRAFT_RULES}, got {rule!r}")
+    resolved = get_solver(solver)
+    if rule == "second_order" and (resolved.stochastic or resolved.multistep):
+        raise ValueError(
+            f"draft_rule='second_order' extends first-order deterministic solvers; solver "
+            f"{resolved.name!r} drafts with its own extrapolation: use draft_rule='solver'"
+        )
+    return resolved
 
 
 def _second_order(

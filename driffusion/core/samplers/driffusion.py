@@ -22,10 +22,10 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import Tensor
 
-from driffusion.core.drafting import DRAFT_RULES, DraftRule, draft, refine
+from driffusion.core.drafting import DRAFT_RULES, DraftRule, check_draft_rule, draft, refine
 from driffusion.core.model import CountingModel, Model, SampleResult
 from driffusion.core.schedule import Schedule
-from driffusion.core.solvers import Solver, get_solver
+from driffusion.core.solvers import Solver
 from driffusion.core.transitions import predict_x0_eps
 
 from .base import Callback, Sampler, check_positive_int, evaluate, max_rms, payload, setup_solver
@@ -55,12 +55,7 @@ class _DRiffusion(Sampler):
     )
 
     def validate(self) -> None:
-        resolved = get_solver(self.solver)
-        if self.draft_rule == "second_order" and (resolved.stochastic or resolved.multistep):
-            raise ValueError(
-                f"draft_rule='second_order' extends first-order deterministic solvers; solver "
-                f"{resolved.name!r} drafts with its own extrapolation: use draft_rule='solver'"
-            )
+        check_draft_rule(self.draft_rule, self.solver)
 
     def keywords(self) -> dict[str, Any]:
         return {**super().keywords(), "mode": self.mode}

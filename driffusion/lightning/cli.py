@@ -71,7 +71,7 @@ def add_sampler_args(
     solver: str | None = None,
 ) -> argparse.ArgumentParser:
     """Add ``--sampler`` (repeatable) and one flag per setting the built-in samplers declare
-    as a command-line setting ([`Setting`][driffusion.core.samplers.base.Setting]
+    as a command-line setting ([`Setting`][driffusion.core.samplers.settings.Setting]
     ``flag=True``: ``--drafts``, ``--window``, ``--cores``, ``--blocks``, ``--tol``,
     ``--solver``, and those of any sampler registered when the parser is built).
 

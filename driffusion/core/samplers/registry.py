@@ -51,7 +51,7 @@ def parse_sampler(text: str, defaults: Mapping[str, Any] | None = None) -> Sampl
             ``"rows"`` sets the setting declared ``rows=True`` (``drafts``, ``window``,
             ``cores``, ``blocks``) unless that one is given by name too. A setting the sampler
             does not have is ignored, and so is one the settings given imply (a
-            [`Setting`][driffusion.core.samplers.base.Setting]'s ``implied_by``: CHORDS'
+            [`Setting`][driffusion.core.samplers.settings.Setting]'s ``implied_by``: CHORDS'
             ``starts`` fix its ``cores``). Not applied to samplers loaded by import path: they
             are what their author wrote.
 

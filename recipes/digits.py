@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +68,6 @@ from driffusion.eval.callbacks import (
     outputs_by_id,
 )
 from driffusion.io import (
-    OutputFolderError,
     RunFolder,
     atomic_write,
     labelled_grid,
@@ -204,12 +202,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     # an unusable --out fails now, not after sampling; one run at a time writes into it
     folder = RunFolder(args.out) if owns_output_folder() else contextlib.nullcontext()
-    try:
-        with folder, Session.from_args(args, callbacks=[ProgressBar()]) as session:
-            run_job(args, session)
-    except OutputFolderError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    with folder, Session.from_args(args, callbacks=[ProgressBar()]) as session:
+        run_job(args, session)
 
 
 def run_job(args: argparse.Namespace, session: Session) -> None:
@@ -407,4 +401,4 @@ def report(
 
 
 if __name__ == "__main__":
-    main()
+    cli.exit_on_usage_error(main)

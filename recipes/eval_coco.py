@@ -38,7 +38,7 @@ from driffusion.eval.coco import (
     score_samplers,
     write_metrics,
 )
-from driffusion.io import OutputFolderError, RunFolder, readable_png
+from driffusion.io import RunFolder, readable_png
 from driffusion.lightning import DiffusionSamplerModule, ProgressBar, Session, cli
 from driffusion.lightning.launch import launching_rank, owns_output_folder
 
@@ -153,15 +153,11 @@ def main() -> None:
     folder = (
         RunFolder(args.out, settings(args)) if owns_output_folder() else contextlib.nullcontext()
     )
-    try:
-        with folder:
-            if launching_rank():
-                drop_unreadable_images(args.out)
-            with Session.from_args(args, callbacks=[ProgressBar("eval"), writer]) as session:
-                evaluate(args, items, writer, session)
-    except OutputFolderError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    with folder:
+        if launching_rank():
+            drop_unreadable_images(args.out)
+        with Session.from_args(args, callbacks=[ProgressBar("eval"), writer]) as session:
+            evaluate(args, items, writer, session)
 
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
@@ -244,4 +240,4 @@ def evaluate(
 
 
 if __name__ == "__main__":
-    main()
+    cli.exit_on_usage_error(main)

@@ -23,6 +23,7 @@ from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from driffusion.adapters.schedulers import from_scheduler
+from driffusion.core.errors import UsageError
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import Solver
 
@@ -86,7 +87,7 @@ def _has_fp16_variant(model: str) -> bool:
     return folder.is_dir() and any(folder.rglob("*.fp16.*"))
 
 
-class ModelNotAvailableError(RuntimeError):
+class ModelNotAvailableError(UsageError, RuntimeError):
     """The requested weights are neither in the local cache nor reachable."""
 
 

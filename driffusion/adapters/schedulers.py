@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from driffusion.core.errors import UsageError
 from driffusion.core.schedule import Schedule, flow_schedule, sigma_schedule, vp_schedule
 from driffusion.core.solvers import (
     DDIM,
@@ -41,7 +42,7 @@ SUPPORTED_SCHEDULERS: dict[str, str] = {
 """The diffusers schedulers that map to a core solver, with the settings each supports."""
 
 
-class UnsupportedSchedulerError(ValueError):
+class UnsupportedSchedulerError(UsageError, ValueError):
     """The scheduler (or one of its settings) has no exact counterpart in the core."""
 
 

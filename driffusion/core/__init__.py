@@ -13,6 +13,7 @@ from driffusion.core.calibration import (
     relative_error,
 )
 from driffusion.core.drafting import DRAFT_RULES, DraftRule, draft, refine
+from driffusion.core.errors import UsageError
 from driffusion.core.model import (
     BatchedExecutor,
     ChunkedExecutor,
@@ -86,6 +87,7 @@ __all__ = [
     "EulerAncestral",
     "Model",
     "NonFiniteStateError",
+    "UsageError",
     "PredictionType",
     "RowwiseModel",
     "SampleResult",

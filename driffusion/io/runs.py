@@ -13,13 +13,14 @@ from typing import Any
 
 from PIL import Image
 
+from driffusion.core.errors import UsageError
 from driffusion.io.tables import strict, write_json
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
 
 
-class OutputFolderError(RuntimeError):
+class OutputFolderError(UsageError, RuntimeError):
     """The output folder cannot be used: held by another run, written under other settings, or
     not writable."""
 

@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from driffusion.adapters.distributed import DEFAULT_TIMEOUT_S
+from driffusion.core.errors import UsageError
 from driffusion.core.samplers.base import SamplerFn
 from driffusion.core.samplers.registry import builtin_samplers, parse_sampler, sampler_names
 from driffusion.core.samplers.settings import Setting, settings_of
 from driffusion.core.solvers import SOLVER_NAMES
 from driffusion.lightning.launch import FABRIC_FLAGS
+
+T = TypeVar("T")
 
 
 def add_fabric_args(
@@ -197,3 +201,14 @@ positive_float = _number(float, 0, inclusive=False)
 """argparse type: a finite number > 0."""
 nonnegative_float = _number(float, 0, inclusive=True)
 """argparse type: a finite number >= 0 (guidance scales, tolerances)."""
+
+
+def exit_on_usage_error(main: Callable[[], T]) -> T:
+    """Run a script's ``main``; a [`UsageError`][driffusion.core.errors.UsageError] (a bad
+    argument, file, folder or model id) is printed as ``error: ...`` and exits with status 2,
+    as ``argparse`` does, instead of a traceback. Every other error propagates: it is a bug."""
+    try:
+        return main()
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from driffusion.core.errors import UsageError
 from driffusion.core.schedule import Schedule, vp_schedule, vp_timesteps
 
 SHIPPED = Path(__file__).resolve().parent / "digits"
@@ -27,7 +28,7 @@ NUM_CLASSES = 10
 NULL_LABEL = NUM_CLASSES  # the "no label" class used for classifier-free guidance
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(UsageError, FileNotFoundError):
     """The model folder lacks its weights (train them with recipes/train_digits.py)."""
 
 

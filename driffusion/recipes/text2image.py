@@ -356,12 +356,6 @@ def write_outputs(
 
 
 def run_recipe(family_name: str) -> None:
-    """Entry point of a recipe script; a missing model exits with one clear message."""
-    from driffusion.adapters.diffusers import ModelNotAvailableError
-    from driffusion.io import OutputFolderError
-
-    try:
-        main(family_name)
-    except (ModelNotAvailableError, OutputFolderError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise SystemExit(2) from None
+    """Entry point of a recipe script: an error the user can fix (a missing model, a used
+    folder, a bad argument) is one line and exit status 2."""
+    cli.exit_on_usage_error(lambda: main(family_name))

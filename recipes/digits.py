@@ -128,6 +128,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reference-points", type=int, default=300)
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: shipped)")
     parser.add_argument("--out", type=Path, default=Path("outputs/digits"))
+    parser.add_argument(
+        "--new-out",
+        action="store_true",
+        help="when --out holds a run of other settings, write to --out-2, --out-3, ... instead "
+        "of stopping",
+    )
     parser.add_argument("--no-fid", action="store_true", help="skip FID (faster)")
     args = parser.parse_args(argv)
     cli.check_sampler_args(parser, args)
@@ -198,10 +204,37 @@ def calibration_for(
     return result
 
 
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What determines this folder's outputs, known before any process starts: a rerun under
+    the same settings rewrites the same files (the job measures, so it measures again); one
+    under other settings is refused (or goes to ``--new-out``), never mixed into the folder."""
+    world = cli.planned_world_size(args)
+    devices = args.draft_devices or world
+    return {
+        "model": str(args.model) if args.model else "shipped",
+        "samplers": [repr(s) for s in cli.samplers_from_args(args, devices)],
+        "solver": args.solver,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "guidance": args.guidance,
+        "seed": args.seed,
+        "n_per_class": args.n_per_class,
+        "batch_size": args.batch_size,
+        "reference_points": args.reference_points,
+        "fid": not args.no_fid,
+        "world_size": world,
+        "draft_devices": devices,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    # an unusable --out fails now, not after sampling; one run at a time writes into it
-    folder = RunFolder(args.out) if owns_output_folder() else contextlib.nullcontext()
+    # checked before any process starts: one run per folder, under one set of settings
+    if args.new_out:  # every rank picks the same folder: they read the same manifests
+        args.out = RunFolder.matching(args.out, settings(args)).path
+    folder = (
+        RunFolder(args.out, settings(args)) if owns_output_folder() else contextlib.nullcontext()
+    )
     with folder, Session.from_args(args, callbacks=[ProgressBar()]) as session:
         run_job(args, session)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -45,6 +46,26 @@ def add_fabric_args(
     # remember which flags are Fabric's: Session.from_args passes exactly these
     parser.set_defaults(fabric_flags=[f for f in FABRIC_FLAGS if precision or f != "precision"])
     return parser
+
+
+def planned_world_size(args: argparse.Namespace) -> int:
+    """The number of processes the run will have, known before any process group exists: the
+    launcher's ``WORLD_SIZE`` on a rank it started (``fabric run``, or a child of a launch from
+    code), else ``--devices x --num-nodes`` (``auto`` and ``-1``: every visible GPU when CUDA is
+    available and the accelerator allows it, else one process; a list counts its entries)."""
+    if "WORLD_SIZE" in os.environ:
+        return int(os.environ["WORLD_SIZE"])
+    text = str(getattr(args, "devices", "1")).strip().strip("[]")
+    if text.lstrip("-").isdigit() and int(text) > 0:
+        devices = int(text)
+    elif "," in text:
+        devices = len([part for part in text.split(",") if part.strip()])
+    else:  # "auto" or "-1": what Fabric picks
+        import torch
+
+        gpus = getattr(args, "accelerator", "auto") in ("auto", "cuda", "gpu")
+        devices = torch.cuda.device_count() if gpus and torch.cuda.is_available() else 1
+    return devices * int(getattr(args, "num_nodes", 1))
 
 
 def add_session_args(

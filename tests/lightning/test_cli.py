@@ -56,3 +56,33 @@ def test_bad_sampler_flags_stop_the_parser(argv: list[str], capsys) -> None:  # 
         parse(argv)
     assert raised.value.code == 2
     assert "error:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "world"),
+    [([], 1), (["--devices", "3"], 3), (["--devices", "2", "--num-nodes", "2"], 4)],
+)
+def test_the_world_size_is_known_before_any_process_starts(
+    argv: list[str], world: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from driffusion.lightning.cli import planned_world_size
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert planned_world_size(parse(["--accelerator", "cpu", *argv])) == world
+    monkeypatch.setenv("WORLD_SIZE", "6")  # a rank a launcher started knows it from there
+    assert planned_world_size(parse(argv)) == 6
+
+
+def test_a_usage_error_is_one_line_and_status_2(capsys: pytest.CaptureFixture[str]) -> None:
+    from driffusion.core import UsageError
+    from driffusion.lightning.cli import exit_on_usage_error
+
+    def main() -> None:
+        raise UsageError("--out /x is a file, not a folder")
+
+    with pytest.raises(SystemExit) as stop:
+        exit_on_usage_error(main)
+    assert stop.value.code == 2
+    assert capsys.readouterr().err == "error: --out /x is a file, not a folder\n"
+    with pytest.raises(KeyError):  # anything else is a bug: it propagates with its traceback
+        exit_on_usage_error(lambda: {}["x"])

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 import time
 from pathlib import Path
@@ -178,15 +179,23 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def drop_unreadable_images(out: Path) -> None:
-    """Delete every PNG that does not decode or lacks its sidecar, so it is generated again."""
+    """Delete every PNG that does not decode or lacks a readable sidecar, so it is generated
+    again."""
     for png in sorted(out.glob("*/*.png")):
         if png.parent.name == "reference":
             continue
         sidecar = png.with_suffix(".json")
-        if not readable_png(png) or not sidecar.is_file():
+        if not readable_png(png) or not _readable_record(sidecar):
             print(f"regenerating {png} (unreadable or without its record)", file=sys.stderr)
             png.unlink()
             sidecar.unlink(missing_ok=True)
+
+
+def _readable_record(sidecar: Path) -> bool:
+    try:
+        return isinstance(json.loads(sidecar.read_text()), dict)
+    except (OSError, ValueError):
+        return False
 
 
 def evaluate(
@@ -232,6 +241,10 @@ def evaluate(
             pickscore_model=args.pickscore_model,
             pickscore_processor=args.pickscore_processor,
             hps_checkpoint=args.hps_checkpoint,
+            expected={
+                name: {"sampler": repr(sampler), "steps": steps}
+                for name, sampler in zip(names, samplers, strict=True)
+            },
         )
         rows = score_samplers(config, items)
         write_metrics(args.out, rows, {"recipe": args.recipe, "steps": steps, "images": len(items)})

@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from driffusion.core.errors import UsageError
 from driffusion.eval.scores import (
     ClipScorer,
     HPSv21Scorer,
@@ -54,6 +55,9 @@ class ScoringConfig:
         pickscore_model: PickScore model id or folder (``None``: skipped).
         pickscore_processor: its processor (default: the model's).
         hps_checkpoint: an HPSv2.1 checkpoint (``None``: skipped).
+        expected: per sampler folder, the sidecar fields every image must carry (the sampler's
+            label and steps of this run); an image whose sidecar disagrees is not scored with
+            the others ([`MixedOutputsError`][driffusion.eval.coco.MixedOutputsError]).
     """
 
     out: Path
@@ -66,6 +70,11 @@ class ScoringConfig:
     pickscore_model: str | None = None
     pickscore_processor: str | None = None
     hps_checkpoint: Path | None = None
+    expected: Mapping[str, Mapping[str, Any]] | None = None
+
+
+class MixedOutputsError(UsageError, ValueError):
+    """A sampler folder holds images whose sidecars record other settings than this run's."""
 
 
 def first_captions(path: str | Path, limit: int) -> list[tuple[str, str, dict]]:
@@ -165,6 +174,11 @@ def score_samplers(
     """One row of metrics per sampler folder under ``config.out``."""
     ids = [item["id"] for item in items]
     prompts = [item["prompt"] for item in items]
+    records = {}  # every folder checked before anything is scored
+    for name in config.samplers:
+        folder = config.out / name
+        records[name] = [json.loads((folder / f"{i}.json").read_text()) for i in ids]
+        _check_sidecars(folder, ids, records[name], (config.expected or {}).get(name, {}))
     reference = _reference(config)
     extractor = config.fid_extractor or ("driffusion-digits" if config.digits else None)
     scorers: dict[str, Any] = {}
@@ -181,7 +195,7 @@ def score_samplers(
     for name in config.samplers:
         folder = config.out / name
         _, images = load_png_folder(folder, ids)
-        sidecars = [json.loads((folder / f"{i}.json").read_text()) for i in ids]
+        sidecars = records[name]
         row: dict[str, Any] = {
             "sampler": name,
             "setting": sidecars[0].get("sampler", name),
@@ -205,6 +219,24 @@ def score_samplers(
     for row in rows:
         row["speedup"] = serial_latency / row["latency_s"]
     return rows
+
+
+def _check_sidecars(
+    folder: Path, ids: Sequence[str], sidecars: Sequence[Mapping[str, Any]], expected: Mapping
+) -> None:
+    """Refuse to score images of other settings together (a copied or hand-edited file)."""
+    wrong = [
+        (sample_id, {k: sidecar.get(k) for k in expected if sidecar.get(k) != expected[k]})
+        for sample_id, sidecar in zip(ids, sidecars, strict=True)
+        if any(sidecar.get(k) != v for k, v in expected.items())
+    ]
+    if wrong:
+        first, fields = wrong[0]
+        raise MixedOutputsError(
+            f"{len(wrong)} image(s) in {folder} were made under other settings than this run's "
+            f"{dict(expected)} (e.g. {first}.json records {fields}); they are not scored with "
+            "the others: delete them (PNG and JSON) and rerun to regenerate them"
+        )
 
 
 def write_metrics(out: Path, rows: list[dict[str, Any]], meta: Mapping[str, Any]) -> None:

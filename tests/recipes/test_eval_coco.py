@@ -140,7 +140,9 @@ def test_resume_refuses_other_settings_and_regenerates_exactly_the_broken_image(
 
     broken = out / "aggressive" / "000003.png"
     original = load_png_folder(out / "aggressive", ["000003"])[1]
+    original_serial = load_png_folder(out / "serial", ["000002"])[1]
     broken.write_bytes(broken.read_bytes()[:40])  # truncated: does not decode
+    (out / "serial" / "000002.json").write_text('{"wall_s": ')  # a record cut short
     (out / ".lock").write_text(str(os.getpid()))  # a live holder: refused, naming it
     held = run_script([*EVAL, *small, "--steps", "4"], timeout=300)
     assert held.returncode == 2 and f"pid {os.getpid()}" in held.stdout
@@ -150,5 +152,10 @@ def test_resume_refuses_other_settings_and_regenerates_exactly_the_broken_image(
     after = snapshot(out)
     changed = {k for k in before if k in after and after[k] != before[k]}
     images = {k for k in changed if k.endswith(".png") and not k.startswith("reference")}
-    assert images == {"aggressive/000003.png"}  # exactly the broken one was generated again
+    # exactly the broken ones were generated again: the unreadable image, the image whose record
+    # was cut short
+    assert images == {"aggressive/000003.png", "serial/000002.png"}
     assert torch.equal(load_png_folder(out / "aggressive", ["000003"])[1], original)
+    # the image whose record was cut short: made again, bit for bit, with a whole record
+    assert json.loads((out / "serial" / "000002.json").read_text())["rounds"] == 4
+    assert torch.equal(load_png_folder(out / "serial", ["000002"])[1], original_serial)

@@ -144,6 +144,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.n_per_class < 1 or args.batch_size < 1 or args.reference_points < 20:
         parser.error("--n-per-class and --batch-size must be >= 1, --reference-points >= 20")
+    cli.check_seed_range(
+        parser, args.seed, args.seed + 100 * (NUM_CLASSES - 1) + args.n_per_class - 1
+    )
     if args.solver is not None and get_solver(args.solver).stochastic:
         parser.error(f"--solver {args.solver} is stochastic; err_ref compares ODE solutions")
     return args

@@ -199,6 +199,20 @@ def check_sampler_args(parser: argparse.ArgumentParser, args: argparse.Namespace
         parser.error(f"--sampler: {error}")
 
 
+MAX_SEED = 2**64 - 1
+"""The largest seed ``torch.Generator.manual_seed`` takes."""
+
+
+def check_seed_range(parser: argparse.ArgumentParser, first: int, last: int) -> None:
+    """Fail at parse time when a run's seeds ``first..last`` (every image's) do not all fit a
+    torch generator, instead of failing at the image that overflows."""
+    if last > MAX_SEED:
+        parser.error(
+            f"--seed {first}: the run's seeds go up to {last}, above the largest torch takes "
+            f"({MAX_SEED}); choose --seed <= {MAX_SEED - (last - first)}"
+        )
+
+
 def _number(kind: type, minimum: float, inclusive: bool) -> Callable[[str], Any]:
     """An argparse type: a finite ``kind`` above ``minimum`` (or equal to it if ``inclusive``)."""
     bound = f">= {minimum:g}" if inclusive else f"> {minimum:g}"

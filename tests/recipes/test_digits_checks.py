@@ -1,6 +1,7 @@
-"""The main job's output folder holds one configuration: a rerun under other settings is refused
-before any compute and leaves the folder as it was, ``--new-out`` keeps both runs, and a rerun
-under the same settings rewrites the same files (run in this process: no launch needed)."""
+"""The main job's checks, run in this process (no launch needed): its output folder holds one
+configuration (a rerun under other settings is refused before any compute and leaves the folder
+as it was, ``--new-out`` keeps both runs, a rerun under the same settings rewrites the same
+files), and flags that would fail later fail at parse time."""
 
 from __future__ import annotations
 
@@ -79,3 +80,16 @@ def test_a_rerun_under_the_same_settings_rewrites_the_same_files(
         "Aggressive(drafts=2, solver='dpmpp_2m')",
     ]
     assert manifest["world_size"] == 1
+
+
+def test_seeds_that_overflow_a_generator_fail_at_parse_time(
+    recipe: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from driffusion.lightning.cli import MAX_SEED
+
+    last_ok = MAX_SEED - 100 * 9 - 1  # 2 samples per digit: digit 9's second seed is the last
+    assert recipe.parse_args(["--seed", str(last_ok), "--n-per-class", "2"]).seed == last_ok
+    with pytest.raises(SystemExit) as stop:
+        recipe.parse_args(["--seed", str(last_ok + 1), "--n-per-class", "2"])
+    assert stop.value.code == 2
+    assert f"seeds go up to {MAX_SEED + 1}" in capsys.readouterr().err

@@ -97,7 +97,7 @@ class ParallelPipeline:
     def __init__(
         self,
         pipe: Any,
-        sampler: SamplerFn | None = None,
+        sampler: SamplerFn | str | None = None,
         session: Any = None,
         progress: bool = True,
     ) -> None:
@@ -325,7 +325,7 @@ def _scheduler_copy(pipe: Any, steps: int, **kwargs: Any) -> Iterator[None]:
 
 
 def parallelize(
-    pipe: Any, sampler: SamplerFn | None = None, *, session: Any = None, progress: bool = True
+    pipe: Any, sampler: SamplerFn | str | None = None, *, session: Any = None, progress: bool = True
 ) -> ParallelPipeline:
     """Wrap a diffusers pipeline so that a driffusion sampler samples it.
 

@@ -14,6 +14,7 @@ its own dtype.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -89,6 +90,17 @@ def _has_fp16_variant(model: str) -> bool:
 
 class ModelNotAvailableError(UsageError, RuntimeError):
     """The requested weights are neither in the local cache nor reachable."""
+
+
+class PipelineInputError(UsageError, ValueError):
+    """An argument of a pipeline call has a value the pipeline cannot take (``num_inference_steps``
+    0, a ``height`` the model cannot divide, ``latents`` of another shape, ...); the message names
+    the argument, and nothing was computed."""
+
+
+class PipelineInputTypeError(UsageError, TypeError):
+    """An argument of a pipeline call has a type the pipeline cannot take (a prompt that is not a
+    string, a ``guidance_scale`` that is not a number, ...); the message names the argument."""
 
 
 def pipeline_family(pipe: Any) -> str:
@@ -327,7 +339,13 @@ def _variance_exploding(scheduler: Any) -> bool:
 
 def image_size(pipe: Any, height: int | None = None, width: int | None = None) -> tuple[int, int]:
     """``(height, width)`` in pixels: the model's default (``sample_size`` x VAE scale) where
-    ``None``; ``ValueError`` unless each is a positive multiple of what the model divides by."""
+    ``None``.
+
+    Raises:
+        PipelineInputError: a size that is not a positive multiple of what the model divides by
+            (0 included: it is an error, not the default).
+        PipelineInputTypeError: a size that is not an integer.
+    """
     family = pipeline_family(pipe)
     factor = pipe.vae_scale_factor
     if family == "sd3":
@@ -336,11 +354,18 @@ def image_size(pipe: Any, height: int | None = None, width: int | None = None) -
     else:
         default = pipe.unet.config.sample_size * factor
         multiple = factor
-    height, width = height or default, width or default
-    for name, value in (("height", height), ("width", width)):
+    sizes = {"height": default if height is None else height}
+    sizes["width"] = default if width is None else width
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise PipelineInputTypeError(
+                f"{name} must be an integer (a positive multiple of {multiple}), got {value!r}"
+            )
         if value < multiple or value % multiple:
-            raise ValueError(f"{name} must be a positive multiple of {multiple}, got {value}")
-    return height, width
+            raise PipelineInputError(
+                f"{name} must be a positive multiple of {multiple}, got {value}"
+            )
+    return int(sizes["height"]), int(sizes["width"])
 
 
 def adapt_pipeline(

@@ -10,15 +10,27 @@ conditioning, its ``prepare_latents`` the initial noise (same ``generator``, sam
 and image processor the output. Started with plain ``python`` the drafts of a round are batched on
 one device; started with ``fabric run --devices N`` the same script splits each round's
 evaluations across the N processes (classifier-free guidance pairs stay together in a row).
+
+Every argument is checked before any compute (a
+[`PipelineInputError`][driffusion.adapters.diffusers.PipelineInputError] or
+[`PipelineInputTypeError`][driffusion.adapters.diffusers.PipelineInputTypeError] naming it), and
+calls on one pipeline serialise on a lock of the wrapped pipeline: a call never leaves the
+pipeline's scheduler or components changed, so calls from threads give the images they give one
+by one.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import copy
 import dataclasses
 import inspect
 import math
-from collections.abc import Sequence
+import numbers
+import threading
+import weakref
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,15 +38,35 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from driffusion.adapters.diffusers import PipelineAdapter, adapt_pipeline, pipeline_family
+from driffusion.adapters.diffusers import (
+    PipelineAdapter,
+    PipelineInputError,
+    PipelineInputTypeError,
+    adapt_pipeline,
+    pipeline_family,
+)
 from driffusion.core.model import BatchedExecutor, Model, RowwiseModel, SampleResult
 from driffusion.core.noise import ddpm_noise
 from driffusion.core.samplers.base import SamplerFn
 from driffusion.core.samplers.driffusion import Aggressive
+from driffusion.core.samplers.registry import parse_sampler
 from driffusion.core.solvers import Solver, get_solver
 from driffusion.lightning.launch import under_fabric_cli
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+_LOCKS: weakref.WeakKeyDictionary[Any, threading.RLock] = weakref.WeakKeyDictionary()
+_LOCKS_GUARD = threading.Lock()
+
+
+def _pipeline_lock(pipe: Any) -> threading.RLock:
+    """The one lock of ``pipe``, shared by every ParallelPipeline that wraps it (re-entrant: a
+    callback may call the pipeline again); it goes with the pipeline."""
+    with _LOCKS_GUARD:
+        lock = _LOCKS.get(pipe)
+        if lock is None:
+            lock = _LOCKS[pipe] = threading.RLock()
+        return lock
 
 
 @dataclass
@@ -54,17 +86,24 @@ class ParallelPipelineOutput:
 
 class ParallelPipeline:
     """A pipeline sampled by ``sampler``; build it with
-    [`parallelize`][driffusion.lightning.pipeline.parallelize]."""
+    [`parallelize`][driffusion.lightning.pipeline.parallelize].
+
+    Safe to call from threads: calls serialise on a lock of the wrapped pipeline (shared by every
+    ParallelPipeline wrapping the same ``pipe``), and give the same images as the same calls made
+    one by one; for throughput use replicas (one pipeline per device or process). A call leaves
+    the pipeline's scheduler and components as they were, also when it raises.
+    """
 
     def __init__(
         self,
         pipe: Any,
-        sampler: SamplerFn | None = None,
+        sampler: SamplerFn | str | None = None,
         session: Any = None,
         progress: bool = True,
     ) -> None:
         self.family = pipeline_family(pipe)  # refuses unsupported pipelines at once
         self.pipe = pipe
+        self._lock = _pipeline_lock(pipe)
         self.session = session
         self.progress = progress
         if self.session is None and under_fabric_cli():
@@ -76,7 +115,9 @@ class ParallelPipeline:
             atexit.register(self.session.__exit__, None, None, None)
         devices = self.session.draft_devices if self.session is not None else 1
         self.sampler: SamplerFn = (
-            sampler if sampler is not None else Aggressive(drafts=max(2, devices))
+            _sampler(sampler, devices)
+            if sampler is not None
+            else Aggressive(drafts=max(2, devices))
         )
         self.defaults = {
             name: parameter.default
@@ -95,7 +136,7 @@ class ParallelPipeline:
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | Sequence[str],
+        prompt: str | Sequence[str] | None = None,
         negative_prompt: str | Sequence[str] | None = None,
         num_inference_steps: int | None = None,
         guidance_scale: float | None = None,
@@ -124,22 +165,69 @@ class ParallelPipeline:
                 shows the step reached and the rounds spent, on the leader).
 
         Raises:
+            driffusion.adapters.diffusers.PipelineInputError: an argument with a value the
+                pipeline cannot take (a ``ValueError``; raised before any compute, naming it).
+            driffusion.adapters.diffusers.PipelineInputTypeError: an argument of a type the
+                pipeline cannot take (a ``TypeError``; raised before any compute, naming it).
             driffusion.adapters.diffusers.NonFiniteImageError: a decoded image is NaN or inf.
         """
         if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        steps = num_inference_steps or int(self.defaults.get("num_inference_steps", 50))
-        guidance = float(
-            guidance_scale if guidance_scale is not None else self.defaults["guidance_scale"]
+            raise PipelineInputError(
+                f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}"
+            )
+        steps = _positive_int(
+            "num_inference_steps",
+            self.defaults.get("num_inference_steps", 50)
+            if num_inference_steps is None
+            else num_inference_steps,
         )
-        if not math.isfinite(guidance):
-            raise ValueError(f"guidance_scale must be finite, got {guidance_scale!r}")
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        guidance = _finite(
+            "guidance_scale",
+            self.defaults["guidance_scale"] if guidance_scale is None else guidance_scale,
+        )
+        per_prompt = _positive_int("num_images_per_prompt", num_images_per_prompt)
+        prompts = _strings("prompt", prompt)
         negatives = _broadcast(negative_prompt, len(prompts))
-        prompts = [p for p in prompts for _ in range(num_images_per_prompt)]
+        batch = len(prompts) * per_prompt
+        _check_generator(generator, batch)
+        if callback is not None and not callable(callback):
+            raise PipelineInputTypeError(
+                f"callback must be callable, got {type(callback).__name__}"
+            )
+        with self._lock:
+            adapter = adapt_pipeline(
+                self.pipe, steps, height=height, width=width, guidance=guidance
+            )  # checks height and width
+            _check_latents(latents, adapter, len(prompts), per_prompt)
+            return self._generate(
+                adapter,
+                steps,
+                prompts,
+                negatives,
+                per_prompt,
+                generator,
+                latents,
+                output_type,
+                callback,
+            )
+
+    def _generate(
+        self,
+        adapter: PipelineAdapter,
+        steps: int,
+        prompts: list[str],
+        negatives: list[str] | None,
+        per_prompt: int,
+        generator: Any,
+        latents: Tensor | None,
+        output_type: str,
+        callback: Any,
+    ) -> ParallelPipelineOutput:
+        """The call, once its arguments are checked (under the pipeline's lock)."""
+        prompts = [p for p in prompts for _ in range(per_prompt)]
         if negatives is not None:
-            negatives = [n for n in negatives for _ in range(num_images_per_prompt)]
-        adapter = adapt_pipeline(self.pipe, steps, height=height, width=width, guidance=guidance)
+            negatives = [n for n in negatives for _ in range(per_prompt)]
+        guidance = adapter.guidance
         sampler = self._with_solver(adapter.solver)
         cond = adapter.encode(prompts, negatives)
         x = adapter.state_from_latents(
@@ -204,19 +292,40 @@ class ParallelPipeline:
         scheduler_kwargs: dict[str, Any] = {}
         if adapter.family == "sd3" and adapter.mu is not None:
             scheduler_kwargs["mu"] = adapter.mu
-        pipe.scheduler.set_timesteps(
-            adapter.schedule.num_steps, device=pipe.device, **scheduler_kwargs
-        )
         dtype = adapter.network_dtype
         channels, height, width = adapter.latent_shape
         factor = pipe.vae_scale_factor
-        return pipe.prepare_latents(
-            batch, channels, height * factor, width * factor, dtype, pipe.device, generator, latents
-        )
+        with _scheduler_copy(pipe, adapter.schedule.num_steps, **scheduler_kwargs):
+            return pipe.prepare_latents(
+                batch,
+                channels,
+                height * factor,
+                width * factor,
+                dtype,
+                pipe.device,
+                generator,
+                latents,
+            )
+
+
+@contextlib.contextmanager
+def _scheduler_copy(pipe: Any, steps: int, **kwargs: Any) -> Iterator[None]:
+    """Within the block ``pipe.scheduler`` is a copy of it after ``set_timesteps(steps)``; the
+    pipeline's own scheduler, never stepped, is back afterwards (also on an error)."""
+    original = pipe.scheduler
+    scheduler = copy.deepcopy(original)
+    scheduler.set_timesteps(steps, device=pipe.device, **kwargs)
+    # object.__setattr__: DiffusionPipeline.__setattr__ would re-register the component in the
+    # pipeline's config; the swap is invisible to it (and runs under the pipeline's lock)
+    object.__setattr__(pipe, "scheduler", scheduler)
+    try:
+        yield
+    finally:
+        object.__setattr__(pipe, "scheduler", original)
 
 
 def parallelize(
-    pipe: Any, sampler: SamplerFn | None = None, *, session: Any = None, progress: bool = True
+    pipe: Any, sampler: SamplerFn | str | None = None, *, session: Any = None, progress: bool = True
 ) -> ParallelPipeline:
     """Wrap a diffusers pipeline so that a driffusion sampler samples it.
 
@@ -227,9 +336,14 @@ def parallelize(
     [`UnsupportedSchedulerError`][driffusion.adapters.schedulers.UnsupportedSchedulerError]
     naming the supported ones).
 
+    Calls serialise on a lock of ``pipe`` (from threads, and through several wrappers of one
+    pipeline): for throughput use replicas, one pipeline per device or process.
+
     Args:
         pipe: a loaded pipeline.
-        sampler: any sampler; a built-in one without a ``solver`` runs over the pipeline's
+        sampler: any sampler, or its label (``"aggressive(drafts=2)"``, read by
+            [`parse_sampler`][driffusion.core.samplers.registry.parse_sampler] with the devices
+            as its rows); a built-in one without a ``solver`` runs over the pipeline's
             scheduler. Default: ``Aggressive(drafts=max(2, devices))``. The image depends on the
             sampler and its drafts, never on where the drafts run.
         session: a [`Session`][driffusion.lightning.session.Session] to spread the evaluations
@@ -239,19 +353,120 @@ def parallelize(
     Returns:
         A [`ParallelPipeline`][driffusion.lightning.pipeline.ParallelPipeline], called like the
         pipeline.
+
+    Raises:
+        ValueError: an unsupported pipeline.
+        driffusion.adapters.diffusers.PipelineInputError: a sampler label that cannot be read.
+        driffusion.adapters.diffusers.PipelineInputTypeError: a sampler that is neither a
+            callable nor a label.
     """
     return ParallelPipeline(pipe, sampler, session, progress)
 
 
+def _sampler(sampler: Any, devices: int) -> SamplerFn:
+    """A sampler given to ``parallelize``: a callable as it is, a label parsed."""
+    if isinstance(sampler, str):
+        try:
+            return parse_sampler(sampler, {"rows": devices})
+        except ValueError as error:
+            raise PipelineInputError(f"sampler {sampler!r} cannot be read: {error}") from None
+    if not callable(sampler):
+        raise PipelineInputTypeError(
+            "sampler must be a sampler (a callable such as Aggressive(drafts=4)) or its label "
+            f"(such as 'aggressive(drafts=4)'), got {type(sampler).__name__}"
+        )
+    return sampler
+
+
+def _positive_int(name: str, value: Any) -> int:
+    """``value`` as an ``int`` when it is an integer >= 1 (``bool`` is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise PipelineInputTypeError(f"{name} must be an integer >= 1, got {value!r}")
+    if value < 1:
+        raise PipelineInputError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _finite(name: str, value: Any) -> float:
+    """``value`` as a ``float`` when it is a finite real number (``bool`` is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise PipelineInputTypeError(f"{name} must be a real number, got {value!r}")
+    if not math.isfinite(value):
+        raise PipelineInputError(f"{name} must be finite, got {value!r}")
+    return float(value)
+
+
+def _strings(name: str, value: Any) -> list[str]:
+    """A prompt argument as a non-empty list of strings."""
+    if isinstance(value, str):
+        return [value]
+    if value is None:
+        raise PipelineInputError(f"{name} is required: a string or a list of strings")
+    if not isinstance(value, Sequence):
+        raise PipelineInputTypeError(
+            f"{name} must be a string or a list of strings, got {type(value).__name__}"
+        )
+    values = list(value)
+    if not values:
+        raise PipelineInputError(f"{name} is an empty list: give at least one string")
+    for index, item in enumerate(values):
+        if not isinstance(item, str):
+            raise PipelineInputTypeError(
+                f"{name} must hold strings only, got {type(item).__name__} at index {index}"
+            )
+    return values
+
+
 def _broadcast(value: str | Sequence[str] | None, count: int) -> list[str] | None:
+    """``negative_prompt`` for ``count`` prompts: one for all, or one each."""
     if value is None:
         return None
-    values = [value] if isinstance(value, str) else list(value)
+    values = _strings("negative_prompt", value)
     if len(values) == 1:
         return values * count
     if len(values) != count:
-        raise ValueError(f"{len(values)} negative prompts for {count} prompts")
+        raise PipelineInputError(
+            f"negative_prompt has {len(values)} entries for {count} prompts: give one or {count}"
+        )
     return values
+
+
+def _check_generator(generator: Any, batch: int) -> None:
+    """``None``, a ``torch.Generator``, or a list of one per image of the batch."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if not isinstance(generator, list):
+        raise PipelineInputTypeError(
+            f"generator must be a torch.Generator or a list of them, got {type(generator).__name__}"
+        )
+    for index, item in enumerate(generator):
+        if not isinstance(item, torch.Generator):
+            raise PipelineInputTypeError(
+                "generator must be a torch.Generator or a list of them, got "
+                f"{type(item).__name__} at index {index}"
+            )
+    if len(generator) != batch:
+        raise PipelineInputError(
+            f"generator is a list of {len(generator)} generators for a batch of {batch} images "
+            f"(prompts x num_images_per_prompt): give one generator or {batch}"
+        )
+
+
+def _check_latents(latents: Any, adapter: PipelineAdapter, prompts: int, per_prompt: int) -> None:
+    """``None`` or a tensor of the call's shape: ``(prompts x per_prompt, *latent_shape)``."""
+    if latents is None:
+        return
+    expected = (prompts * per_prompt, *adapter.latent_shape)
+    if not isinstance(latents, Tensor):
+        raise PipelineInputTypeError(
+            f"latents must be a tensor of shape {expected}, got {type(latents).__name__}"
+        )
+    if tuple(latents.shape) != expected:
+        raise PipelineInputError(
+            f"latents must have shape {expected} ({prompts} prompt(s) x {per_prompt} image(s) "
+            f"per prompt, {expected[1]} channels, {expected[2]}x{expected[3]} for height "
+            f"{adapter.height} and width {adapter.width}), got {tuple(latents.shape)}"
+        )
 
 
 def _first(generator: Any) -> torch.Generator | None:

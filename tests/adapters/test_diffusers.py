@@ -13,7 +13,10 @@ import torch
 from driffusion.adapters.diffusers import (
     ModelNotAvailableError,
     NonFiniteImageError,
+    PipelineInputError,
+    PipelineInputTypeError,
     adapt_pipeline,
+    image_size,
     load_pipeline,
 )
 from driffusion.adapters.schedulers import schedule_from_scheduler
@@ -107,6 +110,22 @@ def test_schedule_from_scheduler_rejects_bad_steps() -> None:
         schedule_from_scheduler(pipe.scheduler, 0)
     with pytest.raises(ValueError, match="multiple of 2, got 33"):
         adapt_pipeline(pipe, 4, height=33, width=32, guidance=1.0)
+
+
+def test_image_size_zero_is_an_error_not_the_default() -> None:
+    pipe = build_tiny_pipeline("sd21")
+    default = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    assert image_size(pipe) == (default, default)
+    assert image_size(pipe, 32, None) == (32, default)
+    with pytest.raises(PipelineInputError, match="height must be a positive multiple of 2, got 0"):
+        image_size(pipe, 0, 32)
+    with pytest.raises(PipelineInputError, match="width must be a positive multiple of 2, got -4"):
+        image_size(pipe, 32, -4)
+    with pytest.raises(PipelineInputTypeError, match="width must be an integer"):
+        image_size(pipe, 32, "32")  # type: ignore[arg-type]
+    assert issubclass(PipelineInputError, ValueError) and issubclass(
+        PipelineInputTypeError, TypeError
+    )
 
 
 def test_missing_model_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -166,9 +166,9 @@ class RunFolder:
             lines = self.differences(saved)
             if lines:
                 raise OutputFolderError(
-                    f"{self.path} holds outputs of other settings; a resume continues only under "
-                    "the same ones (choose another --out, or --new-out, to keep both):\n"
-                    + "\n".join(f"  {line}" for line in lines)
+                    f"{self.path} holds outputs of other settings ({'; '.join(lines)}); a resume "
+                    "continues only under the same ones (choose another --out, or --new-out, "
+                    "to keep both)"
                 )
             if saved != self.settings:  # an extendable list grew: the folder now holds more
                 write_json(manifest, self.settings)

@@ -360,8 +360,7 @@ def generate(
         )
         if kept:  # a resume: the report says at once what the folder holds
             report.write()
-    made: list[dict] = []
-    stats: dict[str, Any] | None = None
+    made: list[dict] = report.made if report is not None else []  # the rows this rank wrote
     try:
         for batch in todo[session.layout.replica :: session.layout.replicas]:
             start = time.perf_counter()
@@ -376,22 +375,22 @@ def generate(
                 output_type="pt",
             )
             wall = time.perf_counter() - start
-            stats = out.stats
             if session.layout.is_group_leader:
                 for item, image in zip(batch, out.images, strict=True):
                     if item["id"] not in kept:  # a finished image is never written again
                         made.append(write_image(args, item, image, out.stats, wall))
             if report is not None:
-                report.add(made[len(report.made) :], stats)
+                report.progress(out.stats)
         everything = [row for part in session.gather(made) for row in part]
         memory = session.gather(_peak_memory(session.device))
     except BaseException:  # Ctrl-C, a crash: the report lists what is on disk (a failed
-        if report is not None and (kept or report.made):  # first batch leaves no report)
+        if report is not None and (kept or made):  # first batch leaves no report)
             report.write()
         raise
     if report is None:
         return []
-    report.add([row for row in everything if row["id"] not in report.ids_made()], stats)
+    mine = {row["id"] for row in made}
+    made += [row for row in everything if row["id"] not in mine]  # the other replicas'
     report.memory = memory
     return report.finish()
 
@@ -481,7 +480,8 @@ def write_image(
 
 class Report:
     """``report.json`` of a run, kept by the global leader from the rows it knows: those found
-    on disk at the start (``reused``), its own as it writes them, every replica's at the end.
+    on disk at the start (``reused``), its own as it writes them (``made``, appended to by
+    the caller), every replica's at the end.
 
     Args:
         args: the parsed command line (``out`` is the folder).
@@ -507,15 +507,10 @@ class Report:
         self.memory: list[int | None] = []
         self.written = -math.inf
 
-    def ids_made(self) -> set[str]:
-        """The ids of the images this run wrote that the report knows."""
-        return {row["id"] for row in self.made}
-
-    def add(self, rows: list[dict], stats: dict[str, Any] | None) -> None:
-        """Record newly written ``rows`` (and the stats of a batch); rewrite ``report.json`` if
+    def progress(self, stats: dict[str, Any]) -> None:
+        """A batch is done (``stats``; its rows are in ``made``): rewrite ``report.json`` if
         the last write is ``REPORT_EVERY_S`` old."""
-        self.made += rows
-        self.stats = stats or self.stats
+        self.stats = stats
         if time.monotonic() - self.written >= REPORT_EVERY_S:
             self.write()
 
@@ -587,8 +582,9 @@ class Report:
             f"{name}: {len(rows)} image(s) in {out} ({len(self.kept)} kept from before, "
             f"{len(self.made)} generated), grid.png (the first {len(shown)}) and report.json"
         )
+        made = {row["id"] for row in self.made}
         for row in rows:
-            if row["id"] in self.ids_made():
+            if row["id"] in made:
                 rounds, evaluations = row["rounds"], row["evaluations"]
                 print(
                     f"  {row['id']}: {row['wall_s']:.2f}s, {rounds} rounds, "

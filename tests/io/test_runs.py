@@ -88,7 +88,7 @@ def test_an_extendable_list_may_grow_on_a_resume_but_not_shrink_or_change(tmp_pa
         ):
             pass
         assert RunFolder.matching(out, {"prompts": prompts, "steps": 4}, grows).path != out
-    with pytest.raises(OutputFolderError, match=r"prompts: folder has 3 entries, this run 4$"):
+    with pytest.raises(OutputFolderError, match=r"\(prompts: folder has 3 entries, this run 4\)"):
         RunFolder(out, {"prompts": ["a", "b", "c", "d"], "steps": 4}).__enter__()  # not extendable
     assert json.loads((out / "manifest.json").read_text())["prompts"] == ["a", "b", "c"]
 

@@ -87,7 +87,8 @@ its real weights; the tiny models divide by less, and are checked once built."""
 GRID_IMAGES = 64
 """``grid.png`` shows the first this many images (a 10,000-prompt run gets no giant grid)."""
 REPORT_EVERY_S = 5.0
-"""The leader rewrites ``report.json`` at most this often while the run goes."""
+"""The leader rewrites ``report.json`` at most this often while the run goes (and at most 5% of
+the time: a 10,000-image report takes a while to write)."""
 EXTENDABLE = ("prompts",)
 """Settings a resume may extend: prompts appended to the folder's (see ``settings``)."""
 
@@ -505,13 +506,13 @@ class Report:
         self.calibration = calibration
         self.stats: dict[str, Any] | None = None
         self.memory: list[int | None] = []
-        self.written = -math.inf
+        self.due = -math.inf  # when report.json may be rewritten next
 
     def progress(self, stats: dict[str, Any]) -> None:
         """A batch is done (``stats``; its rows are in ``made``): rewrite ``report.json`` if
-        the last write is ``REPORT_EVERY_S`` old."""
+        the last write is ``REPORT_EVERY_S`` old (or 20 times as old as it took)."""
         self.stats = stats
-        if time.monotonic() - self.written >= REPORT_EVERY_S:
+        if time.monotonic() >= self.due:
             self.write()
 
     def rows(self) -> list[dict]:
@@ -559,8 +560,10 @@ class Report:
             "not devices",
             "calibration": self.calibration.to_dict() if self.calibration is not None else None,
         }
+        start = time.monotonic()
         write_json(self.args.out / "report.json", report)
-        self.written = time.monotonic()
+        took = time.monotonic() - start
+        self.due = start + max(REPORT_EVERY_S, 20 * took)
 
     def finish(self) -> list[dict]:
         """The final ``report.json`` and ``grid.png``; returns the rows of every image."""

@@ -1,14 +1,22 @@
 """Outputs on disk: PNGs with their settings in text metadata, labelled grids, atomic writes,
-markdown tables and strict JSON reports."""
+markdown tables, strict JSON reports, and run folders that resume (lock, manifest, finished
+images with their records)."""
 
 from driffusion.io.images import atomic_write, labelled_grid, save_png, to_pil
-from driffusion.io.runs import OutputFolderError, RunFolder, readable_png
+from driffusion.io.runs import (
+    OutputFolderError,
+    RunFolder,
+    finished_record,
+    readable_png,
+    write_finished_image,
+)
 from driffusion.io.tables import format_cell, markdown_table, strict, write_json
 
 __all__ = [
     "OutputFolderError",
     "RunFolder",
     "atomic_write",
+    "finished_record",
     "format_cell",
     "labelled_grid",
     "markdown_table",
@@ -16,5 +24,6 @@ __all__ = [
     "save_png",
     "strict",
     "to_pil",
+    "write_finished_image",
     "write_json",
 ]

@@ -12,12 +12,23 @@ the session flags (launch flags of ``fabric run``, ignored under it; ``--draft-d
 ``--timeout``). ``--sampler`` takes a built-in sampler with its settings
 (``'srds(pipelined=True)'``) or an import path ``path/to/file.py:NAME``. Every rank of a draft
 group holds the pipeline; the evaluations of each parallel round are split across the group;
-data-parallel replicas take different prompts. Outputs (written by the leader, atomically): one
-PNG per image with its prompt, negative prompt, seed, sampler, drafts, devices, scheduler, steps
-and guidance in PNG text metadata, a grid, and ``report.json`` with per-image wall time, rounds,
-evaluations and memory. The image depends on the sampler and its drafts (``--drafts``, default
-the draft-group size), never on the devices: give ``--drafts`` to get the same image anywhere.
+data-parallel replicas take different prompts. The image depends on the sampler and its drafts
+(``--drafts``, default the draft-group size), never on the devices: give ``--drafts`` to get the
+same image anywhere.
 
+Outputs, kept as the run goes, so that Ctrl-C or a crash loses at most the batches in flight:
+each image is written as soon as its batch is done, by the leader of the replica that made it,
+``<id>.json`` (its report row) first and then ``<id>.png`` (its settings in PNG text metadata),
+each atomically; ``report.json`` (every image of the folder with ``"complete"``, per-image wall
+time, rounds, evaluations, memory) is rewritten by the global leader every few seconds and at
+the end; ``grid.png`` (the first 64 images) at the end. ``manifest.json`` holds the settings
+that determine the images (see ``settings``): a rerun under the same settings resumes, keeping
+every finished image and generating the rest (whole batches, so every image is computed in the
+batch it would have had uninterrupted); a rerun under other settings is refused naming the
+differences, or with ``--new-out`` goes to ``<out>-2``, ``<out>-3``, ... A longer prompts list
+whose first prompts are the folder's continues the folder (prompts appended to the file); any
+other change to the prompts is refused. Prompt ``k`` is image ``<k:05d>`` with seed ``--seed +
+k``, so an empty line in ``--prompts-file`` is an error, never a silent shift.
 """
 
 from __future__ import annotations
@@ -28,10 +39,13 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 
 from driffusion.adapters.diffusers import (
     FAMILIES,
@@ -52,10 +66,31 @@ from driffusion.core import (
     initial_noise,
     reference_solution,
 )
-from driffusion.io import RunFolder, labelled_grid, save_png, write_json
+from driffusion.io import (
+    OutputFolderError,
+    RunFolder,
+    finished_record,
+    labelled_grid,
+    save_png,
+    write_finished_image,
+    write_json,
+)
 from driffusion.lightning import Session, cli
-from driffusion.lightning.launch import owns_output_folder, under_fabric_cli
+from driffusion.lightning.launch import under_fabric_cli
 from driffusion.lightning.pipeline import parallelize
+
+MAX_SEED = 2**64 - 1
+"""The largest seed ``torch.Generator.manual_seed`` takes (it reads an unsigned 64-bit value)."""
+PIXEL_MULTIPLE = {"sd21": 8, "sdxl": 8, "sd3": 16}
+"""What each family's height and width must be a multiple of (VAE factor x patch size) with
+its real weights; the tiny models divide by less, and are checked once built."""
+GRID_IMAGES = 64
+"""``grid.png`` shows the first this many images (a 10,000-prompt run gets no giant grid)."""
+REPORT_EVERY_S = 5.0
+"""The leader rewrites ``report.json`` at most this often while the run goes (and at most 5% of
+the time: a 10,000-image report takes a while to write)."""
+EXTENDABLE = ("prompts",)
+"""Settings a resume may extend: prompts appended to the folder's (see ``settings``)."""
 
 
 def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,10 +123,17 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
     )
     parser.add_argument("--batch-size", type=cli.positive_int, default=1)
     parser.add_argument("--out", type=Path, default=Path(f"outputs/{family.name}"))
+    parser.add_argument(
+        "--new-out",
+        action="store_true",
+        help="when --out holds other settings, write to --out-2, --out-3, ... instead of stopping",
+    )
     parser.add_argument("--tiny", action="store_true", help="random tiny model built in code")
     parser.add_argument(
         "--scheduler",
         default=None,
+        choices=list(SUPPORTED_SCHEDULERS),
+        metavar="SCHEDULER",
         help="a diffusers scheduler class to swap in, e.g. DPMSolverMultistepScheduler "
         f"(supported: {', '.join(SUPPORTED_SCHEDULERS)})",
     )
@@ -112,9 +154,14 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
             text = args.prompts_file.read_text(encoding="utf-8")
         except UnicodeDecodeError as error:
             parser.error(f"--prompts-file {args.prompts_file} is not UTF-8 text ({error.reason})")
-        from_file = [p.strip() for p in text.splitlines() if p.strip()]
-        if not from_file:
+        from_file = [line.strip() for line in text.splitlines()]
+        if not any(from_file):
             parser.error(f"--prompts-file {args.prompts_file} holds no prompt (empty lines only)")
+        if "" in from_file:  # prompt k is image k with seed + k: a skipped line would shift them
+            parser.error(
+                f"--prompts-file {args.prompts_file}: line {from_file.index('') + 1} is empty; "
+                "every line is one prompt (its line number gives the image id and seed)"
+            )
         prompts += from_file
     if not prompts:
         parser.error("give at least one --prompt or a --prompts-file")
@@ -130,6 +177,19 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
         parser.error(f"--reference-points must be >= 20, got {args.reference_points}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
+    last_seed = args.seed + len(prompts) - 1
+    if last_seed > MAX_SEED:
+        parser.error(
+            f"--seed {args.seed}: image k takes seed + k, and the last of {len(prompts)} prompts "
+            f"would take {last_seed}, above {MAX_SEED} (the largest torch.Generator seed)"
+        )
+    multiple = PIXEL_MULTIPLE[family.name]
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and not args.tiny and value % multiple:
+            parser.error(
+                f"--{name} must be a multiple of {multiple} for {family.name}, got {value}"
+            )
     return args
 
 
@@ -177,10 +237,9 @@ def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
             f"error: `fabric run --precision {fabric_precision}` is not applied to a diffusers "
             "pipeline; choose the weight dtype with the recipe's --precision fp16|bf16|fp32"
         )
-    # an unusable --out fails now, before any model is loaded; one run at a time writes into it
-    folder = RunFolder(args.out) if owns_output_folder() else contextlib.nullcontext()
-    with folder, Session.from_args(args) as session:  # each rank loads to its own device
-        pipe, size = load_family_pipeline(
+    # the folder is checked before any model is loaded; one run at a time writes into it
+    with Session.from_args(args) as session, claim_folder(args, family, session):
+        pipe, size = load_family_pipeline(  # each rank loads to its own device
             family,
             args.model,
             args.tiny,
@@ -192,6 +251,68 @@ def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
         return generate(args, family, pipe.to(session.device), size, session)
 
 
+def settings(args: argparse.Namespace, family: Family, devices: int) -> dict[str, Any]:
+    """What determines the images of ``--out`` (its ``manifest.json``), from the command line
+    alone: every rank computes the same, before any model is loaded.
+
+    ``sampler`` is the built sampler's ``repr`` at ``devices`` (the draft-group size), so that
+    a resume on other devices that would change the drafts is refused; with ``--rounds`` it
+    names the calibration, which picks the sampler and steps on the first prompt. ``prompts`` is
+    the whole list: a resume may append prompts (the folder's must be its first ones), not
+    change or drop any; ``--batch-size`` is kept, since a batch's shape can change the last bit
+    of its images.
+    """
+    if args.rounds is not None:
+        sampler = f"calibrated(rounds={args.rounds}, reference_points={args.reference_points}, "
+        sampler += f"devices={devices})"
+    else:
+        sampler = repr(cli.samplers_from_args(args, devices)[0])
+    return {
+        "family": family.name,
+        "model": None if args.tiny else args.model,
+        "tiny": args.tiny,
+        "no_t5": args.no_t5,
+        "prompts": args.prompts,
+        "negative_prompt": args.negative_prompt,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "guidance": args.guidance,
+        "height": args.height,
+        "width": args.width,
+        "seed": args.seed,
+        "sampler": sampler,
+        "scheduler": args.scheduler,
+        "precision": args.precision,
+        "batch_size": args.batch_size,
+    }
+
+
+@contextlib.contextmanager
+def claim_folder(args: argparse.Namespace, family: Family, session: Session) -> Iterator[None]:
+    """Hold ``--out`` for this run (``RunFolder`` with the ``settings``) on the global leader,
+    or the first ``--out-N`` of the same settings with ``--new-out``; every rank learns the
+    outcome: the folder (set as ``args.out``) or the same ``OutputFolderError``."""
+    wanted = settings(args, family, session.draft_devices)
+    with contextlib.ExitStack() as stack:
+        outcome: tuple[Path | None, str | None] = (None, None)
+        if session.is_leader:
+            try:
+                folder = (
+                    RunFolder.matching(args.out, wanted, EXTENDABLE)
+                    if args.new_out
+                    else RunFolder(args.out, wanted, EXTENDABLE)
+                )
+                stack.enter_context(folder)
+                outcome = (folder.path, None)
+            except OutputFolderError as refused:
+                outcome = (None, str(refused))
+        path, message = session.gather(outcome)[0]
+        if path is None:
+            raise OutputFolderError(message)
+        args.out = path
+        yield
+
+
 def generate(
     args: argparse.Namespace, family: Family, pipe: Any, size: int | None, session: Session
 ) -> list[dict]:
@@ -199,7 +320,9 @@ def generate(
 
     Each draft group holds the pipeline and splits every round's evaluations; data-parallel
     groups take every ``r``-th batch of prompts. An image depends on its prompt, seed, sampler
-    (drafts included) and steps, never on the devices.
+    (drafts included) and steps, never on the devices. Images already finished in ``--out`` are
+    kept; the batches that miss one are generated (whole, in their original shape), and each
+    group leader writes each new image as soon as its batch is done.
     """
     try:  # a size the model cannot take is an argument error, before any sampling
         height, width = image_size(pipe, args.height or size, args.width or size)
@@ -225,32 +348,52 @@ def generate(
         }
         for k, p in enumerate(args.prompts)
     ]
+    kept = find_finished(args.out, items) if session.is_leader else {}
+    kept = session.gather(kept)[0]  # every rank plans the same batches
     batches = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
-    done = []
-    for batch in batches[session.layout.replica :: session.layout.replicas]:
-        start = time.perf_counter()
-        out = ppipe(
-            [item["prompt"] for item in batch],
-            negative_prompt=args.negative_prompt,
-            num_inference_steps=args.steps,
-            guidance_scale=args.guidance,
-            height=height,
-            width=width,
-            generator=[torch.Generator().manual_seed(item["seed"]) for item in batch],
-            output_type="pt",
+    todo = [batch for batch in batches if any(item["id"] not in kept for item in batch)]
+    report = Report(args, family, items, kept, calibration) if session.is_leader else None
+    if report is not None:
+        todo_images = len(items) - len(kept)
+        print(
+            f"{family.name}: {len(kept)} of {len(items)} image(s) already in {args.out}, kept; "
+            f"generating {todo_images} in {len(todo)} batch(es)"
         )
-        wall = time.perf_counter() - start
-        if session.layout.is_group_leader:
-            done += [
-                (item, image, out.stats, wall)
-                for item, image in zip(batch, out.images, strict=True)
-            ]
-    everything = [entry for part in session.gather(done) for entry in part]
-    memory = session.gather(_peak_memory(session.device))
-    if not session.is_leader:
+        if kept:  # a resume: the report says at once what the folder holds
+            report.write()
+    made: list[dict] = report.made if report is not None else []  # the rows this rank wrote
+    try:
+        for batch in todo[session.layout.replica :: session.layout.replicas]:
+            start = time.perf_counter()
+            out = ppipe(
+                [item["prompt"] for item in batch],
+                negative_prompt=args.negative_prompt,
+                num_inference_steps=args.steps,
+                guidance_scale=args.guidance,
+                height=height,
+                width=width,
+                generator=[torch.Generator().manual_seed(item["seed"]) for item in batch],
+                output_type="pt",
+            )
+            wall = time.perf_counter() - start
+            if session.layout.is_group_leader:
+                for item, image in zip(batch, out.images, strict=True):
+                    if item["id"] not in kept:  # a finished image is never written again
+                        made.append(write_image(args, item, image, out.stats, wall))
+            if report is not None:
+                report.progress(out.stats)
+        everything = [row for part in session.gather(made) for row in part]
+        memory = session.gather(_peak_memory(session.device))
+    except BaseException:  # Ctrl-C, a crash: the report lists what is on disk (a failed
+        if report is not None and (kept or made):  # first batch leaves no report)
+            report.write()
+        raise
+    if report is None:
         return []
-    everything.sort(key=lambda entry: entry[0]["id"])
-    return write_outputs(args, family, everything, memory, calibration)
+    mine = {row["id"] for row in made}
+    made += [row for row in everything if row["id"] not in mine]  # the other replicas'
+    report.memory = memory
+    return report.finish()
 
 
 def _peak_memory(device: torch.device) -> int | None:
@@ -292,67 +435,172 @@ def calibrate_prompt(
     return result
 
 
-def write_outputs(
-    args: argparse.Namespace,
-    family: Family,
-    done: list[tuple[dict, torch.Tensor, dict, float]],
-    memory: list[int | None],
-    calibration: Calibration | None = None,
-) -> list[dict]:
-    """Write one PNG per image (with metadata), the grid and ``report.json``; return the rows.
+def find_finished(out: Path, items: list[dict]) -> dict[str, dict]:
+    """The report rows of the images of ``items`` already finished in ``out``, by id; an image
+    that does not decode or lacks its record is deleted, so that it is generated again."""
+    kept = {}
+    for item in items:
+        png = out / f"{item['id']}.png"
+        existed = png.exists()
+        row = finished_record(png)
+        if row is not None:
+            kept[item["id"]] = row
+        elif existed:
+            print(f"regenerating {png} (unreadable or without its record)", file=sys.stderr)
+    return kept
 
-    ``done`` holds ``(item, image in [0, 1], stats of its batch, batch wall seconds)``.
-    """
-    rows, images = [], []
-    for item, image, stats, wall in done:
-        meta = {
-            "prompt": item["prompt"],
-            "negative_prompt": item["negative_prompt"] or "",
-            "seed": item["seed"],
-            "sampler": stats["sampler"],
-            "rows": stats["rows"],
-            "devices": stats["devices"],
-            "scheduler": stats["scheduler"],
-            "steps": stats["steps"],
-            "guidance": stats["guidance_scale"],
-            "model": "tiny" if args.tiny else args.model,
-        }
-        save_png(args.out / f"{item['id']}.png", image * 2 - 1, meta)
-        images.append(image * 2 - 1)
-        rows.append(
-            {
-                "id": item["id"],
-                **meta,
-                "wall_s": wall / stats["batch"],
-                "batch_wall_s": wall,
-                "rounds": stats["rounds"],
-                "evaluations": stats["evaluations"],
-            }
-        )
-    sampler = rows[0]["sampler"]
-    save_png(
-        args.out / "grid.png", labelled_grid([(sampler, images)], scale=1), {"sampler": sampler}
-    )
-    stats = done[0][2]
-    # the k states of a round: [k, B, C, h, w] float32 latents beyond what serial holds
-    draft_bytes = stats["rows"] * stats["batch"] * math.prod(stats["latent_shape"]) * 4
-    report = {
-        "family": family.name,
-        "command": " ".join(sys.argv),
-        "images": rows,
-        "memory": {
-            "peak_device_bytes_per_rank": memory if any(m is not None for m in memory) else None,
-            "draft_state_bytes": draft_bytes,
-        },
-        "depends_on": "prompt, seed, sampler (drafts included), steps, guidance, size; not devices",
-        "calibration": calibration.to_dict() if calibration is not None else None,
+
+def write_image(
+    args: argparse.Namespace, item: dict, image: torch.Tensor, stats: dict, wall: float
+) -> dict:
+    """Write one finished image (``image`` in ``[0, 1]``): its report row as ``<id>.json``,
+    then ``<id>.png`` with its settings as text metadata. Returns the row."""
+    meta = {
+        "prompt": item["prompt"],
+        "negative_prompt": item["negative_prompt"] or "",
+        "seed": item["seed"],
+        "sampler": stats["sampler"],
+        "rows": stats["rows"],
+        "devices": stats["devices"],
+        "scheduler": stats["scheduler"],
+        "steps": stats["steps"],
+        "guidance": stats["guidance_scale"],
+        "model": "tiny" if args.tiny else args.model,
     }
-    write_json(args.out / "report.json", report)
-    print(f"{family.name}: wrote {len(rows)} image(s), grid.png and report.json to {args.out}")
-    for row in rows:
-        rounds, evaluations = row["rounds"], row["evaluations"]
-        print(f"  {row['id']}: {row['wall_s']:.2f}s, {rounds} rounds, {evaluations} evaluations")
-    return rows
+    row = {
+        "id": item["id"],
+        **meta,
+        "wall_s": wall / stats["batch"],
+        "batch_wall_s": wall,
+        "rounds": stats["rounds"],
+        "evaluations": stats["evaluations"],
+    }
+    write_finished_image(args.out / f"{item['id']}.png", image * 2 - 1, meta, row)
+    return row
+
+
+class Report:
+    """``report.json`` of a run, kept by the global leader from the rows it knows: those found
+    on disk at the start (``reused``), its own as it writes them (``made``, appended to by
+    the caller), every replica's at the end.
+
+    Args:
+        args: the parsed command line (``out`` is the folder).
+        family: the model family.
+        items: every image of the folder's settings, in id order.
+        kept: the rows of the images finished before this run, by id.
+        calibration: the ``--rounds`` calibration, if any.
+    """
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        family: Family,
+        items: list[dict],
+        kept: dict[str, dict],
+        calibration: Calibration | None,
+    ) -> None:
+        self.args, self.family, self.items = args, family, items
+        self.kept = kept
+        self.made: list[dict] = []
+        self.calibration = calibration
+        self.stats: dict[str, Any] | None = None
+        self.memory: list[int | None] = []
+        self.due = -math.inf  # when report.json may be rewritten next
+
+    def progress(self, stats: dict[str, Any]) -> None:
+        """A batch is done (``stats``; its rows are in ``made``): rewrite ``report.json`` if
+        the last write is ``REPORT_EVERY_S`` old (or 20 times as old as it took)."""
+        self.stats = stats
+        if time.monotonic() >= self.due:
+            self.write()
+
+    def rows(self) -> list[dict]:
+        """One row per image of the folder, in id order, each with ``complete``."""
+        known = {**self.kept, **{row["id"]: row for row in self.made}}
+        return [
+            {**known[item["id"]], "complete": True}
+            if item["id"] in known
+            else {
+                "id": item["id"],
+                "prompt": item["prompt"],
+                "seed": item["seed"],
+                "complete": False,
+            }
+            for item in self.items
+        ]
+
+    def write(self) -> None:
+        """Rewrite ``report.json`` (atomically) from what is known now."""
+        rows = self.rows()
+        complete = all(row["complete"] for row in rows)
+        stats, memory = self.stats, self.memory
+        # the k states of a round: [k, B, C, h, w] float32 latents beyond what serial holds
+        draft_bytes = (
+            None
+            if stats is None
+            else stats["rows"] * stats["batch"] * math.prod(stats["latent_shape"]) * 4
+        )
+        report = {
+            "family": self.family.name,
+            "command": " ".join(sys.argv),
+            "complete": complete,
+            "sampler": next((row["sampler"] for row in rows if row["complete"]), None),
+            "reused": len(self.kept),
+            "generated": len(self.made),
+            "images": rows,
+            "grid": f"grid.png: the first {GRID_IMAGES} images" if complete else None,
+            "memory": {
+                "peak_device_bytes_per_rank": memory
+                if any(m is not None for m in memory)
+                else None,
+                "draft_state_bytes": draft_bytes,
+            },
+            "depends_on": "prompt, seed, sampler (drafts included), steps, guidance, size; "
+            "not devices",
+            "calibration": self.calibration.to_dict() if self.calibration is not None else None,
+        }
+        start = time.monotonic()
+        write_json(self.args.out / "report.json", report)
+        took = time.monotonic() - start
+        self.due = start + max(REPORT_EVERY_S, 20 * took)
+
+    def finish(self) -> list[dict]:
+        """The final ``report.json`` and ``grid.png``; returns the rows of every image."""
+        out, name = self.args.out, self.family.name
+        rows = self.rows()
+        shown = [load_png(out / f"{row['id']}.png") for row in rows[:GRID_IMAGES]]
+        per_row = math.ceil(math.sqrt(len(shown)))
+        lines = [
+            (
+                f"{rows[k]['id']}-{rows[min(k + per_row, len(shown)) - 1]['id']}",
+                shown[k : k + per_row],
+            )
+            for k in range(0, len(shown), per_row)
+        ]
+        sampler = rows[0]["sampler"]
+        save_png(out / "grid.png", labelled_grid(lines, scale=1), {"sampler": sampler})
+        self.write()
+        print(
+            f"{name}: {len(rows)} image(s) in {out} ({len(self.kept)} kept from before, "
+            f"{len(self.made)} generated), grid.png (the first {len(shown)}) and report.json"
+        )
+        made = {row["id"] for row in self.made}
+        for row in rows:
+            if row["id"] in made:
+                rounds, evaluations = row["rounds"], row["evaluations"]
+                print(
+                    f"  {row['id']}: {row['wall_s']:.2f}s, {rounds} rounds, "
+                    f"{evaluations} evaluations"
+                )
+        return rows
+
+
+def load_png(path: Path) -> torch.Tensor:
+    """A PNG as a ``[3, H, W]`` image in ``[-1, 1]``."""
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(array).permute(2, 0, 1) / 127.5 - 1
 
 
 def run_recipe(family_name: str) -> None:

@@ -1,13 +1,20 @@
 """The SD2.1 / SDXL / SD3 recipes (their job: driffusion.recipes.text2image) on tiny random
 models built in code: end to end on 1 and 2 processes, copied alone into another folder, a
-configuration for a round budget, clean failures, and flag checks; in-process: no PNG when
-decoding fails, refused Fabric precision, scheduler swaps."""
+configuration for a round budget, clean failures, flag checks, and a run that keeps its work
+(Ctrl-C, then a resume equal to an uninterrupted run); in-process: no PNG when decoding fails,
+refused Fabric precision, scheduler swaps, resume only under the same settings, errors before
+the model loads."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +25,7 @@ from driffusion.adapters.diffusers import (
     NonFiniteImageError,
 )
 from driffusion.adapters.tiny import build_tiny_pipeline
+from driffusion.lightning import cli
 from tests.support import ROOT, fabric_run, run_script
 
 
@@ -139,6 +147,10 @@ def test_the_same_drafts_give_the_same_image_on_one_and_two_processes(tmp_path: 
         (["--prompts-file", "{tmp}"], "is a folder, not a file"),
         (["--prompts-file", "{tmp}/empty.txt"], "holds no prompt"),
         (["--prompts-file", "{tmp}/latin1.txt"], "is not UTF-8 text"),
+        (["--prompts-file", "{tmp}/gap.txt"], "gap.txt: line 2 is empty"),
+        (["--prompts-file", "{tmp}/blank.txt"], "blank.txt: line 3 is empty"),
+        (["--seed", str(2**64 - 1), "--prompt", "b"], f"would take {2**64}, above {2**64 - 1}"),
+        (["--scheduler", "LCMScheduler"], "invalid choice: 'LCMScheduler'"),
     ],
 )
 def test_bad_flags_are_argument_errors_before_anything_loads(
@@ -152,6 +164,8 @@ def test_bad_flags_are_argument_errors_before_anything_loads(
 
     (tmp_path / "empty.txt").write_text("\n\n")
     (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    (tmp_path / "gap.txt").write_text("a\n\nb\n")
+    (tmp_path / "blank.txt").write_text("a\nb\n \t\nc")
     argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
     prompt = [] if "--prompts-file" in argv else ["--prompt", "a"]
     with pytest.raises(SystemExit) as raised:
@@ -207,8 +221,6 @@ def test_the_recipe_swaps_the_scheduler_and_reports_memory(
     assert rows[0]["sampler"].startswith("Conservative(drafts=2, solver=DPMSolverPP(")
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["memory"]["draft_state_bytes"] == 2 * 1 * 4 * 16 * 16 * 4  # k B C h w fp32
-    with pytest.raises(ValueError, match="not a diffusers scheduler"):
-        text2image.main("sd21", [*argv[:-4], "--scheduler", "NoSuchScheduler"])
 
 
 @pytest.mark.processes
@@ -226,3 +238,223 @@ def test_a_recipe_copied_alone_into_an_empty_folder_runs(tmp_path: Path) -> None
     assert done.returncode == 0, done.stdout[-4000:]
     png = folder / "outputs" / "sdxl" / "00000.png"
     assert Image.open(png).text["prompt"] == "x"
+
+
+def test_prompt_ids_follow_the_lines_of_the_prompts_file(tmp_path: Path) -> None:
+    from driffusion.recipes import text2image
+
+    (tmp_path / "prompts.txt").write_text(" a cat \r\nb\n")  # one final newline is no line
+    argv = ["--prompt", "first", "--prompts-file", str(tmp_path / "prompts.txt")]
+    args = text2image.parse_args(text2image.FAMILIES["sd21"], argv)
+    assert args.prompts == ["first", "a cat", "b"]
+    last = ["--prompt", "a", "--seed", str(2**64 - 1)]  # the largest seed torch takes
+    assert text2image.parse_args(text2image.FAMILIES["sd21"], last).seed == 2**64 - 1
+
+
+@pytest.mark.parametrize(
+    ("family", "argv", "message"),
+    [
+        ("sd3", ["--height", "520"], "--height must be a multiple of 16 for sd3, got 520"),
+        ("sdxl", ["--width", "36"], "--width must be a multiple of 8 for sdxl, got 36"),
+    ],
+)
+def test_a_size_the_family_cannot_take_is_an_argument_error(
+    capsys: pytest.CaptureFixture[str], family: str, argv: list[str], message: str
+) -> None:
+    from driffusion.recipes import text2image
+
+    with pytest.raises(SystemExit) as raised:
+        text2image.parse_args(text2image.FAMILIES[family], ["--prompt", "a", *argv])
+    assert raised.value.code == 2 and message in capsys.readouterr().err
+
+
+def fail_if_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from driffusion.recipes import text2image
+
+    def load(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(text2image, "load_family_pipeline", load)
+
+
+def recipe_error(family: str, argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    """What the recipe's entry point prints for a usage error (asserting exit status 2)."""
+    from driffusion.recipes import text2image
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as raised:
+        cli.exit_on_usage_error(lambda: text2image.main(family, [*argv, "--accelerator", "cpu"]))
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--scheduler", "LCMScheduler"],
+            "'LCMScheduler' (choose from 'DDIMScheduler', 'DDPMScheduler'",
+        ),
+        (["--out", "{tmp}/file"], "error: --out {tmp}/file is a file, not a folder\n"),
+    ],
+)
+def test_errors_a_user_can_fix_come_before_the_model_loads(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    argv: list[str],
+    message: str,
+) -> None:
+    (tmp_path / "file").write_text("")
+    fail_if_loaded(monkeypatch)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    err = recipe_error("sd21", ["--tiny", "--prompt", "a", *argv], capsys)
+    assert message.replace("{tmp}", str(tmp_path)) in err
+
+
+def snapshot(folder: Path) -> dict[str, tuple[int, int, int]]:
+    """Every file of ``folder``: (inode, mtime, size), to tell kept files from rewritten ones."""
+    return {
+        p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size)
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+    }
+
+
+def test_a_rerun_continues_only_under_the_same_settings(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rerun keeps every finished image and redoes only the missing or broken ones; more
+    prompts appended continue the folder; other prompts are refused (the folder untouched) or,
+    with --new-out, go to out-2."""
+    from driffusion.recipes import text2image
+
+    out = tmp_path / "out"
+    prompts = [f"a red cat {k}" for k in range(4)]
+    (tmp_path / "prompts.txt").write_text("\n".join(prompts) + "\n")
+    same = ["--tiny", "--steps", "4", "--batch-size", "2", "--accelerator", "cpu"]
+    argv = [*same, "--prompts-file", str(tmp_path / "prompts.txt")]
+    rows = text2image.main("sdxl", [*argv, "--out", str(out)])
+    assert [row["prompt"] for row in rows] == prompts
+    first = snapshot(out)
+    assert {f"{k:05d}.{ext}" for k in range(4) for ext in ("png", "json")} < first.keys()
+    originals = {k: (out / f"0000{k}.png").read_bytes() for k in (1, 2)}
+
+    broken = out / "00002.png"
+    broken.write_bytes(broken.read_bytes()[:40])  # a crash mid-write elsewhere: does not decode
+    (out / "00001.json").unlink()  # a PNG without its record is no finished image either
+    text2image.main("sdxl", [*argv, "--out", str(out)])
+    again = snapshot(out)
+    rewritten = {name for name in first if again[name] != first[name]}
+    assert rewritten == {"00001.png", "00001.json", "00002.png", "00002.json"} | {
+        "report.json",
+        "grid.png",
+    }
+    report = json.loads((out / "report.json").read_text())
+    assert (report["reused"], report["generated"], report["complete"]) == (2, 2, True)
+    for k, original in originals.items():  # redone in their whole batches: the same bytes
+        assert (out / f"0000{k}.png").read_bytes() == original
+
+    capsys.readouterr()
+    text2image.main("sdxl", [*argv, "--out", str(out)])  # the same settings: everything kept
+    assert "4 of 4 image(s) already in" in capsys.readouterr().out
+    kept = snapshot(out)
+    assert {k: v for k, v in kept.items() if k.startswith("0")} == {
+        k: v for k, v in again.items() if k.startswith("0")
+    }
+    assert json.loads((out / "report.json").read_text())["generated"] == 0
+
+    (tmp_path / "other.txt").write_text("a blue dog\na green bird\n")
+    other = [*same, "--prompts-file", str(tmp_path / "other.txt")]
+    fail_if_loaded(monkeypatch)
+    err = recipe_error("sdxl", [*other, "--out", str(out)], capsys)
+    assert err.startswith("error: ") and err.count("\n") == 1  # one line
+    assert "prompts[0]: folder has 'a red cat 0', this run 'a blue dog'" in err
+    assert snapshot(out) == kept  # left as it was
+    monkeypatch.undo()
+
+    rows = text2image.main("sdxl", [*other, "--out", str(out), "--new-out"])
+    assert [row["prompt"] for row in rows] == ["a blue dog", "a green bird"]
+    assert sorted(p.name for p in (tmp_path / "out-2").glob("*.png")) == [
+        "00000.png",
+        "00001.png",
+        "grid.png",
+    ]
+    assert snapshot(out) == kept
+
+    (tmp_path / "prompts.txt").write_text("\n".join([*prompts, "a yellow fish"]) + "\n")
+    rows = text2image.main("sdxl", [*argv, "--out", str(out)])  # a prompt appended: continues
+    assert [row["prompt"] for row in rows] == [*prompts, "a yellow fish"]
+    report = json.loads((out / "report.json").read_text())
+    assert (report["reused"], report["generated"]) == (4, 1)
+    assert {k: v for k, v in snapshot(out).items() if k.startswith("0000") and k < "00004"} == {
+        k: v for k, v in kept.items() if k.startswith("0000")
+    }
+
+
+@pytest.mark.processes
+def test_ctrl_c_keeps_finished_images_and_the_resume_equals_an_uninterrupted_run(
+    tmp_path: Path,
+) -> None:
+    """Ctrl-C during a run: the images written before it stay, untouched by the resume, which
+    generates only the rest (whole batches); the folder then equals an uninterrupted run's,
+    byte for byte."""
+    (tmp_path / "prompts.txt").write_text("\n".join(f"a lighthouse {k}" for k in range(16)))
+    cmd = [sys.executable, str(ROOT / "recipes" / "sd21.py"), "--tiny", "--steps", "8"]
+    cmd += ["--batch-size", "2", "--prompts-file", str(tmp_path / "prompts.txt")]
+    cmd += ["--accelerator", "cpu"]
+    # the same environment as run_script: thread settings change the last bit of a pixel
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    out, whole = tmp_path / "out", tmp_path / "whole"
+    with tempfile.TemporaryFile("w+") as log:  # the uninterrupted run, meanwhile
+        uninterrupted = subprocess.Popen(
+            [*cmd, "--out", str(whole)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        try:
+            proc = subprocess.Popen(
+                [*cmd, "--out", str(out)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
+            )
+            try:
+                deadline = time.monotonic() + 240
+                while len(list(out.glob("*.png"))) < 3:
+                    assert proc.poll() is None, "finished before it could be interrupted"
+                    assert time.monotonic() < deadline
+                    time.sleep(0.02)
+                proc.send_signal(signal.SIGINT)
+                assert proc.wait(timeout=120) != 0
+            finally:
+                proc.kill()
+                proc.wait()
+            if uninterrupted.wait(timeout=240) != 0:
+                log.seek(0)
+                pytest.fail(log.read()[-4000:])
+        finally:
+            uninterrupted.kill()
+            uninterrupted.wait()
+    kept = {name: v for name, v in snapshot(out).items() if name.endswith(".png")}
+    kept.pop("grid.png", None)  # (none: the grid comes at the end)
+    assert 3 <= len(kept) < 16, sorted(kept)
+    report = json.loads((out / "report.json").read_text())  # written on the way out
+    assert report["complete"] is False
+    assert {f"{row['id']}.png" for row in report["images"] if row["complete"]} <= kept.keys()
+
+    resumed = run_script([*cmd, "--out", str(out)], timeout=300)
+    assert resumed.returncode == 0, resumed.stdout[-4000:]
+    assert f"{len(kept)} of 16 image(s) already in {out}, kept" in resumed.stdout
+    report = json.loads((out / "report.json").read_text())
+    assert (report["reused"], report["generated"]) == (len(kept), 16 - len(kept))
+    assert report["complete"] is True and all(row["complete"] for row in report["images"])
+    after = snapshot(out)
+    assert {name: after[name] for name in kept} == kept  # not recomputed, not rewritten
+    names = sorted(p.name for p in whole.glob("0*.png"))
+    assert names == [f"{k:05d}.png" for k in range(16)]
+    assert sorted(p.name for p in out.glob("0*.png")) == names
+    for name in names:
+        assert (out / name).read_bytes() == (whole / name).read_bytes(), name
+    assert not list(out.glob(".*.tmp")) and not (out / ".lock").exists()

@@ -223,6 +223,16 @@ def defaults_table(
     return out
 
 
+def first_unsafe(
+    rows: Sequence[Mapping[str, Any]], region: Mapping[str, Mapping[int, int]]
+) -> list[dict[str, Any]]:
+    """The cells that end each region: per mode and ``N``, the unsafe cells at ``k = s(N) + 1``
+    (none where every measured ``k`` is safe)."""
+    return [
+        dict(r) for r in rows if r["drafts"] == region[r["mode"]][r["steps"]] + 1 and not is_safe(r)
+    ]
+
+
 DEFAULT_COLUMNS = ["steps", "devices", "drafts", "rounds"] + [
     f"{s}_{what}" for s in SOLVERS for what in ("err_ref", "serial_err_ref")
 ]
@@ -381,9 +391,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "the same rounds"
     )
     print(markdown_table(defaults, DEFAULT_COLUMNS))
-    print("\nunsafe cells (err_ref above serial at the same rounds)")
-    unsafe = [r for r in rows if not is_safe(r)]
-    print(markdown_table(unsafe, KEYS) if unsafe else "none")
+    first = first_unsafe(rows, region)
+    print(
+        f"\n{sum(not is_safe(r) for r in rows)} of {len(rows)} cells unsafe; where each region "
+        "ends (the first unsafe k per mode and N, its failing cells):"
+    )
+    print(markdown_table(first, KEYS) if first else "none")
     source = module_source(rows, args.ref_points, steps)
     result = {
         "settings": {
@@ -394,10 +407,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "ref_points": args.ref_points,
             "slack": SLACK,
             "threads": args.threads,
+            "workers": args.workers,
         },
         "reference": checks,
         "region": regions,
         "defaults": defaults,
+        "first_unsafe": first,
         "rows": rows,
         "wall_s": wall,
     }

@@ -31,6 +31,10 @@ def test_drafts_region_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str])
         assert row["err_ref"] > 0
         if row["drafts"] == 1:  # serial itself, measured twice
             assert row["err_ref"] == row["serial_err_ref"]
+    for cell in saved["first_unsafe"]:  # where each region ends: k = s(N) + 1, above serial
+        line = next(x for x in saved["region"] if x["steps"] == cell["steps"])
+        assert cell["drafts"] == line[f"{cell['mode']}_measured"] + 1
+        assert cell["err_ref"] > cell["serial_err_ref"]
     # the generated module imports and holds the region the JSON reports
     table = drafts_region.load_module(module)
     source = module.read_text()

@@ -224,11 +224,12 @@ def safe_drafts(mode: Mode, num_steps: int, devices: int) -> int:
     drafts must buy at least the accuracy of serial at the same latency. The rule is
     ``min(devices, a(N))`` with ``a`` from
     [`allowed_drafts`][driffusion.core.samplers.driffusion.allowed_drafts]: an ``N`` between
-    measured points takes the nearest measured ``N`` below, and the region is made monotone
-    in ``N`` by construction (the measured region is not monotone everywhere); below the
-    smallest measured ``N``: 1 (serial); above the largest: the largest's. Never below 1,
+    measured points takes the nearest measured ``N`` below, and the rule is monotone in ``N``
+    by construction (as measured, the region grows with ``N`` at every measured point; the
+    construction keeps the rule monotone should a regenerated table not); below the smallest
+    measured ``N``: 1 (serial); above the largest: the largest's. Never below 1,
     nondecreasing in ``devices`` and in ``num_steps``, and never above the most drafts
-    measured (8).
+    measured (8). Measured with fixed drafts and the default ``skip`` draft rule.
 
     Examples:
         >>> safe_drafts("aggressive", 3, 8)  # below the measured grids: serial

@@ -12,8 +12,11 @@ from driffusion.core.samplers.driffusion import (  # isort: split
     Aggressive,
     Conservative,
     aggressive_rounds,
+    allowed_drafts,
     conservative_rounds,
+    safe_drafts,
     sample_driffusion,
+    unsafe_drafts_reason,
 )
 
 from driffusion.core.samplers.settings import (
@@ -79,6 +82,7 @@ __all__ = [
     "SerialReduced",
     "Setting",
     "aggressive_rounds",
+    "allowed_drafts",
     "block_boundaries",
     "builtin_samplers",
     "chords_evaluations",
@@ -94,6 +98,7 @@ __all__ = [
     "reduced_grid",
     "rows_name",
     "rows_setting",
+    "safe_drafts",
     "sample_chords",
     "sample_driffusion",
     "sample_paradigms",
@@ -110,4 +115,5 @@ __all__ = [
     "tolerance_setting",
     "unique_names",
     "unregister",
+    "unsafe_drafts_reason",
 ]

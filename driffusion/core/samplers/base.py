@@ -159,6 +159,26 @@ class Sampler:
         return True
 
     @classmethod
+    def default_rows(cls, devices: int, num_steps: int) -> int:
+        """The rows per round a command line gives this sampler on ``devices`` devices over
+        ``num_steps`` steps when none are asked for: ``devices`` (DRiffusion takes fewer where
+        more drafts were measured to ruin the sample, see
+        [`safe_drafts`][driffusion.core.samplers.driffusion.safe_drafts])."""
+        return devices
+
+    @classmethod
+    def default_rows_reason(cls, devices: int, num_steps: int) -> str | None:
+        """``None`` when [`default_rows`][driffusion.core.samplers.base.Sampler.default_rows]
+        is ``devices``, else one sentence saying why fewer rows."""
+        return None
+
+    def region_warning(self, num_steps: int) -> str | None:
+        """``None`` unless this sampler's rows exceed the count measured safe over
+        ``num_steps`` steps; then one sentence with the measured numbers (the base: always
+        ``None``)."""
+        return None
+
+    @classmethod
     def variants(cls, rows: int, num_steps: int) -> list[dict[str, Any]]:
         """The configurations worth comparing at ``rows`` rows per round on an ``N``-step grid,
         as settings beyond the rows setting (default: the sampler's defaults alone)."""

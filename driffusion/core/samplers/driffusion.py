@@ -16,6 +16,7 @@ sampler bit for bit.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -25,9 +26,10 @@ from torch import Tensor
 from driffusion.core.drafting import DRAFT_RULES, DraftRule, check_draft_rule, draft, refine
 from driffusion.core.model import CountingModel, Model, SampleResult
 from driffusion.core.schedule import Schedule
-from driffusion.core.solvers import Solver
+from driffusion.core.solvers import Solver, get_solver
 from driffusion.core.transitions import predict_x0_eps
 
+from . import drafts_region
 from .base import Callback, Sampler, check_positive_int, evaluate, max_rms, payload, setup_solver
 from .settings import rows_setting, setting, solver_setting
 
@@ -65,6 +67,51 @@ class _DRiffusion(Sampler):
         if self.mode == "aggressive":
             return aggressive_rounds(num_steps, self.drafts)
         return conservative_rounds(num_steps, self.drafts)
+
+    @classmethod
+    def default_rows(cls, devices: int, num_steps: int) -> int:
+        """The measured rule: [`safe_drafts`][driffusion.core.samplers.driffusion.safe_drafts]
+        ``(mode, num_steps, devices)``, never more drafts than were measured no further from
+        the solution than serial at the same rounds (and never below 1)."""
+        return safe_drafts(cls.mode, num_steps, devices)
+
+    @classmethod
+    def default_rows_reason(cls, devices: int, num_steps: int) -> str | None:
+        """``None`` when the default uses every device, else why fewer drafts, with the
+        measured numbers (see
+        [`unsafe_drafts_reason`][driffusion.core.samplers.driffusion.unsafe_drafts_reason])."""
+        rows = cls.default_rows(devices, num_steps)
+        if rows == devices:
+            return None
+        why = unsafe_drafts_reason(cls.mode, num_steps, rows + 1)
+        return f"{_drafts(rows)} rather than {devices}: {why}"
+
+    def region_warning(self, num_steps: int) -> str | None:
+        """``None`` unless ``drafts`` exceeds the safe count for ``num_steps``; then one
+        sentence with the measured digits ``err_ref`` of these drafts (at the nearest measured
+        ``N`` below, over this sampler's solver where it was measured) against serial at the
+        same rounds."""
+        allowed = safe_drafts(self.mode, num_steps, self.drafts)
+        if self.drafts <= allowed:
+            return None
+        solver = _solver_name(self.solver)
+        measured = drafts_region.LARGEST_SAFE[self.mode]
+        below = [n for n in sorted(measured) if n <= num_steps]
+        head = (
+            f"{self!r} over {num_steps} steps drafts more than the {_drafts(allowed)} measured safe"
+        )
+        if not below:
+            return f"{head}: {unsafe_drafts_reason(self.mode, num_steps, self.drafts, solver)}"
+        most = max(drafts_region.DRAFTS)
+        k = min(self.drafts, most)
+        cell = _digits_cell(self.mode, below[-1], k, solver)
+        numbers = _numbers(cell, k, below[-1] if below[-1] != num_steps else None)
+        if k < self.drafts:
+            numbers += f"; {most} is the most measured"
+        if cell[3] > cell[4] * (1 + drafts_region.SLACK):
+            return f"{head} ({numbers})"
+        why = unsafe_drafts_reason(self.mode, num_steps, allowed + 1, solver)
+        return f"{head} ({numbers}), and {why}"
 
 
 @dataclass(frozen=True, repr=False)
@@ -125,6 +172,169 @@ def conservative_rounds(num_steps: int, drafts: int) -> int:
     check_positive_int(num_steps, "num_steps")
     check_positive_int(drafts, "drafts")
     return 2 * (num_steps // (drafts + 1)) + min(num_steps % (drafts + 1), 2)
+
+
+Cell = tuple[str, str, int, float, float]
+"""A measured cell of the region: ``(model, solver, rounds, err_ref, serial_err_ref)``."""
+
+
+def allowed_drafts(largest_safe: Mapping[int, int], num_steps: int) -> int:
+    r"""The drafts a measured region allows over ``num_steps`` steps, monotone in ``N``.
+
+    With ``s(N)`` the largest safe ``k`` measured at ``N`` (every ``k' <= s(N)`` safe) and
+    ``m`` the largest measured ``N <= num_steps``:
+
+    $$a(N) = \min_{N' \ge m,\ N' \text{ measured}} s(N'), \qquad a(N) = 1 \text{ when }
+    N < \min N'$$
+
+    Taking the minimum over every longer measured grid makes the rule nondecreasing in ``N`` by
+    construction (fewer steps never allow more drafts), and never above ``s`` at a measured
+    ``N``: it allows no measured-unsafe configuration. Above the largest measured ``N`` it is
+    that one's ``s``.
+
+    Examples:
+        >>> allowed_drafts({4: 1, 8: 3, 16: 2, 32: 5}, 10)  # min(s(8), s(16), s(32))
+        2
+        >>> allowed_drafts({4: 1, 8: 3}, 3), allowed_drafts({4: 1, 8: 3}, 100)
+        (1, 3)
+    """
+    measured = sorted(largest_safe)
+    below = [n for n in measured if n <= num_steps]
+    if not below:
+        return 1
+    return max(1, min(largest_safe[n] for n in measured if n >= below[-1]))
+
+
+def safe_drafts(mode: Mode, num_steps: int, devices: int) -> int:
+    r"""The most drafts ``k <= devices`` that DRiffusion in ``mode`` takes over ``num_steps``
+    steps by default: the measured region of
+    [`drafts_region`][driffusion.core.samplers.drafts_region] (generated by
+    ``benchmarks/drafts_region.py``).
+
+    ``(mode, N, k)`` was measured *safe* when on every model (the exact Gaussian-mixture
+    oracle, the digits network) and solver (DDIM, DPM-Solver++(2M)) measured,
+
+    $$\frac{\|x_k - x_{ref}\|}{\|x_{ref}\|} \le
+    \frac{\|x^{serial}_{R} - x_{ref}\|}{\|x_{ref}\|} (1 + 10^{-6}),$$
+
+    ``x_k`` the sample of ``k`` drafts over ``N`` steps, ``x^serial_R`` the same solver run
+    serially over ``R`` steps, ``R`` the rounds the sampler takes
+    ([`aggressive_rounds`][driffusion.core.samplers.driffusion.aggressive_rounds],
+    [`conservative_rounds`][driffusion.core.samplers.driffusion.conservative_rounds]): more
+    drafts must buy at least the accuracy of serial at the same latency. The rule is
+    ``min(devices, a(N))`` with ``a`` from
+    [`allowed_drafts`][driffusion.core.samplers.driffusion.allowed_drafts]: an ``N`` between
+    measured points takes the nearest measured ``N`` below, and the rule is monotone in ``N``
+    by construction (as measured, the region grows with ``N`` at every measured point; the
+    construction keeps the rule monotone should a regenerated table not); below the smallest
+    measured ``N``: 1 (serial); above the largest: the largest's. Never below 1,
+    nondecreasing in ``devices`` and in ``num_steps``, and never above the most drafts
+    measured (8). Measured with fixed drafts and the default ``skip`` draft rule.
+
+    Examples:
+        >>> safe_drafts("aggressive", 3, 8)  # below the measured grids: serial
+        1
+        >>> safe_drafts("aggressive", 100, 1)
+        1
+    """
+    if mode not in ("aggressive", "conservative"):
+        raise ValueError(f"mode must be 'aggressive' or 'conservative', got {mode!r}")
+    check_positive_int(num_steps, "num_steps")
+    check_positive_int(devices, "devices")
+    return max(1, min(devices, allowed_drafts(drafts_region.LARGEST_SAFE[mode], num_steps)))
+
+
+def unsafe_drafts_reason(
+    mode: Mode, num_steps: int, drafts: int, solver: str | None = None
+) -> str | None:
+    """Why ``drafts`` is more than ``mode`` allows over ``num_steps`` steps, as one clause with
+    the measurement that sets the limit (``None`` when it is not more).
+
+    The measurement quoted is the first measured ``N' >= m`` (``m`` the nearest measured
+    ``N`` below ``num_steps``) whose largest safe ``k`` is the limit ``a``: there ``a + 1``
+    drafts were measured further from the solution than serial at the same rounds. Of its
+    cells the digits one over ``solver`` is quoted if it is unsafe, else the unsafe one
+    furthest above serial (digits first).
+
+    Examples:
+        >>> unsafe_drafts_reason("aggressive", 100, 1) is None
+        True
+    """
+    allowed = safe_drafts(mode, num_steps, max(drafts, 1))
+    if drafts <= allowed:
+        return None
+    region = drafts_region.LARGEST_SAFE[mode]
+    measured = sorted(region)
+    below = [n for n in measured if n <= num_steps]
+    if not below:
+        first = f"from {measured[0]} steps on" if measured else "at no grid"
+        return (
+            f"drafts were measured {first}, so over {num_steps} steps {mode} DRiffusion runs "
+            "serially (1 draft)"
+        )
+    if allowed + 1 > max(drafts_region.DRAFTS):
+        return f"more than {_drafts(allowed)} were never measured"
+    binding = next(n for n in measured if n >= below[-1] and region[n] == allowed)
+    cell = _unsafe_cell(mode, binding, allowed + 1, solver)
+    over = f"over {binding} steps"
+    if binding == below[-1] != num_steps:
+        over += f" (the nearest measured grid below {num_steps} steps)"
+    clause = (
+        f"{over} {allowed + 1} drafts were measured further from the solution than "
+        f"serial at the same rounds ({_numbers(cell, allowed + 1)})"
+    )
+    if binding == below[-1]:
+        return clause
+    return f"{clause}, and fewer steps never get more drafts"
+
+
+def _drafts(k: int) -> str:
+    return f"{k} draft" if k == 1 else f"{k} drafts"
+
+
+def _solver_name(solver: str | Solver | None) -> str:
+    return get_solver(solver).name
+
+
+def _cells(mode: str, steps: int, drafts: int) -> list[Cell]:
+    return [
+        (model, solver, rounds, err, serial)
+        for m, model, solver, n, k, rounds, err, serial in drafts_region.MEASURED
+        if (m, n, k) == (mode, steps, drafts)
+    ]
+
+
+def _ratio(cell: Cell) -> float:
+    return cell[3] / cell[4] if cell[4] > 0 else float("inf")
+
+
+def _digits_cell(mode: str, steps: int, drafts: int, solver: str | None) -> Cell:
+    """The digits cell over ``solver`` (else the digits cell furthest above serial)."""
+    cells = _cells(mode, steps, drafts)
+    digits = [c for c in cells if c[0] == "digits"] or cells
+    return next((c for c in digits if c[1] == solver), max(digits, key=_ratio))
+
+
+def _unsafe_cell(mode: str, steps: int, drafts: int, solver: str | None) -> Cell:
+    """The unsafe cell to quote: digits over ``solver``, else the worst (digits first)."""
+    cells = _cells(mode, steps, drafts)
+    unsafe = [c for c in cells if c[3] > c[4] * (1 + drafts_region.SLACK)] or cells
+    own = [c for c in unsafe if c == ("digits", solver, *c[2:])]
+    if own:
+        return own[0]
+    digits = [c for c in unsafe if c[0] == "digits"]
+    return max(digits or unsafe, key=_ratio)
+
+
+def _numbers(cell: Cell, drafts: int, steps: int | None = None) -> str:
+    """``digits over dpmpp_2m: err_ref 0.625 with 2 drafts against 0.22 for serial at 4
+    rounds`` (``, measured over N steps`` where ``steps`` is given)."""
+    model, solver, rounds, err, serial = cell
+    where = "" if steps is None else f", measured over {steps} steps"
+    return (
+        f"{model} over {solver}: err_ref {err:.3g} with {_drafts(drafts)} against {serial:.3g} "
+        f"for serial at {rounds} rounds{where}"
+    )
 
 
 @_DRiffusion.implemented_by

@@ -49,7 +49,11 @@ def parse_sampler(text: str, defaults: Mapping[str, Any] | None = None) -> Sampl
         defaults: settings applied to a built-in sampler for each of its fields that ``text``
             does not set (e.g. ``{"rows": 4, "solver": "dpmpp_2m"}`` from the command line);
             ``"rows"`` sets the setting declared ``rows=True`` (``drafts``, ``window``,
-            ``cores``, ``blocks``) unless that one is given by name too. A setting the sampler
+            ``cores``, ``blocks``) unless that one is given by name too; with ``"num_steps"``
+            (the grid's steps, an int) beside it, that default is
+            [`default_rows`][driffusion.core.samplers.base.Sampler.default_rows]``(rows,
+            num_steps)`` (DRiffusion: fewer drafts where more were measured to lose to serial
+            at the same rounds); ``"num_steps"`` itself is not a setting. A setting the sampler
             does not have is ignored, and so is one the settings given imply (a
             [`Setting`][driffusion.core.samplers.settings.Setting]'s ``implied_by``: CHORDS'
             ``starts`` fix its ``cores``). Not applied to samplers loaded by import path: they
@@ -67,6 +71,8 @@ def parse_sampler(text: str, defaults: Mapping[str, Any] | None = None) -> Sampl
         Aggressive(drafts=4, solver='dpmpp_2m')
         >>> parse_sampler("aggressive", {"rows": 2})
         Aggressive(drafts=2)
+        >>> parse_sampler("aggressive", {"rows": 8, "num_steps": 3})  # too few steps to draft
+        Aggressive(drafts=1)
     """
     text = text.strip()
     head, settings = _split_settings(text)
@@ -79,10 +85,13 @@ def parse_sampler(text: str, defaults: Mapping[str, Any] | None = None) -> Sampl
     if unknown:
         raise ValueError(f"{cls.__name__} has no setting(s) {unknown}; it has {sorted(names)}")
     given = dict(defaults or {})
+    num_steps = given.pop("num_steps", None)
     rows_key = rows_name(cls)
     if "rows" in given:
         rows = given.pop("rows")
         if rows_key is not None:
+            if num_steps is not None and isinstance(rows, int):
+                rows = cls.default_rows(rows, num_steps)
             given.setdefault(rows_key, rows)
     implied = {k for k, spec in declared.items() if spec.implied_by in settings}
     merged = {

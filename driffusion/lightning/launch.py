@@ -64,6 +64,19 @@ def owns_output_folder() -> bool:
     return launching_rank()
 
 
+LAUNCH_MIN_S = 30.0
+"""The least a launch waits for every rank to join, whatever the session's timeout: a rank
+needs seconds to start (python, torch and the script's imports; 10 s and more on a busy
+machine), so a short collective timeout (say ``--timeout 5``, to catch a hung rank quickly)
+would otherwise fail launches that are healthy."""
+
+
+def launch_timeout(timeout_s: float) -> float:
+    """How long a launch waits for every rank: the session's timeout, at least
+    [`LAUNCH_MIN_S`][driffusion.lightning.launch.LAUNCH_MIN_S]."""
+    return max(timeout_s, LAUNCH_MIN_S)
+
+
 class LaunchError(UsageError, RuntimeError):
     """The ranks of a run did not all meet within the session's timeout: a node that was never
     started, a rendezvous address or port that is taken or unreachable, or a rank that never
@@ -82,7 +95,8 @@ def launch_fabric(
         flags: the Fabric flags (ignored under ``fabric run``, which sets them).
         callbacks: plain objects with ``on_predict_*`` hooks, dispatched with ``fabric.call``.
         timeout_s: the bound on the first process group: how long each rank waits for the
-            others to join.
+            others to join (the [`Session`][driffusion.lightning.session.Session] passes
+            [`launch_timeout`][driffusion.lightning.launch.launch_timeout] of its timeout).
 
     Raises:
         LaunchError: the ranks did not all join within ``timeout_s`` (children of a launch from
@@ -254,7 +268,7 @@ def launch_message(error: BaseException, timeout_s: float, nodes: int, cli: bool
     else:
         what = (
             f"rank {rank} did not meet all {world or '?'} ranks at {address}:{port} within "
-            f"--timeout {timeout_s:g}s{seen}"
+            f"{timeout_s:g}s{seen}"
         )
         fix = (
             f"start the other node(s) with the same {where}, or lower --num-nodes (or raise "

@@ -33,7 +33,7 @@ from driffusion.adapters.distributed import (
     make_layout,
 )
 from driffusion.core.model import NetworkFn
-from driffusion.lightning.launch import finish, launch_fabric
+from driffusion.lightning.launch import finish, launch_fabric, launch_timeout
 from driffusion.lightning.loop import PredictOutput, run_predict
 from driffusion.lightning.module import DiffusionSamplerModule
 
@@ -61,8 +61,9 @@ class Session:
         draft_devices: ranks per draft group ``g`` (``None``: all ranks in one group).
         timeout_s: the bound on every wait: the launch (every rank must join the first
             process group in time, else a
-            [`LaunchError`][driffusion.lightning.launch.LaunchError]) and every collective (a
-            dead or hung peer becomes a
+            [`LaunchError`][driffusion.lightning.launch.LaunchError]; a launch waits at least
+            [`LAUNCH_MIN_S`][driffusion.lightning.launch.LAUNCH_MIN_S], the time ranks need to
+            start) and every collective (a dead or hung peer becomes a
             [`CollectiveError`][driffusion.adapters.distributed.CollectiveError]).
         callbacks: objects with ``on_predict_*`` hooks, run in every
             [`predict`][driffusion.lightning.session.Session.predict].
@@ -130,12 +131,12 @@ class Session:
         """Start (or join) the processes and build the layout; idempotent.
 
         Raises:
-            LaunchError: the ranks did not all join within ``timeout_s`` (a node not started,
-                a rendezvous port taken or unreachable, a rank that never arrived); raised on
-                every rank that waited.
+            LaunchError: the ranks did not all join within ``timeout_s`` (at least
+                ``LAUNCH_MIN_S``): a node not started, a rendezvous port taken or unreachable,
+                a rank that never arrived; raised on every rank that waited.
         """
         if self._fabric is None:
-            self._fabric = launch_fabric(self.flags, self.callbacks, self.timeout_s)
+            self._fabric = launch_fabric(self.flags, self.callbacks, launch_timeout(self.timeout_s))
             self._layouts[None] = make_layout(self.draft_devices_wanted, self.timeout_s)
         return self
 

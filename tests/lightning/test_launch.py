@@ -25,7 +25,13 @@ from lightning.fabric.strategies import DataParallelStrategy, DDPStrategy, Singl
 from driffusion.core.errors import UsageError
 from driffusion.lightning import LaunchError, Session, add_session_args, launch
 from driffusion.lightning.cli import MAX_TIMEOUT_S
-from driffusion.lightning.launch import bounded_strategy, finish, launch_fabric
+from driffusion.lightning.launch import (
+    LAUNCH_MIN_S,
+    bounded_strategy,
+    finish,
+    launch_fabric,
+    launch_timeout,
+)
 from tests.support import FABRIC, ROOT, SCRIPTS, free_port, run_script
 
 # what Lightning and the launchers read or write: cleared before each in-process launch and
@@ -48,9 +54,11 @@ LAUNCH_ENV = (
     "LT_PRECISION",
 )
 
-# seconds a process test's launch waits for a missing node, and the margin allowed on top for
-# starting (imports on 2 busy cores), reporting and exiting
-TIMEOUT_S = 15
+# the --timeout of a process test, the seconds its launch waits for a missing node (at least
+# LAUNCH_MIN_S) and the margin allowed on top for starting (imports on 2 busy cores), reporting
+# and exiting
+TIMEOUT_S = 20
+WAIT_S = launch_timeout(TIMEOUT_S)
 MARGIN_S = 75
 
 
@@ -146,7 +154,7 @@ def test_a_missing_node_is_a_launch_error_within_the_timeout(
     assert time.monotonic() - start < 3.0 + 30
     message = str(caught.value)
     assert "\n" not in message
-    assert f"rank 0 did not meet all 2 ranks at 127.0.0.1:{port} within --timeout 3s" in message
+    assert f"rank 0 did not meet all 2 ranks at 127.0.0.1:{port} within 3s" in message
     assert "1 of 2 joined" in message and "--num-nodes 2" in message
     assert "start the other node(s) with the same MASTER_ADDR/MASTER_PORT" in message
     assert "or lower --num-nodes" in message
@@ -192,6 +200,25 @@ def test_timeout_rejects_what_cannot_be_a_wait(
     assert ("7 days" in error) != (text == "soon")  # a number out of range names the bound
 
 
+def test_a_session_launches_with_its_timeout_but_never_below_the_launch_minimum(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A short collective timeout (to catch a hung rank fast) must not fail a healthy launch
+    whose ranks take seconds to start."""
+    given: list[float] = []
+
+    def fake_launch(flags: object, callbacks: object, timeout_s: float) -> object:
+        given.append(timeout_s)
+        return object()
+
+    monkeypatch.setattr("driffusion.lightning.session.launch_fabric", fake_launch)
+    monkeypatch.setattr("driffusion.lightning.session.make_layout", lambda *a: None)
+    for timeout_s in (LAUNCH_MIN_S + 15, 5.0):
+        Session(accelerator="cpu", timeout_s=timeout_s).launch()
+    assert given == [LAUNCH_MIN_S + 15, LAUNCH_MIN_S]
+    assert launch_timeout(1e5) == 1e5 and launch_timeout(0.5) == LAUNCH_MIN_S
+
+
 def test_a_session_refuses_a_timeout_that_is_no_wait() -> None:
     for value in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="timeout_s must be positive"):
@@ -217,13 +244,13 @@ def test_a_missing_node_stops_the_job_launched_from_code(tmp_path: Path) -> None
     cmd = [sys.executable, *_job(tmp_path / "out")]
     cmd[2:2] = ["--accelerator", "cpu", "--devices", "2", "--strategy", "ddp", "--num-nodes", "2"]
     leftovers: list[bool] = []
-    done = run_script(cmd, timeout=TIMEOUT_S + MARGIN_S, leftovers=leftovers)
+    done = run_script(cmd, timeout=WAIT_S + MARGIN_S, leftovers=leftovers)
     assert done.returncode == 2, done.stdout[-3000:]
     errors = _errors(done.stdout)
     assert errors, done.stdout[-3000:]
     leader = [e for e in errors if "rank 0 " in e]
     assert len(leader) == 1, errors
-    assert re.search(rf"all 4 ranks at 127\.0\.0\.1:\d+ within --timeout {TIMEOUT_S}s", leader[0])
+    assert re.search(rf"all 4 ranks at 127\.0\.0\.1:\d+ within {WAIT_S:g}s", leader[0])
     assert "2 of 4 joined" in leader[0]
     for error in errors:
         assert "start the other node(s) with the same MASTER_ADDR/MASTER_PORT" in error
@@ -256,7 +283,7 @@ def test_ranks_that_never_join_stop_the_job_under_fabric_run(tmp_path: Path) -> 
     try:
         leftovers: list[bool] = []
         done = run_script(
-            [*node(0), *_job(tmp_path / "out")], timeout=TIMEOUT_S + MARGIN_S, leftovers=leftovers
+            [*node(0), *_job(tmp_path / "out")], timeout=WAIT_S + MARGIN_S, leftovers=leftovers
         )
     finally:
         with contextlib.suppress(ProcessLookupError):
@@ -267,7 +294,7 @@ def test_ranks_that_never_join_stop_the_job_under_fabric_run(tmp_path: Path) -> 
     errors = _errors(done.stdout)
     assert len(errors) == 2, done.stdout[-3000:]  # node 0's two ranks
     for error in errors:
-        assert f"all 4 ranks at 127.0.0.1:{port} within --timeout {TIMEOUT_S}s" in error
+        assert f"all 4 ranks at 127.0.0.1:{port} within {WAIT_S:g}s" in error
         assert "start the other node(s) with the same --main-address/--main-port" in error
         assert "or lower --num-nodes" in error
     assert leftovers == [False], "a rank outlived `fabric run`"

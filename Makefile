@@ -22,8 +22,11 @@ $(STAMP): pyproject.toml Makefile
 
 install: $(STAMP)
 
+# a free rendezvous port, picked when the demo starts: `fabric run` binds 29400 unless told
 demo: $(STAMP)
-	$(VENV)/bin/fabric run --accelerator cpu --devices 2 --strategy ddp recipes/digits.py --out $(OUT)/digits
+	$(VENV)/bin/fabric run --accelerator cpu --devices 2 --strategy ddp \
+	  --main-port $$($(PY) -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])") \
+	  recipes/digits.py --out $(OUT)/digits
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check driffusion tests benchmarks recipes docs/hooks docs/examples

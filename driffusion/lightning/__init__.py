@@ -10,6 +10,7 @@ from driffusion.lightning.cli import (
     check_sampler_args,
     samplers_from_args,
 )
+from driffusion.lightning.launch import LaunchError
 from driffusion.lightning.loop import PredictOutput, run_predict
 from driffusion.lightning.module import DiffusionSamplerModule
 from driffusion.lightning.session import Session
@@ -18,6 +19,7 @@ from driffusion.lightning.text2image import PromptSamplerModule, collate_prompts
 __all__ = [
     "DiffusionSamplerModule",
     "LatentWriter",
+    "LaunchError",
     "PredictCallback",
     "PredictOutput",
     "ProgressBar",

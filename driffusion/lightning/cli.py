@@ -83,11 +83,33 @@ def add_session_args(
     )
     group.add_argument(
         "--timeout",
-        type=positive_float,
+        type=timeout_seconds,
         default=DEFAULT_TIMEOUT_S,
-        help=f"collective timeout in seconds (default {DEFAULT_TIMEOUT_S:g})",
+        help=(
+            "seconds any rank waits for the others: the launch (every rank must join) and every "
+            f"collective (default {DEFAULT_TIMEOUT_S:g}, at most {MAX_TIMEOUT_S:g} = 7 days)"
+        ),
     )
     return parser
+
+
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+"""The largest ``--timeout``: a week (a wait longer than that is a typo, not a plan)."""
+
+
+def timeout_seconds(text: str) -> float:
+    """argparse type of ``--timeout``: seconds, finite, > 0 and at most
+    [`MAX_TIMEOUT_S`][driffusion.lightning.cli.MAX_TIMEOUT_S] (so that it is a valid
+    ``timedelta`` for torch.distributed, checked when the flags are read, not at the launch)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not (math.isfinite(value) and 0 < value <= MAX_TIMEOUT_S):
+        raise argparse.ArgumentTypeError(
+            f"must be seconds > 0 and at most {MAX_TIMEOUT_S:g} (7 days), got {text}"
+        )
+    return value
 
 
 def add_sampler_args(

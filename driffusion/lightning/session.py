@@ -16,6 +16,7 @@ calls a collective or tears a process group down itself:
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
@@ -32,7 +33,7 @@ from driffusion.adapters.distributed import (
     make_layout,
 )
 from driffusion.core.model import NetworkFn
-from driffusion.lightning.launch import finish, launch_fabric
+from driffusion.lightning.launch import finish, launch_fabric, launch_timeout
 from driffusion.lightning.loop import PredictOutput, run_predict
 from driffusion.lightning.module import DiffusionSamplerModule
 
@@ -58,8 +59,12 @@ class Session:
         num_nodes: nodes (ignored under ``fabric run``).
         precision: Fabric precision (ignored under ``fabric run``).
         draft_devices: ranks per draft group ``g`` (``None``: all ranks in one group).
-        timeout_s: the bound on every collective: a dead or hung peer becomes a
-            [`CollectiveError`][driffusion.adapters.distributed.CollectiveError].
+        timeout_s: the bound on every wait: the launch (every rank must join the first
+            process group in time, else a
+            [`LaunchError`][driffusion.lightning.launch.LaunchError]; a launch waits at least
+            [`LAUNCH_MIN_S`][driffusion.lightning.launch.LAUNCH_MIN_S], the time ranks need to
+            start) and every collective (a dead or hung peer becomes a
+            [`CollectiveError`][driffusion.adapters.distributed.CollectiveError]).
         callbacks: objects with ``on_predict_*`` hooks, run in every
             [`predict`][driffusion.lightning.session.Session.predict].
         verify: checksum every round's inputs across the draft group (a debug aid).
@@ -92,8 +97,8 @@ class Session:
         callbacks: Sequence[Any] = (),
         verify: bool = False,
     ) -> None:
-        if timeout_s <= 0:
-            raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+        if not (math.isfinite(timeout_s) and timeout_s > 0):
+            raise ValueError(f"timeout_s must be positive and finite, got {timeout_s}")
         self.flags: dict[str, Any] = {
             "accelerator": accelerator,
             "devices": devices,
@@ -123,9 +128,15 @@ class Session:
     # -- lifetime -----------------------------------------------------------------------------
 
     def launch(self) -> Session:
-        """Start (or join) the processes and build the layout; idempotent."""
+        """Start (or join) the processes and build the layout; idempotent.
+
+        Raises:
+            LaunchError: the ranks did not all join within ``timeout_s`` (at least
+                ``LAUNCH_MIN_S``): a node not started, a rendezvous port taken or unreachable,
+                a rank that never arrived; raised on every rank that waited.
+        """
         if self._fabric is None:
-            self._fabric = launch_fabric(self.flags, self.callbacks)
+            self._fabric = launch_fabric(self.flags, self.callbacks, launch_timeout(self.timeout_s))
             self._layouts[None] = make_layout(self.draft_devices_wanted, self.timeout_s)
         return self
 

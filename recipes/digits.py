@@ -42,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -163,7 +164,7 @@ def plan(args: argparse.Namespace, devices: int, calibration: Calibration | None
             {"name": "best_serial", "sampler": serial.make_sampler(), "steps": serial.steps}
         )
         return runs
-    samplers: list[SamplerFn] = cli.samplers_from_args(args, devices)
+    samplers: list[SamplerFn] = cli.samplers_from_args(args, devices, num_steps=args.steps)
     baseline = Serial(solver=args.solver)
     if baseline not in samplers:
         samplers.insert(0, baseline)  # the reference for speedup and deviation
@@ -215,7 +216,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     devices = args.draft_devices or world
     return {
         "model": str(args.model) if args.model else "shipped",
-        "samplers": [repr(s) for s in cli.samplers_from_args(args, devices)],
+        "samplers": [repr(s) for s in cli.samplers_from_args(args, devices, num_steps=args.steps)],
         "solver": args.solver,
         "steps": args.steps,
         "rounds": args.rounds,
@@ -259,6 +260,9 @@ def run_job(args: argparse.Namespace, session: Session) -> None:
     ]
     labels = {item["id"]: int(item["cond"]["label"]) for item in items}
     runs = plan(args, devices, calibration)
+    if session.is_leader:  # before any sampling: a choice outside the safe region is warned of
+        for line in configuration_notes({run["name"]: run for run in runs}, devices):
+            print(f"note: {line}", file=sys.stderr)
 
     def predict(sampler: Any, schedule: Any, some: list[dict], **options: Any) -> list:
         module = DiffusionSamplerModule(denoiser, schedule, (1, 16, 16), sampler)
@@ -354,6 +358,19 @@ def verdicts(rows: list[dict[str, Any]], devices: int) -> list[str]:
     return lines
 
 
+def configuration_notes(results: dict[str, dict], devices: int) -> list[str]:
+    """Why a sampler takes fewer drafts than devices (measured safe region), or the warning for
+    drafts chosen outside it, one line per sampler that has one."""
+    lines = []
+    for name, res in results.items():
+        why, warning = cli.rows_notes(res["sampler"], devices, res["steps"])
+        if warning is not None:
+            lines.append(f"{name}: as asked, outside the measured safe region: {warning}")
+        elif why is not None:
+            lines.append(f"{name}: {why}")
+    return lines
+
+
 def report(
     args: argparse.Namespace,
     model: Any,
@@ -416,6 +433,7 @@ def report(
         "calibration": calibration.to_dict() if calibration is not None else None,
         "nulls": "fid is null when skipped with --no-fid",
         "verdicts": verdicts(rows, devices),
+        "configuration": configuration_notes(results, devices),
     }
     write_json(args.out / "report.json", payload)
 
@@ -433,6 +451,8 @@ def report(
         )
     print(markdown_table(rows, KEYS))
     print("\n" + "\n".join(f"- {line}" for line in payload["verdicts"]))
+    if payload["configuration"]:
+        print("\n" + "\n".join(f"- {line}" for line in payload["configuration"]))
     print(f"\nwrote {args.out / 'grid.png'}, {args.out / 'report.json'} and one PNG per sample")
 
 

@@ -96,9 +96,11 @@ def parse_args() -> argparse.Namespace:
 def plan(args: argparse.Namespace, devices: int, steps: int) -> list[SamplerFn]:
     """The samplers: serial first (the baseline), and the step-reduced serial baseline at the
     rounds of the first aggressive DRiffusion."""
-    samplers = cli.samplers_from_args(args, devices)
+    samplers = cli.samplers_from_args(args, devices, num_steps=steps)
     if not any(getattr(s, "name", None) == "serial" for s in samplers):
-        samplers.insert(0, parse_sampler("serial", cli.sampler_defaults(args, devices)))
+        samplers.insert(
+            0, parse_sampler("serial", cli.sampler_defaults(args, devices, num_steps=steps))
+        )
     aggressive = next((s for s in samplers if isinstance(s, Aggressive)), None)
     if aggressive is not None and not any(isinstance(s, SerialReduced) for s in samplers):
         samplers.append(SerialReduced(rounds=aggressive.rounds(steps), solver=args.solver))
@@ -163,7 +165,7 @@ def main() -> None:
 
 def settings(args: argparse.Namespace) -> dict[str, Any]:
     """What determines the images of this folder (``--limit`` may grow on a resume)."""
-    samplers = cli.samplers_from_args(args, args.draft_devices or 1)
+    samplers = cli.samplers_from_args(args, args.draft_devices or 1, num_steps=args.steps)
     return {
         "recipe": args.recipe,
         "model": args.model,

@@ -59,9 +59,9 @@ class ProgressBar(PredictCallback):
 
     def on_predict_start(self, loop: PredictLoopState) -> None:
         if loop.fabric.global_rank == 0:
-            self.bar = tqdm(
-                total=loop.num_batches, desc=self.desc, unit="batch", dynamic_ncols=True
-            )
+            # the sampler as it runs (its drafts included): what a default chose is on screen
+            desc = f"{self.desc} {getattr(loop.module, 'sampler', '')!r}"
+            self.bar = tqdm(total=loop.num_batches, desc=desc, unit="batch", dynamic_ncols=True)
 
     def on_predict_batch_end(
         self, loop: PredictLoopState, output: PredictOutput, batch_idx: int

@@ -6,7 +6,7 @@ run``), the session (draft groups, collective timeout) and the samplers.
     add_sampler_args(parser, default=("serial", "aggressive"))
     args = parser.parse_args()
     with Session.from_args(args) as session:
-        samplers = samplers_from_args(args, session.draft_devices)
+        samplers = samplers_from_args(args, session.draft_devices, num_steps=args.steps)
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from driffusion.adapters.distributed import DEFAULT_TIMEOUT_S
 from driffusion.core.errors import UsageError
-from driffusion.core.samplers.base import SamplerFn
+from driffusion.core.samplers.base import Sampler, SamplerFn
 from driffusion.core.samplers.registry import builtin_samplers, parse_sampler, sampler_names
 from driffusion.core.samplers.settings import Setting, settings_of
 from driffusion.core.solvers import SOLVER_NAMES
@@ -190,33 +190,60 @@ def _parser_of(spec: Setting) -> Callable[[str], Any]:
     return parse
 
 
-def samplers_from_args(args: argparse.Namespace, devices: int) -> list[SamplerFn]:
+def samplers_from_args(
+    args: argparse.Namespace, devices: int, *, num_steps: int | None
+) -> list[SamplerFn]:
     """The samplers of ``--sampler``, with each sampler's rows setting (``--drafts``,
-    ``--window``, ``--cores``, ``--blocks``) defaulting to ``devices`` (the draft-group size)
+    ``--window``, ``--cores``, ``--blocks``) defaulting to what the sampler takes on
+    ``devices`` (the draft-group size) over ``num_steps`` steps
+    ([`default_rows`][driffusion.core.samplers.base.Sampler.default_rows]: DRiffusion takes no
+    more drafts than were measured safe; ``None`` when the steps are not known yet: ``devices``)
     and the other setting flags applied to built-in samplers that do not set them.
 
     Raises:
         ValueError: a sampler that cannot be read or built.
     """
     texts = args.sampler or args.sampler_default
-    return [parse_sampler(text, sampler_defaults(args, devices)) for text in texts]
+    defaults = sampler_defaults(args, devices, num_steps=num_steps)
+    return [parse_sampler(text, defaults) for text in texts]
 
 
-def sampler_defaults(args: argparse.Namespace, devices: int) -> dict[str, Any]:
-    """The settings built-in samplers take from the command line: every flag given, and
-    ``rows`` (the draft-group size) for the rows setting of each sampler."""
+def sampler_defaults(
+    args: argparse.Namespace, devices: int, *, num_steps: int | None
+) -> dict[str, Any]:
+    """The settings built-in samplers take from the command line: every flag given, ``rows``
+    (the draft-group size) for the rows setting of each sampler, and ``num_steps`` (when known)
+    for the rows each sampler takes by default."""
     given = {
         name: getattr(args, name)
         for name in getattr(args, "sampler_flags", ())
         if getattr(args, name, None) is not None
     }
-    return {"rows": devices, **given}
+    steps = {} if num_steps is None else {"num_steps": num_steps}
+    return {"rows": devices, **steps, **given}
+
+
+def rows_notes(sampler: SamplerFn, devices: int, num_steps: int) -> tuple[str | None, str | None]:
+    """``(why, warning)`` for a sampler about to run on ``devices`` over ``num_steps`` steps:
+    ``why`` when it takes fewer rows than devices because more were measured to ruin the
+    sample ([`default_rows_reason`][driffusion.core.samplers.base.Sampler.default_rows_reason]),
+    ``warning`` when its rows are outside the measured safe region
+    ([`region_warning`][driffusion.core.samplers.base.Sampler.region_warning]); ``None`` each
+    otherwise, and for samplers that are not built-in."""
+    if not isinstance(sampler, Sampler):
+        return None, None
+    warning = sampler.region_warning(num_steps)
+    cls = type(sampler)
+    rows = sampler.rows
+    fell_back = isinstance(rows, int) and rows == cls.default_rows(devices, num_steps) < devices
+    why = cls.default_rows_reason(devices, num_steps) if fell_back else None
+    return why, warning
 
 
 def check_sampler_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Fail at parse time (``parser.error``) on a sampler that cannot be built."""
     try:
-        samplers_from_args(args, devices=1)
+        samplers_from_args(args, devices=1, num_steps=None)
     except (ValueError, TypeError) as error:
         parser.error(f"--sampler: {error}")
 

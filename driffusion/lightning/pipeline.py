@@ -29,6 +29,7 @@ import inspect
 import math
 import numbers
 import threading
+import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -51,6 +52,7 @@ from driffusion.core.samplers.base import SamplerFn
 from driffusion.core.samplers.driffusion import Aggressive
 from driffusion.core.samplers.registry import parse_sampler
 from driffusion.core.solvers import Solver, get_solver
+from driffusion.lightning.cli import rows_notes
 from driffusion.lightning.launch import under_fabric_cli
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
@@ -114,6 +116,12 @@ class ParallelPipeline:
             # joined here, so torn down here: every rank meets at exit, then the group goes
             atexit.register(self.session.__exit__, None, None, None)
         devices = self.session.draft_devices if self.session is not None else 1
+        # a label (and the default, aggressive DRiffusion) takes its rows at each call, from the
+        # devices and the steps: no more drafts than were measured safe over those steps
+        self._label: str | None = "aggressive" if sampler is None else None
+        self._label_devices = max(2, devices) if sampler is None else devices
+        if isinstance(sampler, str):
+            self._label = sampler
         self.sampler: SamplerFn = (
             _sampler(sampler, devices)
             if sampler is not None
@@ -228,7 +236,7 @@ class ParallelPipeline:
         if negatives is not None:
             negatives = [n for n in negatives for _ in range(per_prompt)]
         guidance = adapter.guidance
-        sampler = self._with_solver(adapter.solver)
+        sampler, why = self._sampler_for(steps, adapter.solver)
         cond = adapter.encode(prompts, negatives)
         x = adapter.state_from_latents(
             self._initial_latents(adapter, len(prompts), generator, latents)
@@ -248,7 +256,7 @@ class ParallelPipeline:
             )
         with tqdm(
             total=adapter.schedule.num_steps,
-            desc=repr(sampler),
+            desc=repr(sampler) if why is None else f"{sampler!r} [{why.split(':')[0]}]",
             unit="step",
             disable=not self.progress or (self.session is not None and not self.session.is_leader),
             dynamic_ncols=True,
@@ -264,6 +272,7 @@ class ParallelPipeline:
         stats = {
             **result.stats.as_dict(),
             "sampler": repr(sampler),
+            "configuration": why,
             "steps": steps,
             "guidance_scale": guidance,
             "devices": self.devices,
@@ -277,11 +286,24 @@ class ParallelPipeline:
         processed = self.pipe.image_processor.postprocess(images, output_type=output_type)
         return ParallelPipelineOutput(processed, stats)
 
-    def _with_solver(self, solver: Solver) -> SamplerFn:
+    def _sampler_for(self, steps: int, solver: Solver) -> tuple[SamplerFn, str | None]:
+        """The sampler of a call over ``steps`` steps, and why it takes fewer drafts than
+        devices (``None`` when it does not); a sampler outside the measured safe region runs,
+        with a warning giving the measured error."""
+        sampler = self.sampler
+        if self._label is not None:
+            defaults = {"rows": self._label_devices, "num_steps": steps}
+            sampler = parse_sampler(self._label, defaults)
+        why, warning = rows_notes(sampler, self._label_devices, steps)
+        if warning is not None:
+            warnings.warn(warning, UserWarning, stacklevel=4)
+        return self._with_solver(sampler, solver), why or warning
+
+    def _with_solver(self, sampler: SamplerFn, solver: Solver) -> SamplerFn:
         """The sampler over the pipeline's scheduler, unless it names a solver of its own."""
-        if dataclasses.is_dataclass(self.sampler) and getattr(self.sampler, "solver", 0) is None:
-            return dataclasses.replace(self.sampler, solver=solver)
-        return self.sampler
+        if dataclasses.is_dataclass(sampler) and getattr(sampler, "solver", 0) is None:
+            return dataclasses.replace(sampler, solver=solver)
+        return sampler
 
     def _initial_latents(
         self, adapter: PipelineAdapter, batch: int, generator: Any, latents: Tensor | None

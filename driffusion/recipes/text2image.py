@@ -237,6 +237,7 @@ def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
             f"error: `fabric run --precision {fabric_precision}` is not applied to a diffusers "
             "pipeline; choose the weight dtype with the recipe's --precision fp16|bf16|fp32"
         )
+    spare_devices_as_replicas(args)
     # the folder is checked before any model is loaded; one run at a time writes into it
     with Session.from_args(args) as session, claim_folder(args, family, session):
         pipe, size = load_family_pipeline(  # each rank loads to its own device
@@ -266,7 +267,7 @@ def settings(args: argparse.Namespace, family: Family, devices: int) -> dict[str
         sampler = f"calibrated(rounds={args.rounds}, reference_points={args.reference_points}, "
         sampler += f"devices={devices})"
     else:
-        sampler = repr(cli.samplers_from_args(args, devices)[0])
+        sampler = repr(cli.samplers_from_args(args, devices, num_steps=args.steps)[0])
     return {
         "family": family.name,
         "model": None if args.tiny else args.model,
@@ -337,7 +338,10 @@ def generate(
         args.steps = calibration.best.steps
         sampler: SamplerFn = calibration.best.make_sampler()
     else:
-        sampler = cli.samplers_from_args(args, session.draft_devices)[0]
+        sampler = cli.samplers_from_args(args, session.draft_devices, num_steps=args.steps)[0]
+    configuration = describe_configuration(args, sampler, session)
+    if session.is_leader:
+        print(f"{family.name}: {configuration['sampler']}: {configuration['why']}")
     ppipe = parallelize(pipe, sampler, session=session)
     items = [
         {
@@ -352,7 +356,9 @@ def generate(
     kept = session.gather(kept)[0]  # every rank plans the same batches
     batches = [items[i : i + args.batch_size] for i in range(0, len(items), args.batch_size)]
     todo = [batch for batch in batches if any(item["id"] not in kept for item in batch)]
-    report = Report(args, family, items, kept, calibration) if session.is_leader else None
+    report = (
+        Report(args, family, items, kept, calibration, configuration) if session.is_leader else None
+    )
     if report is not None:
         todo_images = len(items) - len(kept)
         print(
@@ -394,6 +400,55 @@ def generate(
     made += [row for row in everything if row["id"] not in mine]  # the other replicas'
     report.memory = memory
     return report.finish()
+
+
+def spare_devices_as_replicas(args: argparse.Namespace) -> None:
+    """Where the default drafts are fewer than the devices (more were measured to ruin the
+    sample over ``--steps``), make the draft groups that size and the other devices replicas
+    that take other prompts (``--draft-devices`` unset and the world divisible); every rank
+    decides alike, from the command line, before any process group exists."""
+    if args.draft_devices is not None or args.rounds is not None:
+        return
+    world = cli.planned_world_size(args)
+    asked = cli.samplers_from_args(args, world, num_steps=None)[0]
+    chosen = cli.samplers_from_args(args, world, num_steps=args.steps)[0]
+    rows = getattr(chosen, "rows", None)
+    if isinstance(rows, int) and rows < getattr(asked, "rows", rows) and world % rows == 0:
+        args.draft_devices = rows
+        args.spare_note = (
+            f"the other devices are replicas: {world // rows} draft group(s) of {rows} "
+            "device(s), each taking other prompts"
+        )
+
+
+def describe_configuration(
+    args: argparse.Namespace, sampler: SamplerFn, session: Session
+) -> dict[str, Any]:
+    """Which configuration runs and why, for the report and the log: the sampler, its rows, the
+    layout, and ``why`` (the measured reason for fewer drafts than devices, or the warning of a
+    choice outside the measured safe region)."""
+    devices = session.draft_devices
+    rows = getattr(sampler, "rows", None)
+    if args.rounds is not None:
+        why = f"calibrated for --rounds {args.rounds} on the first prompt"
+    else:
+        reason, warning = cli.rows_notes(sampler, cli.planned_world_size(args), args.steps)
+        if warning is not None:  # parallelize warns of it too, at the call
+            why = f"as asked, outside the measured safe region: {warning}"
+        elif reason is not None:
+            why = reason
+            if getattr(args, "spare_note", None):
+                why += f"; {args.spare_note}"
+        else:
+            why = f"{rows} row(s) per round on {devices} device(s) of each draft group"
+    return {
+        "sampler": repr(sampler),
+        "rows": rows,
+        "draft_devices": devices,
+        "replicas": session.layout.replicas,
+        "steps": args.steps,
+        "why": why,
+    }
 
 
 def _peak_memory(device: torch.device) -> int | None:
@@ -499,8 +554,10 @@ class Report:
         items: list[dict],
         kept: dict[str, dict],
         calibration: Calibration | None,
+        configuration: dict[str, Any] | None = None,
     ) -> None:
         self.args, self.family, self.items = args, family, items
+        self.configuration = configuration
         self.kept = kept
         self.made: list[dict] = []
         self.calibration = calibration
@@ -546,6 +603,7 @@ class Report:
             "command": " ".join(sys.argv),
             "complete": complete,
             "sampler": next((row["sampler"] for row in rows if row["complete"]), None),
+            "configuration": self.configuration,
             "reused": len(self.kept),
             "generated": len(self.made),
             "images": rows,

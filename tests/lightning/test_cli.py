@@ -27,12 +27,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def test_one_set_of_sampler_flags() -> None:
     args = parse([])
-    assert samplers_from_args(args, devices=4) == [
+    assert samplers_from_args(args, devices=4, num_steps=None) == [
         Serial(solver="dpmpp_2m"),
         Aggressive(drafts=4, solver="dpmpp_2m"),
     ]
     args = parse(["--sampler", "aggressive(drafts=3)", "--sampler", "paradigms", "--tol", "0.01"])
-    assert samplers_from_args(args, devices=2) == [
+    assert samplers_from_args(args, devices=2, num_steps=None) == [
         Aggressive(drafts=3, solver="dpmpp_2m"),
         ParaDiGMS(window=2, tol=0.01, solver="dpmpp_2m"),
     ]

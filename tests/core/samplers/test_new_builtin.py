@@ -53,11 +53,11 @@ def test_the_command_line_takes_it(redundant: type) -> None:
     parser = argparse.ArgumentParser()
     cli.add_sampler_args(parser)
     args = parser.parse_args(["--sampler", "redundant", "--sampler", "aggressive"])
-    sampler, aggressive = cli.samplers_from_args(args, devices=4)
+    sampler, aggressive = cli.samplers_from_args(args, devices=4, num_steps=None)
     assert isinstance(sampler, redundant) and sampler.copies == 4  # rows from the devices
     assert aggressive.drafts == 4
     args = parser.parse_args(["--sampler", "redundant", "--copies", "2"])  # its own flag
-    assert cli.samplers_from_args(args, devices=4)[0].copies == 2
+    assert cli.samplers_from_args(args, devices=4, num_steps=None)[0].copies == 2
     assert "redundant" in parser.format_help()
     with pytest.raises(SystemExit):
         parser.parse_args(["--copies", "0"])

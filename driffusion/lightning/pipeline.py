@@ -296,7 +296,7 @@ class ParallelPipeline:
             sampler = parse_sampler(self._label, defaults)
         why, warning = rows_notes(sampler, self._label_devices, steps)
         if warning is not None:
-            warnings.warn(warning, UserWarning, stacklevel=4)
+            warnings.warn(warning, UserWarning, stacklevel=5)  # the caller of pipe()
         return self._with_solver(sampler, solver), why or warning
 
     def _with_solver(self, sampler: SamplerFn, solver: Solver) -> SamplerFn:

@@ -569,6 +569,8 @@ class Report:
         """A batch is done (``stats``; its rows are in ``made``): rewrite ``report.json`` if
         the last write is ``REPORT_EVERY_S`` old (or 20 times as old as it took)."""
         self.stats = stats
+        if self.configuration is not None:  # as it ran: over the pipeline's scheduler
+            self.configuration["sampler"] = stats["sampler"]
         if time.monotonic() >= self.due:
             self.write()
 

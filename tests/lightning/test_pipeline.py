@@ -127,3 +127,30 @@ def test_the_users_script_spreads_over_fabric_run_unchanged(tmp_path: Path) -> N
     assert (a["stats"]["devices"], b["stats"]["devices"]) == (1, 2)
     assert a["stats"]["rounds"] == b["stats"]["rounds"] == 4
     torch.testing.assert_close(b["latents"], a["latents"], rtol=0, atol=1e-5)
+
+
+def test_the_default_takes_no_more_drafts_than_are_safe_over_the_steps_and_says_why() -> None:
+    from driffusion.core import safe_drafts
+
+    pipe = build_tiny_pipeline("sdxl")
+    ppipe = parallelize(pipe, progress=False)  # default: aggressive, max(2, devices) drafts
+    prompts, generator = ["a red cat"], torch.Generator().manual_seed(0)
+    short = ppipe(prompts, generator=generator, **{**CALL, "output_type": "latent"})
+    assert safe_drafts("aggressive", 6, 2) == 1  # measured: 2 drafts over 6 steps ruin it
+    assert short.stats["rows"] == 1 and short.stats["sampler"].startswith("Aggressive(drafts=1")
+    assert short.stats["configuration"].startswith("1 draft rather than 2: over 6 steps")
+    assert "err_ref" in short.stats["configuration"]  # with the measured numbers
+    assert safe_drafts("aggressive", 20, 2) == 2
+    long = ppipe(prompts, generator=generator, **{**CALL, "num_inference_steps": 20})
+    assert long.stats["rows"] == 2 and long.stats["configuration"] is None
+    labelled = parallelize(pipe, "aggressive", progress=False)  # a label: rows at each call
+    assert labelled(prompts, **{**CALL, "output_type": "latent"}).stats["rows"] == 1
+
+
+def test_drafts_chosen_outside_the_measured_region_run_with_a_warning_giving_the_error() -> None:
+    pipe = build_tiny_pipeline("sdxl")
+    ppipe = parallelize(pipe, Aggressive(drafts=3), progress=False)
+    with pytest.warns(UserWarning, match=r"drafts more than the 1 draft measured safe.*err_ref"):
+        out = ppipe(["a red cat"], **{**CALL, "output_type": "latent"})
+    assert out.stats["rows"] == 3  # as asked
+    assert "measured safe" in out.stats["configuration"]

@@ -93,3 +93,14 @@ def test_seeds_that_overflow_a_generator_fail_at_parse_time(
         recipe.parse_args(["--seed", str(last_ok + 1), "--n-per-class", "2"])
     assert stop.value.code == 2
     assert f"seeds go up to {MAX_SEED + 1}" in capsys.readouterr().err
+
+
+def test_the_report_notes_drafts_outside_the_measured_region(
+    recipe: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = [*SMALL[:-4], "--sampler", "aggressive(drafts=3)", "--steps", "6"]
+    recipe.main([*argv, "--out", str(tmp_path)])
+    notes = json.loads((tmp_path / "report.json").read_text())["configuration"]
+    assert len(notes) == 1 and notes[0].startswith("aggressive: as asked, outside the measured")
+    assert "err_ref" in notes[0]
+    assert "note: aggressive: as asked" in capsys.readouterr().err  # said before sampling too

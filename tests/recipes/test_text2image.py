@@ -458,3 +458,33 @@ def test_ctrl_c_keeps_finished_images_and_the_resume_equals_an_uninterrupted_run
     for name in names:
         assert (out / name).read_bytes() == (whole / name).read_bytes(), name
     assert not list(out.glob(".*.tmp")) and not (out / ".lock").exists()
+
+
+def test_the_report_says_which_configuration_ran_and_why(tmp_path: Path) -> None:
+    from driffusion.recipes import text2image
+
+    argv = ["--tiny", "--prompt", "a lighthouse", "--steps", "6", "--accelerator", "cpu"]
+    text2image.main("sd21", [*argv, "--out", str(tmp_path / "default")])
+    report = json.loads((tmp_path / "default" / "report.json").read_text())
+    assert report["configuration"]["sampler"] == report["images"][0]["sampler"]
+    assert report["configuration"]["rows"] == 1
+    assert report["configuration"]["why"] == "1 row(s) per round on 1 device(s) of each draft group"
+    text2image.main("sd21", [*argv, "--drafts", "3", "--out", str(tmp_path / "asked")])
+    why = json.loads((tmp_path / "asked" / "report.json").read_text())["configuration"]["why"]
+    assert why.startswith("as asked, outside the measured safe region: Aggressive(drafts=3")
+
+
+def test_devices_beyond_the_safe_drafts_become_replicas(monkeypatch: pytest.MonkeyPatch) -> None:
+    from driffusion.adapters.diffusers import FAMILIES
+    from driffusion.core import safe_drafts
+    from driffusion.recipes import text2image
+
+    monkeypatch.setenv("WORLD_SIZE", "4")  # as on a rank of a 4-process launch
+    short = text2image.parse_args(FAMILIES["sdxl"], ["--tiny", "--prompt", "a", "--steps", "20"])
+    text2image.spare_devices_as_replicas(short)
+    assert safe_drafts("aggressive", 20, 4) == 2
+    assert short.draft_devices == 2 and "2 draft group(s) of 2" in short.spare_note
+    asked = ["--tiny", "--prompt", "a", "--steps", "20", "--drafts", "4"]
+    explicit = text2image.parse_args(FAMILIES["sdxl"], asked)
+    text2image.spare_devices_as_replicas(explicit)  # drafts asked for: one group of 4
+    assert explicit.draft_devices is None

@@ -66,6 +66,7 @@ from driffusion.core import (
     initial_noise,
     reference_solution,
 )
+from driffusion.core.errors import UsageError
 from driffusion.io import (
     OutputFolderError,
     RunFolder,
@@ -233,8 +234,8 @@ def main(family_name: str, argv: list[str] | None = None) -> list[dict]:
     args = parse_args(family, argv)
     fabric_precision = os.environ.get("LT_PRECISION") if under_fabric_cli() else None
     if fabric_precision not in (None, "", "32", "32-true"):
-        raise SystemExit(
-            f"error: `fabric run --precision {fabric_precision}` is not applied to a diffusers "
+        raise UsageError(
+            f"`fabric run --precision {fabric_precision}` is not applied to a diffusers "
             "pipeline; choose the weight dtype with the recipe's --precision fp16|bf16|fp32"
         )
     spare_devices_as_replicas(args)
@@ -328,7 +329,7 @@ def generate(
     try:  # a size the model cannot take is an argument error, before any sampling
         height, width = image_size(pipe, args.height or size, args.width or size)
     except ValueError as error:
-        raise SystemExit(f"error: --height/--width: {error}") from None
+        raise UsageError(f"--height/--width: {error}") from None
     calibration = None
     if args.rounds is not None:
         adapter = adapt_pipeline(

@@ -200,13 +200,17 @@ def test_the_recipe_writes_no_png_when_decoding_fails(
     assert not list(tmp_path.rglob("*.png"))
 
 
-def test_fabric_precision_is_refused_not_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fabric_precision_is_refused_not_ignored(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from driffusion.recipes import text2image
 
     monkeypatch.setenv("LT_CLI_USED", "1")
     monkeypatch.setenv("LT_PRECISION", "bf16-mixed")
-    with pytest.raises(SystemExit, match="--precision fp16"):
-        text2image.main("sd21", ["--tiny", "--prompt", "a"])
+    with pytest.raises(SystemExit) as raised:
+        cli.exit_on_usage_error(lambda: text2image.main("sd21", ["--tiny", "--prompt", "a"]))
+    assert raised.value.code == 2
+    assert "--precision fp16" in capsys.readouterr().err
 
 
 def test_the_recipe_swaps_the_scheduler_and_reports_memory(

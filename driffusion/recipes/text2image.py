@@ -80,8 +80,6 @@ from driffusion.lightning import Session, cli
 from driffusion.lightning.launch import under_fabric_cli
 from driffusion.lightning.pipeline import parallelize
 
-MAX_SEED = 2**64 - 1
-"""The largest seed ``torch.Generator.manual_seed`` takes (it reads an unsigned 64-bit value)."""
 PIXEL_MULTIPLE = {"sd21": 8, "sdxl": 8, "sd3": 16}
 """What each family's height and width must be a multiple of (VAE factor x patch size) with
 its real weights; the tiny models divide by less, and are checked once built."""
@@ -178,12 +176,7 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
         parser.error(f"--reference-points must be >= 20, got {args.reference_points}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
-    last_seed = args.seed + len(prompts) - 1
-    if last_seed > MAX_SEED:
-        parser.error(
-            f"--seed {args.seed}: image k takes seed + k, and the last of {len(prompts)} prompts "
-            f"would take {last_seed}, above {MAX_SEED} (the largest torch.Generator seed)"
-        )
+    cli.check_seed_range(parser, args.seed, args.seed + len(prompts) - 1)  # image k: seed + k
     multiple = PIXEL_MULTIPLE[family.name]
     for name in ("height", "width"):
         value = getattr(args, name)

@@ -149,7 +149,7 @@ def test_the_same_drafts_give_the_same_image_on_one_and_two_processes(tmp_path: 
         (["--prompts-file", "{tmp}/latin1.txt"], "is not UTF-8 text"),
         (["--prompts-file", "{tmp}/gap.txt"], "gap.txt: line 2 is empty"),
         (["--prompts-file", "{tmp}/blank.txt"], "blank.txt: line 3 is empty"),
-        (["--seed", str(2**64 - 1), "--prompt", "b"], f"would take {2**64}, above {2**64 - 1}"),
+        (["--seed", str(2**64 - 1), "--prompt", "b"], f"seeds go up to {2**64}, above the largest"),
         (["--scheduler", "LCMScheduler"], "invalid choice: 'LCMScheduler'"),
     ],
 )

@@ -154,7 +154,11 @@ def add_sampler_args(
                 help=f"the built-in samplers' solver (default: {solver or 'DDIM / flow Euler'})",
             )
         else:
-            default_text = "the draft-group size" if spec.rows else "each sampler's own"
+            default_text = (
+                "the draft-group size, DRiffusion's no more than measured safe over the steps"
+                if spec.rows
+                else "each sampler's own"
+            )
             group.add_argument(
                 option,
                 dest=name,

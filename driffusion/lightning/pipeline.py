@@ -366,7 +366,11 @@ def parallelize(
         sampler: any sampler, or its label (``"aggressive(drafts=2)"``, read by
             [`parse_sampler`][driffusion.core.samplers.registry.parse_sampler] with the devices
             as its rows); a built-in one without a ``solver`` runs over the pipeline's
-            scheduler. Default: ``Aggressive(drafts=max(2, devices))``. The image depends on the
+            scheduler. Default: ``Aggressive`` with ``max(2, devices)`` drafts, or fewer at each
+            call where more were measured to ruin the sample over its steps
+            ([`safe_drafts`][driffusion.core.samplers.driffusion.safe_drafts]; a label without
+            drafts alike); ``out.stats["configuration"]`` and the progress bar say why, and a
+            sampler outside the measured region runs with a warning. The image depends on the
             sampler and its drafts, never on where the drafts run.
         session: a [`Session`][driffusion.lightning.session.Session] to spread the evaluations
             over (default: one is joined under ``fabric run``, none otherwise).

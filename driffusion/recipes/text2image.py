@@ -13,8 +13,9 @@ the session flags (launch flags of ``fabric run``, ignored under it; ``--draft-d
 (``'srds(pipelined=True)'``) or an import path ``path/to/file.py:NAME``. Every rank of a draft
 group holds the pipeline; the evaluations of each parallel round are split across the group;
 data-parallel replicas take different prompts. The image depends on the sampler and its drafts
-(``--drafts``, default the draft-group size), never on the devices: give ``--drafts`` to get the
-same image anywhere.
+(``--drafts``, default the draft-group size, but no more drafts than were measured safe over
+``--steps``: then the spare devices become replicas and the report says why), never on the
+devices: give ``--drafts`` to get the same image anywhere.
 
 Outputs, kept as the run goes, so that Ctrl-C or a crash loses at most the batches in flight:
 each image is written as soon as its batch is done, by the leader of the replica that made it,

@@ -68,6 +68,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
         monkeypatch.delenv(name, raising=False)
     yield monkeypatch
     finish()
+    # Lightning writes some of them itself (WORLD_SIZE, LOCAL_RANK, ...), which monkeypatch
+    # does not know to undo: a leaked WORLD_SIZE=1 would make every later launch a 1-rank one
+    for name in LAUNCH_ENV:
+        os.environ.pop(name, None)
 
 
 def _group_timeout() -> timedelta:

@@ -85,9 +85,11 @@ def test_main_job_on_two_processes(tmp_path: Path) -> None:
     cmd += [str(ROOT / "recipes" / "digits.py"), "--steps", "8", "--n-per-class", "1"]
     cmd += ["--sampler", "serial", "--sampler", "aggressive", "--sampler", "conservative"]
     cmd += ["--sampler", "chords(starts=(0, 2))", "--no-fid", "--out", str(tmp_path)]
-    cmd += ["--reference-points", "60"]
+    # one draft per process, asked for: over 8 steps the default would be 1 (measured safe)
+    cmd += ["--reference-points", "60", "--drafts", "2"]
     result = run_script(cmd, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
+    assert "note: aggressive: as asked, outside the measured safe region" in result.stdout
     samplers = ["serial", "aggressive", "serial@5", "conservative", "serial@6", "chords"]
     samplers.append("serial@7")
     rows = check_outputs(tmp_path, samplers, 8, devices=2)

@@ -72,7 +72,7 @@ def test_sdxl_recipe_on_two_processes(tmp_path: Path) -> None:
     cmd = fabric_run(2)
     cmd += [str(ROOT / "recipes" / "sdxl.py"), "--tiny", "--steps", "5", "--seed", "7"]
     cmd += ["--guidance", "4", "--negative-prompt", "ugly", "--sampler", "conservative"]
-    cmd += ["--solver", "dpmpp_2m"]
+    cmd += ["--solver", "dpmpp_2m", "--drafts", "2"]  # asked for: over 5 steps the default is 1
     cmd += ["--prompts-file", str(tmp_path / "prompts.txt"), "--out", str(tmp_path / "out")]
     result = run_script(cmd, timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]

@@ -21,6 +21,7 @@ from tests.support import (
     SCRIPTS,
     UnmarkedProcessError,
     fabric_run,
+    launch_environment,
     processes_refused,
     run_script,
 )
@@ -52,6 +53,24 @@ def pytest_runtest_call(item: pytest.Item) -> Any:
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Any:
     return (yield from _guarded(item))
+
+
+@pytest.fixture(autouse=True)
+def launch_environment_unchanged(request: pytest.FixtureRequest) -> Any:
+    """A test that leaves a launch variable in ``os.environ`` (Lightning writes ``WORLD_SIZE``,
+    ``LOCAL_RANK``, ... itself) fails, and the variables are put back, so that it cannot turn a
+    later test's launch into another world."""
+    before = launch_environment()
+    yield
+    after = launch_environment()
+    if after != before:
+        for name in set(before) | set(after):
+            if name in before:
+                os.environ[name] = before[name]
+            else:
+                del os.environ[name]
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        pytest.fail(f"{request.node.nodeid} left launch variables changed: {changed}")
 
 
 @pytest.fixture(params=FAMILIES)

@@ -35,6 +35,32 @@ from driffusion.core import (
 )
 from driffusion.testing import FlowNoiseLevels, GaussianMixtureDenoiser, VPNoiseLevels
 
+# what Lightning and the launchers read or write: a test must leave them as it found them (the
+# suite checks, conftest.py), since a leaked WORLD_SIZE=1 turns a later launch into a 1-rank one
+LAUNCH_ENV = (
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "NODE_RANK",
+    "LOCAL_RANK",
+    "RANK",
+    "WORLD_SIZE",
+    "GROUP_RANK",
+    "LOCAL_WORLD_SIZE",
+    "TORCHELASTIC_RUN_ID",
+    "LT_CLI_USED",
+    "LT_ACCELERATOR",
+    "LT_STRATEGY",
+    "LT_DEVICES",
+    "LT_NUM_NODES",
+    "LT_PRECISION",
+)
+
+
+def launch_environment() -> dict[str, str]:
+    """The launch variables of ``os.environ`` now (``LAUNCH_ENV``)."""
+    return {name: os.environ[name] for name in LAUNCH_ENV if name in os.environ}
+
+
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 FABRIC = Path(sys.executable).with_name("fabric")

@@ -32,27 +32,7 @@ from driffusion.lightning.launch import (
     launch_fabric,
     launch_timeout,
 )
-from tests.support import FABRIC, ROOT, SCRIPTS, free_port, run_script
-
-# what Lightning and the launchers read or write: cleared before each in-process launch and
-# restored after it, so that no test leaks a launch's environment into the next
-LAUNCH_ENV = (
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "NODE_RANK",
-    "LOCAL_RANK",
-    "RANK",
-    "WORLD_SIZE",
-    "GROUP_RANK",
-    "LOCAL_WORLD_SIZE",
-    "TORCHELASTIC_RUN_ID",
-    "LT_CLI_USED",
-    "LT_ACCELERATOR",
-    "LT_STRATEGY",
-    "LT_DEVICES",
-    "LT_NUM_NODES",
-    "LT_PRECISION",
-)
+from tests.support import FABRIC, LAUNCH_ENV, ROOT, SCRIPTS, free_port, run_script
 
 # the --timeout of a process test, the seconds its launch waits for a missing node (at least
 # LAUNCH_MIN_S) and the margin allowed on top for starting (imports on 2 busy cores), reporting

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from driffusion.eval.coco import (
     score_samplers,
     write_metrics,
 )
-from driffusion.io import RunFolder, readable_png
+from driffusion.io import RunFolder, finished_record
 from driffusion.lightning import DiffusionSamplerModule, ProgressBar, Session, cli
 from driffusion.lightning.launch import launching_rank, owns_output_folder
 
@@ -181,23 +180,11 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def drop_unreadable_images(out: Path) -> None:
-    """Delete every PNG that does not decode or lacks a readable sidecar, so it is generated
-    again."""
+    """Delete every PNG that does not decode or lacks a readable record, so it is generated
+    again ([`finished_record`][driffusion.io.runs.finished_record])."""
     for png in sorted(out.glob("*/*.png")):
-        if png.parent.name == "reference":
-            continue
-        sidecar = png.with_suffix(".json")
-        if not readable_png(png) or not _readable_record(sidecar):
+        if png.parent.name != "reference" and finished_record(png) is None:
             print(f"regenerating {png} (unreadable or without its record)", file=sys.stderr)
-            png.unlink()
-            sidecar.unlink(missing_ok=True)
-
-
-def _readable_record(sidecar: Path) -> bool:
-    try:
-        return isinstance(json.loads(sidecar.read_text()), dict)
-    except (OSError, ValueError):
-        return False
 
 
 def evaluate(

@@ -19,7 +19,7 @@ from driffusion.eval.scores import (
     fidelity_metrics,
     load_png_folder,
 )
-from driffusion.io import atomic_write, markdown_table, save_png, write_json
+from driffusion.io import atomic_write, markdown_table, save_png, write_finished_image, write_json
 from driffusion.lightning.callbacks import PredictCallback
 
 COLUMNS = [
@@ -135,21 +135,13 @@ class ImageWriter(PredictCallback):
                 "rounds": output.stats.rounds,
                 "evaluations": output.stats.evaluations,
             }
-            atomic_write(self.folder / f"{sample_id}.json", _text_writer(json.dumps(sidecar)))
             meta = {
                 "prompt": item["prompt"],
                 "seed": item["seed"],
                 "sampler": self.label,
                 "steps": self.steps,
             }
-            save_png(self.folder / f"{sample_id}.png", image, meta)
-
-
-def _text_writer(text: str) -> Any:
-    def write(path: Path) -> None:
-        path.write_text(text)
-
-    return write
+            write_finished_image(self.folder / f"{sample_id}.png", image, meta, sidecar)
 
 
 def _reference(config: ScoringConfig) -> Path:

@@ -363,11 +363,9 @@ def configuration_notes(results: dict[str, dict], devices: int) -> list[str]:
     drafts chosen outside it, one line per sampler that has one."""
     lines = []
     for name, res in results.items():
-        why, warning = cli.rows_notes(res["sampler"], devices, res["steps"])
-        if warning is not None:
-            lines.append(f"{name}: as asked, outside the measured safe region: {warning}")
-        elif why is not None:
-            lines.append(f"{name}: {why}")
+        note, _ = cli.rows_notes(res["sampler"], devices, res["steps"])
+        if note is not None:
+            lines.append(f"{name}: {note}")
     return lines
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -24,7 +23,7 @@ from driffusion.core.samplers.base import Sampler, SamplerFn
 from driffusion.core.samplers.registry import builtin_samplers, parse_sampler, sampler_names
 from driffusion.core.samplers.settings import Setting, settings_of
 from driffusion.core.solvers import SOLVER_NAMES
-from driffusion.lightning.launch import FABRIC_FLAGS
+from driffusion.lightning.launch import FABRIC_FLAGS, planned_processes
 
 T = TypeVar("T")
 
@@ -49,23 +48,9 @@ def add_fabric_args(
 
 
 def planned_world_size(args: argparse.Namespace) -> int:
-    """The number of processes the run will have, known before any process group exists: the
-    launcher's ``WORLD_SIZE`` on a rank it started (``fabric run``, or a child of a launch from
-    code), else ``--devices x --num-nodes`` (``auto`` and ``-1``: every visible GPU when CUDA is
-    available and the accelerator allows it, else one process; a list counts its entries)."""
-    if "WORLD_SIZE" in os.environ:
-        return int(os.environ["WORLD_SIZE"])
-    text = str(getattr(args, "devices", "1")).strip().strip("[]")
-    if text.lstrip("-").isdigit() and int(text) > 0:
-        devices = int(text)
-    elif "," in text:
-        devices = len([part for part in text.split(",") if part.strip()])
-    else:  # "auto" or "-1": what Fabric picks
-        import torch
-
-        gpus = getattr(args, "accelerator", "auto") in ("auto", "cuda", "gpu")
-        devices = torch.cuda.device_count() if gpus and torch.cuda.is_available() else 1
-    return devices * int(getattr(args, "num_nodes", 1))
+    """The number of processes the run will have, known before any process group exists:
+    [`planned_processes`][driffusion.lightning.launch.planned_processes] of the launch flags."""
+    return planned_processes({f: getattr(args, f, None) for f in FABRIC_FLAGS})
 
 
 def add_session_args(
@@ -228,12 +213,13 @@ def sampler_defaults(
 
 
 def rows_notes(sampler: SamplerFn, devices: int, num_steps: int) -> tuple[str | None, str | None]:
-    """``(why, warning)`` for a sampler about to run on ``devices`` over ``num_steps`` steps:
-    ``why`` when it takes fewer rows than devices because more were measured to ruin the
-    sample ([`default_rows_reason`][driffusion.core.samplers.base.Sampler.default_rows_reason]),
+    """``(note, warning)`` for a sampler about to run on ``devices`` over ``num_steps`` steps:
     ``warning`` when its rows are outside the measured safe region
-    ([`region_warning`][driffusion.core.samplers.base.Sampler.region_warning]); ``None`` each
-    otherwise, and for samplers that are not built-in."""
+    ([`region_warning`][driffusion.core.samplers.base.Sampler.region_warning]), and ``note``,
+    the one sentence reports give: that warning as ``"as asked, outside the measured safe
+    region: ..."``, or why it takes fewer rows than devices because more were measured to ruin
+    the sample ([`default_rows_reason`][driffusion.core.samplers.base.Sampler.default_rows_reason]);
+    ``None`` each otherwise, and for samplers that are not built-in."""
     if not isinstance(sampler, Sampler):
         return None, None
     warning = sampler.region_warning(num_steps)
@@ -241,7 +227,9 @@ def rows_notes(sampler: SamplerFn, devices: int, num_steps: int) -> tuple[str | 
     rows = sampler.rows
     fell_back = isinstance(rows, int) and rows == cls.default_rows(devices, num_steps) < devices
     why = cls.default_rows_reason(devices, num_steps) if fell_back else None
-    return why, warning
+    if warning is not None:
+        return f"as asked, outside the measured safe region: {warning}", warning
+    return why, None
 
 
 def check_sampler_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -132,7 +132,7 @@ def launch_fabric(
         values.pop("precision", None)
     nodes = int(values.get("num_nodes") or 1)
     values["strategy"] = bounded_strategy(
-        values.get("strategy", "auto"), timeout_s, _planned_processes(values) > 1
+        values.get("strategy", "auto"), timeout_s, planned_processes(values) > 1
     )
     fabric = Fabric(**values, callbacks=list(callbacks))
     try:
@@ -191,17 +191,28 @@ def _can_fork() -> bool:
     return "fork" in torch.multiprocessing.get_all_start_methods()
 
 
-def _planned_processes(values: Mapping[str, Any]) -> int:
-    """Processes a launch from code starts over all nodes (1 where ``devices`` does not say)."""
-    devices = values.get("devices")
-    count = 1
+def planned_processes(flags: Mapping[str, Any]) -> int:
+    """The processes a run will have over all nodes, known before any process group exists:
+    the launcher's ``WORLD_SIZE`` on a rank it started (``fabric run``, or a child of a launch
+    from code), else ``devices x num_nodes`` of the launch ``flags`` (an int, a digit string, a
+    list or a comma list of device ids; ``auto`` and ``-1``: every visible GPU when CUDA is
+    available and the accelerator allows it, else one process)."""
+    if "WORLD_SIZE" in os.environ:
+        return _int_env("WORLD_SIZE", 1)
+    devices = flags.get("devices")
+    text = str(devices).strip().strip("[]()")
     if isinstance(devices, int) and not isinstance(devices, bool):
         count = devices
     elif isinstance(devices, (list, tuple)):
         count = len(devices)
-    elif isinstance(devices, str) and "," in devices:
-        count = len([d for d in devices.split(",") if d.strip()])
-    return max(1, count) * max(1, int(values.get("num_nodes") or 1))
+    elif text.isdigit():
+        count = int(text)
+    elif "," in text:
+        count = len([d for d in text.split(",") if d.strip()])
+    else:  # "auto", "-1" or unset: what Fabric picks
+        gpus = flags.get("accelerator", "auto") in ("auto", "cuda", "gpu")
+        count = torch.cuda.device_count() if gpus and torch.cuda.is_available() else 1
+    return max(1, count) * max(1, int(flags.get("num_nodes") or 1))
 
 
 def _int_env(name: str, default: int) -> int:

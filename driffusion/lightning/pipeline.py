@@ -294,10 +294,10 @@ class ParallelPipeline:
         if self._label is not None:
             defaults = {"rows": self._label_devices, "num_steps": steps}
             sampler = parse_sampler(self._label, defaults)
-        why, warning = rows_notes(sampler, self._label_devices, steps)
+        note, warning = rows_notes(sampler, self._label_devices, steps)
         if warning is not None:
             warnings.warn(warning, UserWarning, stacklevel=5)  # the caller of pipe()
-        return self._with_solver(sampler, solver), why or warning
+        return self._with_solver(sampler, solver), note
 
     def _with_solver(self, sampler: SamplerFn, solver: Solver) -> SamplerFn:
         """The sampler over the pipeline's scheduler, unless it names a solver of its own."""

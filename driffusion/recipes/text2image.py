@@ -427,11 +427,9 @@ def describe_configuration(
     if args.rounds is not None:
         why = f"calibrated for --rounds {args.rounds} on the first prompt"
     else:
-        reason, warning = cli.rows_notes(sampler, cli.planned_world_size(args), args.steps)
-        if warning is not None:  # parallelize warns of it too, at the call
-            why = f"as asked, outside the measured safe region: {warning}"
-        elif reason is not None:
-            why = reason
+        note, _ = cli.rows_notes(sampler, cli.planned_world_size(args), args.steps)
+        if note is not None:  # parallelize warns of a choice outside the region, at the call
+            why = note
             if getattr(args, "spare_note", None):
                 why += f"; {args.spare_note}"
         else:

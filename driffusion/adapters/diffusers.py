@@ -7,8 +7,10 @@ scheduler config), ``StableDiffusionXLPipeline`` (two text encoders, pooled embe
 ``add_time_ids``) and ``StableDiffusion3Pipeline`` (MMDiT transformer, flow matching with shift,
 three text encoders, T5 optional).
 
-Classifier-free guidance is one batched call of the network on the unconditional and conditional
-rows; the samplers only see the guided prediction. Latents stay float32 while the network runs in
+Classifier-free guidance has two branches (the negative prompt and the prompt), batched in one
+call of the network on one device or split over two
+([`GuidedNetwork`][driffusion.core.branches.GuidedNetwork]); the samplers only see the guided
+prediction. Latents stay float32 while the network runs in
 its own dtype.
 """
 
@@ -20,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from einops import rearrange, repeat
 from torch import Tensor, nn
 
 from driffusion.adapters.schedulers import from_scheduler
+from driffusion.core.branches import GuidedNetwork, classifier_free_guidance, pick_rows
 from driffusion.core.errors import UsageError
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import Solver
@@ -117,22 +119,29 @@ def _dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
-def _pair(unconditional: Tensor, conditional: Tensor) -> Tensor:
-    """The guidance batch ``[uncond; cond]`` (diffusers' order), rows ``(pair b)``."""
-    return rearrange([unconditional, conditional], "pair b ... -> (pair b) ...")
+class _ClassifierFreeGuidance(GuidedNetwork):
+    """Diffusers' classifier-free guidance: branch 0 the negative prompt (unconditional),
+    branch 1 the prompt, batched ``[uncond; cond]`` as the pipelines do; one branch (the prompt)
+    when ``guidance <= 1``."""
+
+    def __init__(self, guidance: float) -> None:
+        super().__init__()
+        self.guidance = guidance
+        self.branches = 2 if guidance > 1.0 else 1
+
+    def _pick(self, branch: Tensor, cond: dict[str, Tensor], name: str, negative: str) -> Tensor:
+        """The per-row tensor ``name`` of each row's branch (``negative`` on branch 0)."""
+        if self.branches == 1:
+            return cond[name]
+        return pick_rows(branch, [cond[negative], cond[name]])
+
+    def combine(self, outputs: Tensor) -> Tensor:
+        if self.branches == 1:
+            return outputs[0]
+        return classifier_free_guidance(outputs[0], outputs[1], self.guidance)
 
 
-def _twice(x: Tensor) -> Tensor:
-    """The same rows for both halves of the guidance batch."""
-    return repeat(x, "b ... -> (pair b) ...", pair=2)
-
-
-def _guide(out: Tensor, guidance: float) -> Tensor:
-    unconditional, conditional = rearrange(out, "(pair b) ... -> pair b ...", pair=2)
-    return unconditional + guidance * (conditional - unconditional)
-
-
-class GuidedUNet(nn.Module):
+class GuidedUNet(_ClassifierFreeGuidance):
     """SD / SDXL UNet behind the per-row contract, with classifier-free guidance.
 
     ``forward(x, t, prompt_embeds, negative_prompt_embeds, [text_embeds, negative_text_embeds,
@@ -140,32 +149,24 @@ class GuidedUNet(nn.Module):
     """
 
     def __init__(self, unet: nn.Module, guidance: float) -> None:
-        super().__init__()
+        super().__init__(guidance)
         self.unet = unet
-        self.guidance = guidance
 
-    def forward(self, x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
+    def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
         dtype = _dtype(self.unet)
-        guided = self.guidance > 1.0
-        embeds = cond["prompt_embeds"]
+        embeds = self._pick(branch, cond, "prompt_embeds", "negative_prompt_embeds")
         added = None
         if "text_embeds" in cond:
-            added = {"text_embeds": cond["text_embeds"], "time_ids": cond["time_ids"]}
-        if guided:
-            x, t = _twice(x), _twice(t)
-            embeds = _pair(cond["negative_prompt_embeds"], embeds)
-            if added is not None:
-                added = {
-                    "text_embeds": _pair(cond["negative_text_embeds"], added["text_embeds"]),
-                    "time_ids": _twice(added["time_ids"]),
-                }
-        out = self.unet(
+            added = {
+                "text_embeds": self._pick(branch, cond, "text_embeds", "negative_text_embeds"),
+                "time_ids": cond["time_ids"],
+            }
+        return self.unet(
             x.to(dtype), t, encoder_hidden_states=embeds.to(dtype), added_cond_kwargs=added
         ).sample.float()
-        return _guide(out, self.guidance) if guided else out
 
 
-class GuidedSD3Transformer(nn.Module):
+class GuidedSD3Transformer(_ClassifierFreeGuidance):
     """SD3's transformer behind the per-row contract, with classifier-free guidance.
 
     ``forward(x, t, prompt_embeds, negative_prompt_embeds, pooled, negative_pooled)``; ``t`` is
@@ -173,26 +174,20 @@ class GuidedSD3Transformer(nn.Module):
     """
 
     def __init__(self, transformer: nn.Module, guidance: float) -> None:
-        super().__init__()
+        super().__init__(guidance)
         self.transformer = transformer
-        self.guidance = guidance
 
-    def forward(self, x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
+    def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
         dtype = _dtype(self.transformer)
-        embeds, pooled = cond["prompt_embeds"], cond["pooled"]
-        guided = self.guidance > 1.0
-        if guided:
-            x, t = _twice(x), _twice(t)
-            embeds = _pair(cond["negative_prompt_embeds"], embeds)
-            pooled = _pair(cond["negative_pooled"], pooled)
-        out = self.transformer(
+        embeds = self._pick(branch, cond, "prompt_embeds", "negative_prompt_embeds")
+        pooled = self._pick(branch, cond, "pooled", "negative_pooled")
+        return self.transformer(
             hidden_states=x.to(dtype),
             timestep=t,
             encoder_hidden_states=embeds.to(dtype),
             pooled_projections=pooled.to(dtype),
             return_dict=False,
         )[0].float()
-        return _guide(out, self.guidance) if guided else out
 
 
 @dataclass

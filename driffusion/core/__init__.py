@@ -4,6 +4,14 @@ Nothing under ``driffusion.core`` imports ``torch.distributed``, diffusers, ligh
 PIL: every function here is tensors and schedules in, tensors out.
 """
 
+from driffusion.core.branches import (
+    GuidedNetwork,
+    RoundPlan,
+    choose_guidance_devices,
+    classifier_free_guidance,
+    pick_rows,
+    round_passes,
+)
 from driffusion.core.calibration import (
     Calibration,
     Candidate,
@@ -77,6 +85,12 @@ __all__ = [
     "PREDICTION_TYPES",
     "SOLVER_NAMES",
     "BatchedExecutor",
+    "GuidedNetwork",
+    "RoundPlan",
+    "choose_guidance_devices",
+    "classifier_free_guidance",
+    "pick_rows",
+    "round_passes",
     "Calibration",
     "Candidate",
     "ChunkedExecutor",

@@ -28,6 +28,8 @@ import torch
 from einops import rearrange, repeat
 from torch import Tensor
 
+from driffusion.core.branches import network_branches, round_passes
+
 
 class Model(Protocol):
     """``model(xs[K, B, *shape], t[K]) -> out[K, B, *shape]``."""
@@ -43,13 +45,39 @@ class BatchedExecutor:
 
     Exists so that a plain network function and a distributed executor are interchangeable; it
     adds the shape check that every executor owes the samplers.
+
+    Args:
+        network: ``network(xs[K, B, ...], t[K]) -> out``.
+        fixed_shape: pad every round to the most rows any earlier round of this executor had
+            (copies of the last row, their outputs dropped), so that a compiled network sees as
+            few shapes as there are distinct widths growing over the run (e.g. ``1`` and ``k``
+            for aggressive DRiffusion, whose last round is shorter).
     """
 
-    def __init__(self, network: NetworkFn) -> None:
+    def __init__(self, network: NetworkFn, fixed_shape: bool = False) -> None:
         self.network = network
+        self.fixed_shape = fixed_shape
+        self.width = 0
 
     def __call__(self, xs: Tensor, t: Tensor) -> Tensor:
-        return check_output(self.network(xs, t), xs)
+        k = xs.shape[0]
+        if not self.fixed_shape:
+            return check_output(self.network(xs, t), xs)
+        self.width = max(self.width, k)
+        padded_xs, padded_t = pad_rows(self.width, xs, t)
+        return check_output(self.network(padded_xs, padded_t)[:k], xs)
+
+
+def pad_rows(width: int, *tensors: Tensor) -> list[Tensor]:
+    """Each tensor's leading dimension padded to ``width`` with copies of its last row: valid
+    inputs whose outputs the caller drops (a fixed shape for a compiled network)."""
+    out = []
+    for tensor in tensors:
+        missing = width - tensor.shape[0]
+        if missing < 0 or tensor.shape[0] == 0:
+            raise ValueError(f"cannot pad {tensor.shape[0]} rows to {width}")
+        out.append(torch.cat([tensor, tensor[-1:].expand(missing, *tensor.shape[1:])]))
+    return out
 
 
 class ChunkedExecutor:
@@ -116,6 +144,14 @@ class SamplerStats:
         if devices < 1:
             raise ValueError(f"devices must be >= 1, got {devices}")
         return sum(math.ceil(r / devices) for r in self.round_rows)
+
+    def latency_passes(self, devices: int, branches: int = 1, split: bool = False) -> int:
+        """Latency in passes (one branch of one row) on ``devices`` devices when every
+        evaluation has ``branches`` branches, split over the devices or kept together
+        ([`round_passes`][driffusion.core.branches.round_passes])."""
+        if devices < 1:
+            raise ValueError(f"devices must be >= 1, got {devices}")
+        return round_passes(self.round_rows, branches, devices, split)
 
     def as_dict(self) -> dict[str, int]:
         """The counts that apply, for reports: ``evaluations``, ``rounds``, ``rows`` and the
@@ -202,15 +238,41 @@ class RowwiseModel:
     The ``K x B`` states of a round become ``M = K * B`` rows, state-major: row ``k * B + b`` is
     sample ``b`` at time ``t[k]``. Each conditioning tensor (``[B, ...]``: class labels, text
     embeddings, pooled embeddings, ...) is tiled ``K`` times to match.
+
+    A network with branches ([`GuidedNetwork`][driffusion.core.branches.GuidedNetwork]) is
+    exposed unit by unit too, for executors that split the branches over devices:
+    ``evaluate_units`` and ``combine``.
     """
 
     def __init__(self, network: RowNetwork, cond: Conditioning | None = None) -> None:
         self.network = network
         self.cond = dict(cond or {})
+        self.branches = network_branches(network)
 
     def __call__(self, xs: Tensor, t: Tensor) -> Tensor:
         k, b = xs.shape[:2]
         rows = rearrange(xs, "k b ... -> (k b) ...")
-        cond = {name: repeat(v, "b ... -> (k b) ...", k=k) for name, v in self.cond.items()}
-        out = self.network(rows, repeat(t, "k -> (k b)", b=b), **cond)
+        out = self.network(rows, repeat(t, "k -> (k b)", b=b), **self._tiled(k))
         return rearrange(out, "(k b) ... -> k b ...", k=k)
+
+    def evaluate_units(self, xs: Tensor, t: Tensor, branch: Tensor) -> Tensor:
+        """Raw branch outputs ``[U, B, ...]`` of ``U`` units in one network call: unit ``u`` is
+        the states ``xs[u]`` at time ``t[u]`` under branch ``branch[u]``."""
+        u, b = xs.shape[:2]
+        rows = rearrange(xs, "u b ... -> (u b) ...")
+        out = self.network.evaluate_branches(  # type: ignore[attr-defined]
+            rows,
+            repeat(t, "u -> (u b)", b=b),
+            repeat(branch.to(xs.device), "u -> (u b)", b=b),
+            **self._tiled(u),
+        )
+        return rearrange(out, "(u b) ... -> u b ...", u=u)
+
+    def combine(self, outputs: Tensor) -> Tensor:
+        """``outputs[G, K, B, ...]`` raw branch outputs -> the guided ``[K, B, ...]``."""
+        k = outputs.shape[1]
+        rows = rearrange(outputs, "g k b ... -> g (k b) ...")
+        return rearrange(self.network.combine(rows), "(k b) ... -> k b ...", k=k)  # type: ignore[attr-defined]
+
+    def _tiled(self, k: int) -> dict[str, Tensor]:
+        return {name: repeat(v, "b ... -> (k b) ...", k=k) for name, v in self.cond.items()}

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from driffusion.adapters.distributed import DEFAULT_TIMEOUT_S
+from driffusion.core.branches import check_guidance_devices
 from driffusion.core.errors import UsageError
 from driffusion.core.samplers.base import Sampler, SamplerFn
 from driffusion.core.samplers.registry import builtin_samplers, parse_sampler, sampler_names
@@ -56,8 +57,8 @@ def planned_world_size(args: argparse.Namespace) -> int:
 def add_session_args(
     parser: argparse.ArgumentParser, precision: bool = True
 ) -> argparse.ArgumentParser:
-    """The launch flags plus ``--draft-devices`` and ``--timeout``, read by
-    [`Session.from_args`][driffusion.lightning.session.Session.from_args]."""
+    """The launch flags plus ``--draft-devices``, ``--guidance-devices`` and ``--timeout``, read
+    by [`Session.from_args`][driffusion.lightning.session.Session.from_args]."""
     add_fabric_args(parser, precision=precision)
     group = parser.add_argument_group("session")
     group.add_argument(
@@ -67,6 +68,17 @@ def add_session_args(
         help="ranks per draft group (default: all ranks in one group)",
     )
     group.add_argument(
+        "--guidance-devices",
+        type=guidance_devices,
+        default=1,
+        metavar="{1,2,auto}",
+        help=(
+            "1: a row's guidance branches on one device, batched; 2: split over the draft group "
+            "(exact); auto: split where the measured cost of a batched row says it pays "
+            "(default 1)"
+        ),
+    )
+    group.add_argument(
         "--timeout",
         type=timeout_seconds,
         default=DEFAULT_TIMEOUT_S,
@@ -74,6 +86,26 @@ def add_session_args(
             "seconds any rank waits for the others: the launch (every rank must join) and every "
             f"collective (default {DEFAULT_TIMEOUT_S:g}, at most {MAX_TIMEOUT_S:g} = 7 days)"
         ),
+    )
+    return parser
+
+
+def guidance_devices(text: str) -> int | str:
+    """argparse type of ``--guidance-devices``: ``1``, ``2`` or ``auto``."""
+    value: int | str = int(text) if text in ("1", "2") else text
+    try:
+        return check_guidance_devices(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be 1, 2 or auto, got {text!r}") from None
+
+
+def add_compile_arg(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--compile``: ``torch.compile`` the network, one graph per per-device shape
+    ([`compile_network`][driffusion.lightning.module.compile_network])."""
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the network (a fixed batch shape per device every round)",
     )
     return parser
 

@@ -9,7 +9,9 @@ becomes the core solver of the same method on the same grid, its ``encode_prompt
 conditioning, its ``prepare_latents`` the initial noise (same ``generator``, same draw), its VAE
 and image processor the output. Started with plain ``python`` the drafts of a round are batched on
 one device; started with ``fabric run --devices N`` the same script splits each round's
-evaluations across the N processes (classifier-free guidance pairs stay together in a row).
+evaluations across the N processes (a row's classifier-free guidance branches together, or split
+over the processes with ``guidance_devices=2``: exact, since the branches combine after the
+gather).
 
 Every argument is checked before any compute (a
 [`PipelineInputError`][driffusion.adapters.diffusers.PipelineInputError] or
@@ -46,11 +48,14 @@ from driffusion.adapters.diffusers import (
     adapt_pipeline,
     pipeline_family,
 )
+from driffusion.adapters.distributed import DistributedExecutor
+from driffusion.core.branches import check_guidance_devices
 from driffusion.core.model import BatchedExecutor, Model, RowwiseModel, SampleResult
 from driffusion.core.noise import ddpm_noise
 from driffusion.core.samplers.base import SamplerFn
 from driffusion.core.samplers.driffusion import Aggressive
 from driffusion.core.samplers.registry import parse_sampler
+from driffusion.core.samplers.settings import sampler_rows
 from driffusion.core.solvers import Solver, get_solver
 from driffusion.lightning.cli import rows_notes
 from driffusion.lightning.launch import under_fabric_cli
@@ -102,8 +107,17 @@ class ParallelPipeline:
         sampler: SamplerFn | str | None = None,
         session: Any = None,
         progress: bool = True,
+        guidance_devices: int | str | None = None,
+        compile: bool = False,
     ) -> None:
         self.family = pipeline_family(pipe)  # refuses unsupported pipelines at once
+        if guidance_devices is not None:
+            try:
+                check_guidance_devices(guidance_devices)
+            except ValueError as error:
+                raise PipelineInputError(str(error)) from None
+        if not isinstance(compile, bool):
+            raise PipelineInputTypeError(f"compile must be True or False, got {compile!r}")
         self.pipe = pipe
         self._lock = _pipeline_lock(pipe)
         self.session = session
@@ -127,6 +141,15 @@ class ParallelPipeline:
             if sampler is not None
             else Aggressive(drafts=max(2, devices))
         )
+        self.guidance_devices = (
+            guidance_devices
+            if guidance_devices is not None
+            else (self.session.guidance_devices if self.session is not None else 1)
+        )
+        self.compile = compile
+        if compile:  # once: the denoiser every call's network wraps, one graph per shape
+            denoiser = pipe.transformer if self.family == "sd3" else pipe.unet
+            denoiser.compile(dynamic=False)
         self.defaults = {
             name: parameter.default
             for name, parameter in inspect.signature(type(pipe).__call__).parameters.items()
@@ -241,9 +264,15 @@ class ParallelPipeline:
         x = adapter.state_from_latents(
             self._initial_latents(adapter, len(prompts), generator, latents)
         )
-        model: Model = BatchedExecutor(RowwiseModel(adapter.network, cond))
+        network = RowwiseModel(adapter.network, cond)
+        model: Model = BatchedExecutor(network, fixed_shape=self.compile)
         if self.session is not None:
-            model = self.session.executor(RowwiseModel(adapter.network, cond))
+            model = self.session.executor(
+                network,
+                rows=sampler_rows(sampler),
+                fixed_shape=self.compile,
+                guidance_devices=self.guidance_devices,
+            )
         extra: dict[str, Any] = {}
         solver = getattr(sampler, "solver", None)
         if isinstance(solver, (str, Solver)) and get_solver(solver).stochastic:
@@ -276,6 +305,7 @@ class ParallelPipeline:
             "steps": steps,
             "guidance_scale": guidance,
             "devices": self.devices,
+            **wire_stats(model, len(prompts)),
             "scheduler": type(self.pipe.scheduler).__name__,
             "batch": len(prompts),
             "latent_shape": list(adapter.latent_shape),
@@ -346,8 +376,26 @@ def _scheduler_copy(pipe: Any, steps: int, **kwargs: Any) -> Iterator[None]:
         object.__setattr__(pipe, "scheduler", original)
 
 
+def wire_stats(model: Any, batch: int) -> dict[str, Any]:
+    """What a call moved between devices: ``guidance_devices`` (as run), the bytes this rank
+    received in all-gathers per round and per image (0 on one device)."""
+    if not isinstance(model, DistributedExecutor):
+        return {"guidance_devices": 1, "bytes_per_round": 0, "bytes_per_image": 0}
+    return {
+        "guidance_devices": model.guidance_devices,
+        "bytes_per_round": round(model.bytes_per_round),
+        "bytes_per_image": round(model.bytes_received / batch),
+    }
+
+
 def parallelize(
-    pipe: Any, sampler: SamplerFn | str | None = None, *, session: Any = None, progress: bool = True
+    pipe: Any,
+    sampler: SamplerFn | str | None = None,
+    *,
+    session: Any = None,
+    progress: bool = True,
+    guidance_devices: int | str | None = None,
+    compile: bool = False,
 ) -> ParallelPipeline:
     """Wrap a diffusers pipeline so that a driffusion sampler samples it.
 
@@ -375,6 +423,13 @@ def parallelize(
         session: a [`Session`][driffusion.lightning.session.Session] to spread the evaluations
             over (default: one is joined under ``fabric run``, none otherwise).
         progress: a progress bar per call, one tick per round.
+        guidance_devices: ``1`` keeps a row's guidance branches (negative prompt and prompt) on
+            one device, ``2`` splits them over the devices (exact: on 2 devices the serial
+            sampler at the speed of two), ``"auto"`` splits where it pays on the measured cost
+            of a batched row (default: the session's, else 1). ``out.stats`` gives the value
+            run and the bytes gathered per round and per image.
+        compile: ``torch.compile`` the UNet or transformer once (``dynamic=False``) and keep
+            every device's batch shape fixed over the rounds, so it compiles once per shape.
 
     Returns:
         A [`ParallelPipeline`][driffusion.lightning.pipeline.ParallelPipeline], called like the
@@ -386,7 +441,7 @@ def parallelize(
         driffusion.adapters.diffusers.PipelineInputTypeError: a sampler that is neither a
             callable nor a label.
     """
-    return ParallelPipeline(pipe, sampler, session, progress)
+    return ParallelPipeline(pipe, sampler, session, progress, guidance_devices, compile)
 
 
 def _sampler(sampler: Any, devices: int) -> SamplerFn:

@@ -32,7 +32,9 @@ from driffusion.adapters.distributed import (
     gather_objects,
     make_layout,
 )
+from driffusion.core.branches import check_guidance_devices
 from driffusion.core.model import NetworkFn
+from driffusion.core.samplers.settings import sampler_rows
 from driffusion.lightning.launch import finish, launch_fabric, launch_timeout
 from driffusion.lightning.loop import PredictOutput, run_predict
 from driffusion.lightning.module import DiffusionSamplerModule
@@ -68,6 +70,11 @@ class Session:
         callbacks: objects with ``on_predict_*`` hooks, run in every
             [`predict`][driffusion.lightning.session.Session.predict].
         verify: checksum every round's inputs across the draft group (a debug aid).
+        guidance_devices: ``1`` keeps a row's guidance branches on one device (batched), ``2``
+            splits them over the draft group (exact: the combination runs after the gather),
+            ``"auto"`` splits where it pays on the measured cost of a batched row against one
+            branch (see
+            [`DistributedExecutor`][driffusion.adapters.distributed.DistributedExecutor]).
 
     Examples:
         >>> from driffusion.core import Aggressive
@@ -96,7 +103,9 @@ class Session:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         callbacks: Sequence[Any] = (),
         verify: bool = False,
+        guidance_devices: int | str = 1,
     ) -> None:
+        check_guidance_devices(guidance_devices)
         if not (math.isfinite(timeout_s) and timeout_s > 0):
             raise ValueError(f"timeout_s must be positive and finite, got {timeout_s}")
         self.flags: dict[str, Any] = {
@@ -110,6 +119,7 @@ class Session:
         self.timeout_s = timeout_s
         self.callbacks = list(callbacks)
         self.verify = verify
+        self.guidance_devices = guidance_devices
         self._fabric: Fabric | None = None
         self._layouts: dict[int | None, ParallelLayout] = {}
 
@@ -123,6 +133,7 @@ class Session:
             draft_devices=getattr(args, "draft_devices", None),
             timeout_s=getattr(args, "timeout", DEFAULT_TIMEOUT_S),
             callbacks=callbacks,
+            guidance_devices=getattr(args, "guidance_devices", 1),
         )
 
     # -- lifetime -----------------------------------------------------------------------------
@@ -199,9 +210,42 @@ class Session:
 
     # -- work ---------------------------------------------------------------------------------
 
-    def executor(self, network: NetworkFn) -> DistributedExecutor:
-        """The draft group's executor for ``network``: each round's rows split across it."""
-        return DistributedExecutor(network, self.layout, verify=self.verify)
+    def executor(
+        self,
+        network: NetworkFn,
+        *,
+        rows: int | None = None,
+        fixed_shape: bool = False,
+        guidance_devices: int | str | None = None,
+    ) -> DistributedExecutor:
+        """The draft group's executor for ``network``: each round's rows (and, with
+        ``guidance_devices=2``, its guidance branches) split across it.
+
+        Args:
+            network: the model contract ``network(xs[K, B, ...], t[K])``.
+            rows: the sampler's rows per round (for ``guidance_devices="auto"``).
+            fixed_shape: every rank evaluates the same batch shape every round (a compiled
+                network).
+            guidance_devices: another value than the session's for this executor.
+        """
+        return self._executor(network, self.layout, rows, fixed_shape, guidance_devices)
+
+    def _executor(
+        self,
+        network: NetworkFn,
+        layout: ParallelLayout,
+        rows: int | None,
+        fixed_shape: bool,
+        guidance_devices: int | str | None = None,
+    ) -> DistributedExecutor:
+        return DistributedExecutor(
+            network,
+            layout,
+            verify=self.verify,
+            guidance_devices=guidance_devices or self.guidance_devices,
+            fixed_shape=fixed_shape,
+            rows=rows,
+        )
 
     def predict(
         self,
@@ -226,10 +270,10 @@ class Session:
                 alone on its share, e.g. for an untimed reference solve).
         """
         layout = self._layout_for(draft_devices)
-        verify = self.verify
+        rows = sampler_rows(module.sampler)
 
         def executor(network: NetworkFn) -> DistributedExecutor:
-            return DistributedExecutor(network, layout, verify=verify)
+            return self._executor(network, layout, rows, module.fixed_shape)
 
         return run_predict(
             self.fabric,

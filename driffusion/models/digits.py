@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from driffusion.core.branches import GuidedNetwork, classifier_free_guidance, pick_rows
 from driffusion.core.errors import UsageError
 from driffusion.core.schedule import Schedule, vp_schedule, vp_timesteps
 
@@ -98,28 +99,30 @@ class DigitsClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-class GuidedDigitsDenoiser(nn.Module):
+class GuidedDigitsDenoiser(GuidedNetwork):
     """The UNet behind the per-row contract ``net(x[M,1,16,16], t[M], label[M]) -> eps``.
 
-    Classifier-free guidance is one batched UNet call on conditional and null-label rows:
-    ``eps = eps_null + w * (eps_label - eps_null)``; ``w = 1`` is the plain conditional model.
+    Classifier-free guidance has two branches, the label (branch 0) and the null label
+    (branch 1), batched in one UNet call: ``eps = eps_null + w * (eps_label - eps_null)``;
+    ``w = 1`` is the plain conditional model (one branch).
     """
 
     def __init__(self, unet: nn.Module, guidance: float = 1.0) -> None:
         super().__init__()
         self.unet = unet
         self.guidance = guidance
+        self.branches = 1 if guidance == 1.0 else 2
 
-    def forward(self, x: Tensor, t: Tensor, label: Tensor) -> Tensor:
-        label = label.to(device=x.device, dtype=torch.long)
-        if self.guidance == 1.0:
-            return self.unet(x, t, class_labels=label).sample
-        null = torch.full_like(label, NULL_LABEL)
-        both = self.unet(
-            torch.cat([x, x]), torch.cat([t, t]), class_labels=torch.cat([label, null])
-        ).sample
-        conditional, unconditional = both.chunk(2)
-        return unconditional + self.guidance * (conditional - unconditional)
+    def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
+        label = cond["label"].to(device=x.device, dtype=torch.long)
+        if self.branches == 2:
+            label = pick_rows(branch, [label, torch.full_like(label, NULL_LABEL)])
+        return self.unet(x, t, class_labels=label).sample
+
+    def combine(self, outputs: Tensor) -> Tensor:
+        if self.branches == 1:
+            return outputs[0]
+        return classifier_free_guidance(outputs[1], outputs[0], self.guidance)
 
 
 @dataclass

@@ -2,7 +2,12 @@
 closed form, and cost-controlled networks for speed benchmarks. They let every sampler be
 tested against the math, with no model weights."""
 
-from driffusion.testing.networks import ConvStackNetwork, OracleNetwork, calibrated_conv_stack
+from driffusion.testing.networks import (
+    ConvStackNetwork,
+    GuidedOracleNetwork,
+    OracleNetwork,
+    calibrated_conv_stack,
+)
 from driffusion.testing.oracle import (
     FlowNoiseLevels,
     GaussianMixtureDenoiser,
@@ -14,6 +19,7 @@ __all__ = [
     "ConvStackNetwork",
     "FlowNoiseLevels",
     "GaussianMixtureDenoiser",
+    "GuidedOracleNetwork",
     "OracleNetwork",
     "VPNoiseLevels",
     "calibrated_conv_stack",

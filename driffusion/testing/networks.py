@@ -3,6 +3,9 @@
 - [`OracleNetwork`][driffusion.testing.networks.OracleNetwork]: the exact Gaussian-mixture denoiser
   as a module (optionally class-
   conditional through a ``label`` keyword), for tests that need real sampler trajectories.
+- [`GuidedOracleNetwork`][driffusion.testing.networks.GuidedOracleNetwork]: the exact
+  class-conditional and unconditional denoisers of one mixture combined with a guidance scale:
+  a guided network with two branches whose guided probability-flow ODE has a reference solve.
 - [`ConvStackNetwork`][driffusion.testing.networks.ConvStackNetwork]: a synthetic denoiser whose
   cost per evaluation is set by its depth,
   doing real tensor work, for speed benchmarks (its outputs are meaningless).
@@ -15,6 +18,7 @@ import time
 import torch
 from torch import Tensor, nn
 
+from driffusion.core.branches import GuidedNetwork, classifier_free_guidance
 from driffusion.testing.oracle import GaussianMixtureDenoiser
 
 
@@ -30,6 +34,52 @@ class OracleNetwork(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, label: Tensor | None = None) -> Tensor:
         return self.oracle.rows(x, t, label)
+
+
+class GuidedOracleNetwork(GuidedNetwork):
+    r"""Classifier-free guidance over two exact denoisers of one Gaussian mixture.
+
+    Branch 0 is the unconditional mixture's exact denoiser, branch 1 the class-conditional one
+    (the data restricted to component ``label % M``); the guided output is
+    $u + w (c - u)$ in the oracle's parameterisation, so the guided probability-flow ODE is the
+    one every guided sampler solves and a fine reference solve of it is its exact solution.
+    Every row is computed on its own, so a row's output never depends on the batch it is in
+    (splitting the branches over devices is bit for bit).
+
+    Args:
+        oracle: the mixture.
+        guidance: the scale ``w`` (``1``: the conditional denoiser; it still has two branches,
+            so that a split has something to split).
+        branches: ``2`` (guided) or ``1`` (the conditional denoiser alone).
+    """
+
+    def __init__(
+        self, oracle: GaussianMixtureDenoiser, guidance: float = 2.0, branches: int = 2
+    ) -> None:
+        super().__init__()
+        if branches not in (1, 2):
+            raise ValueError(f"branches must be 1 or 2, got {branches!r}")
+        self.oracle = oracle
+        self.guidance = guidance
+        self.branches = branches
+        self.register_buffer("anchor", torch.zeros(()), persistent=False)
+
+    def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
+        label = cond["label"]
+        if self.branches == 1:
+            return self.oracle.rows(x, t, label)
+        out = torch.empty_like(x)
+        for index, rows_label in ((0, None), (1, label)):
+            rows = (branch == index).nonzero().flatten().to(x.device)
+            if len(rows):
+                picked = None if rows_label is None else rows_label[rows]
+                out[rows] = self.oracle.rows(x[rows], t[rows], picked)
+        return out
+
+    def combine(self, outputs: Tensor) -> Tensor:
+        if self.branches == 1:
+            return outputs[0]
+        return classifier_free_guidance(outputs[0], outputs[1], self.guidance)
 
 
 class ConvStackNetwork(nn.Module):

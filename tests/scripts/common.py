@@ -10,6 +10,7 @@ from driffusion.core import (
     Chords,
     Conservative,
     ParaDiGMS,
+    RowwiseModel,
     Schedule,
     Serial,
     SerialReduced,
@@ -17,7 +18,12 @@ from driffusion.core import (
     vp_schedule,
     vp_timesteps,
 )
-from driffusion.testing import GaussianMixtureDenoiser, OracleNetwork, VPNoiseLevels
+from driffusion.testing import (
+    GaussianMixtureDenoiser,
+    GuidedOracleNetwork,
+    OracleNetwork,
+    VPNoiseLevels,
+)
 
 SHAPE = (2, 4, 4)
 ABAR = alphas_cumprod_from_betas()
@@ -65,3 +71,12 @@ def items(count: int = 7) -> list[dict]:
 
 def start(batch: int = 3) -> torch.Tensor:
     return torch.randn((batch, *SHAPE), generator=torch.Generator().manual_seed(7))
+
+
+GUIDANCE = 3.0
+
+
+def guided_model() -> RowwiseModel:
+    """The guided oracle (two exact branches, scale 3) on the labels of ``start()``."""
+    network = GuidedOracleNetwork(oracle(), GUIDANCE)
+    return RowwiseModel(network, {"label": torch.tensor([1, 4, 7])})

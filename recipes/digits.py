@@ -83,6 +83,7 @@ from driffusion.models.digits import NUM_CLASSES, DigitsModel, digits_dataset, l
 KEYS = [
     "sampler",
     "devices",
+    "guidance_devices",
     "steps",
     "rounds",
     "wall_s",
@@ -136,6 +137,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "of stopping",
     )
     parser.add_argument("--no-fid", action="store_true", help="skip FID (faster)")
+    cli.add_compile_arg(parser)
     args = parser.parse_args(argv)
     cli.check_sampler_args(parser, args)
     if args.steps is None and args.rounds is None:
@@ -154,7 +156,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def plan(args: argparse.Namespace, devices: int, calibration: Calibration | None) -> list[dict]:
-    """The runs of the job: ``{"name", "sampler", "steps"}``; the first is the serial baseline."""
+    """The runs of the job: ``{"name", "sampler", "steps", "guidance_devices"}``; the first is
+    the serial baseline, its guidance branches batched on one device (what one device does);
+    every other run takes ``--guidance-devices``, and with the branches split serial runs again
+    as ``serial_split`` (the exact split a user already has)."""
+    split = args.guidance_devices
     if calibration is not None:
         best, serial = calibration.best, calibration.best_serial
         runs = [{"name": "serial", "sampler": Serial(solver=best.solver), "steps": best.steps}]
@@ -163,7 +169,7 @@ def plan(args: argparse.Namespace, devices: int, calibration: Calibration | None
         runs.append(
             {"name": "best_serial", "sampler": serial.make_sampler(), "steps": serial.steps}
         )
-        return runs
+        return [{**run, "guidance_devices": 1 if i == 0 else split} for i, run in enumerate(runs)]
     samplers: list[SamplerFn] = cli.samplers_from_args(args, devices, num_steps=args.steps)
     baseline = Serial(solver=args.solver)
     if baseline not in samplers:
@@ -171,10 +177,14 @@ def plan(args: argparse.Namespace, devices: int, calibration: Calibration | None
     else:
         samplers.insert(0, samplers.pop(samplers.index(baseline)))
     names = unique_names(samplers)  # two settings of one sampler: distinct folders
-    return [
-        {"name": name, "sampler": sampler, "steps": args.steps}
+    runs = [
+        {"name": name, "sampler": sampler, "steps": args.steps, "guidance_devices": split}
         for name, sampler in zip(names, samplers, strict=True)
     ]
+    runs[0]["guidance_devices"] = 1
+    if split != 1:
+        runs.insert(1, {**runs[0], "name": "serial_split", "guidance_devices": split})
+    return runs
 
 
 def calibration_for(
@@ -228,6 +238,8 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "fid": not args.no_fid,
         "world_size": world,
         "draft_devices": devices,
+        "guidance_devices": args.guidance_devices,
+        "compile": args.compile,
     }
 
 
@@ -265,7 +277,9 @@ def run_job(args: argparse.Namespace, session: Session) -> None:
             print(f"note: {line}", file=sys.stderr)
 
     def predict(sampler: Any, schedule: Any, some: list[dict], **options: Any) -> list:
-        module = DiffusionSamplerModule(denoiser, schedule, (1, 16, 16), sampler)
+        module = DiffusionSamplerModule(
+            denoiser, schedule, (1, 16, 16), sampler, compile=args.compile
+        )
         return session.predict(module, some, batch_size=args.batch_size, **options)
 
     # untimed: the reference solution (each rank solves its share alone), and one warm-up batch
@@ -297,7 +311,11 @@ def run_job(args: argparse.Namespace, session: Session) -> None:
             )
         wall, outputs = session.timed(
             lambda run=run, metrics=metrics: predict(
-                run["sampler"], model.schedule(run["steps"]), items, callbacks=metrics
+                run["sampler"],
+                model.schedule(run["steps"]),
+                items,
+                callbacks=metrics,
+                guidance_devices=run["guidance_devices"],
             ),
             run["name"],
         )
@@ -312,6 +330,8 @@ def run_job(args: argparse.Namespace, session: Session) -> None:
             "outputs": outputs,
             "rounds": rounds,
             "scores": scores,
+            "guidance_devices": max(o.guidance_devices for o in outputs),
+            "bytes_received": sum(o.bytes_received for o in outputs),
         }
         # the honest baseline: the same solver, serially, at this sampler's round count
         parallel = getattr(run["sampler"], "parallel", True) and calibration is None
@@ -319,7 +339,15 @@ def run_job(args: argparse.Namespace, session: Session) -> None:
             done_rounds.add(rounds)
             steps = rounds - (1 if args.solver == "plms" else 0)
             baseline = Serial(solver=args.solver)
-            queue.insert(0, {"name": f"serial@{rounds}", "sampler": baseline, "steps": steps})
+            queue.insert(
+                0,
+                {
+                    "name": f"serial@{rounds}",
+                    "sampler": baseline,
+                    "steps": steps,
+                    "guidance_devices": run["guidance_devices"],  # the split it had, serially
+                },
+            )
 
     if session.is_leader:
         report(args, model, items, results, devices, calibration)
@@ -332,7 +360,7 @@ def verdicts(rows: list[dict[str, Any]], devices: int) -> list[str]:
     serial = rows[0]
     lines = []
     for row in rows[1:]:
-        if row["sampler"].startswith("serial@") or row["devices"] == 1:
+        if row["sampler"].startswith("serial") or row["devices"] == 1:
             continue
         head = f"{row['sampler']} ({row['setting']}) on {devices} device(s):"
         if row["rounds"] >= serial["rounds"]:
@@ -383,10 +411,13 @@ def report(
     for name, res in results.items():
         label = repr(res["sampler"])
         parallel = getattr(res["sampler"], "parallel", True)
+        split = res["guidance_devices"] == 2
         rows.append(
             {
                 "sampler": name,
-                "devices": devices if parallel else 1,
+                "devices": devices if parallel else (min(devices, 2) if split else 1),
+                "guidance_devices": res["guidance_devices"],
+                "bytes_per_image": res["bytes_received"] / len(items),
                 "steps": res["steps"],
                 "rounds": res["rounds"],
                 "wall_s": res["wall_s"],

@@ -224,7 +224,10 @@ class DistributedExecutor:
             "all_gather", dist.all_gather, gathered, local, group=self.layout.draft_group
         )
         self.bytes_received += (g - 1) * local.numel() * local.element_size()
-        outputs = torch.cat(gathered)[: plan.units]
+        # each rank's block holds its units first (then padding: the width may exceed its share)
+        outputs = torch.cat(
+            [block[: len(plan.device_units(r))] for r, block in enumerate(gathered)]
+        )
         if self.split:  # every rank combines the branches: one device's arithmetic
             by_branch = rearrange(outputs, "(g k) ... -> g k ...", g=self.branches)
             return check_output(self.network.combine(by_branch), xs)  # type: ignore[attr-defined]

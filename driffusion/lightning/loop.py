@@ -31,7 +31,11 @@ from driffusion.lightning.module import DiffusionSamplerModule, ExecutorFactory
 
 @dataclass
 class PredictOutput:
-    """One batch's results, on the CPU."""
+    """One batch's results, on the CPU.
+
+    ``guidance_devices`` is how the batch ran (2: its guidance branches split over the draft
+    group) and ``bytes_received`` what this rank received in the batch's all-gathers.
+    """
 
     ids: list[Any]
     seeds: list[int]
@@ -40,6 +44,8 @@ class PredictOutput:
     stats: SamplerStats
     wall_s: float
     replica: int
+    guidance_devices: int = 1
+    bytes_received: int = 0
 
 
 @dataclass
@@ -133,6 +139,8 @@ def run_predict(
             stats=SamplerStats(**result["stats"]),
             wall_s=time.perf_counter() - start,
             replica=layout.replica,
+            guidance_devices=result["guidance_devices"],
+            bytes_received=result["bytes_received"],
         )
         call("on_predict_batch_end", state, output, batch_idx)
         if layout.is_group_leader:

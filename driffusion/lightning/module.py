@@ -88,7 +88,9 @@ class DiffusionSamplerModule(L.LightningModule):
         """Sample the batch, evaluating each round through ``executor(network)``; return ids,
         seeds, final states, images (if decoding) and stats.
 
-        ``stats`` is [`SamplerStats`][driffusion.core.model.SamplerStats] as a dict.
+        ``stats`` is [`SamplerStats`][driffusion.core.model.SamplerStats] as a dict;
+        ``guidance_devices`` and ``bytes_received`` say how the executor ran it (1 and 0 for
+        one that does not say).
         """
         seeds = [int(seed) for seed in batch["seed"]]
         x = initial_noise(seeds, self.sample_shape, device=self.device)
@@ -109,6 +111,8 @@ class DiffusionSamplerModule(L.LightningModule):
             "images": images,
             # a plain dict: Lightning's collection utilities refuse frozen dataclasses
             "stats": dataclasses.asdict(result.stats),
+            "guidance_devices": getattr(model, "guidance_devices", 1),
+            "bytes_received": getattr(model, "bytes_received", 0),
         }
 
 
@@ -124,7 +128,11 @@ def compile_network(network: nn.Module, backend: Any = "inductor") -> nn.Module:
         network: the network; returned, compiled in place.
         backend: a ``torch.compile`` backend (``"inductor"``; tests pass a counting one).
     """
-    targets = list(network.children()) if isinstance(network, GuidedNetwork) else [network]
+    if getattr(network, "_driffusion_compiled", False):
+        return network
+    targets = list(network.children()) if isinstance(network, GuidedNetwork) else []
+    targets = targets or [network]
     for module in targets:
         module.compile(backend=backend, dynamic=False)
+    network._driffusion_compiled = True  # type: ignore[assignment]
     return network

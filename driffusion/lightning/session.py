@@ -256,6 +256,7 @@ class Session:
         collate_fn: Callable[[list[Mapping[str, Any]]], dict[str, Any]] | None = None,
         callbacks: Sequence[Any] = (),
         draft_devices: int | None = None,
+        guidance_devices: int | str | None = None,
     ) -> list[PredictOutput]:
         """Generate every item once across the world; every rank gets all outputs, in order.
 
@@ -268,12 +269,13 @@ class Session:
             callbacks: ``on_predict_*`` hooks for this call only (after the session's).
             draft_devices: another draft-group size for this call (``1``: every rank works
                 alone on its share, e.g. for an untimed reference solve).
+            guidance_devices: another value than the session's for this call.
         """
         layout = self._layout_for(draft_devices)
         rows = sampler_rows(module.sampler)
 
         def executor(network: NetworkFn) -> DistributedExecutor:
-            return self._executor(network, layout, rows, module.fixed_shape)
+            return self._executor(network, layout, rows, module.fixed_shape, guidance_devices)
 
         return run_predict(
             self.fabric,

@@ -154,3 +154,43 @@ def test_drafts_chosen_outside_the_measured_region_run_with_a_warning_giving_the
         out = ppipe(["a red cat"], **{**CALL, "output_type": "latent"})
     assert out.stats["rows"] == 3  # as asked
     assert "measured safe" in out.stats["configuration"]
+
+
+@pytest.mark.processes
+def test_the_guidance_branches_split_over_fabric_run_reproduce_the_pipeline(
+    tmp_path: Path,
+) -> None:
+    """`parallelize(pipe, Serial(), guidance_devices=2)` under `fabric run --devices 2` is
+    `pipe()` (2/255 in pixels), for tiny SDXL and SD3; drafts give the same images with the
+    branches split as together, and the split gathers raw branches (more bytes per round)."""
+    script = [str(SCRIPTS / "guidance_pipeline.py"), str(tmp_path / "out.pt")]
+    result = run_script([*fabric_run(2), *script], timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    saved = torch.load(tmp_path / "out.pt", weights_only=False)
+    for family in ("sdxl", "sd3"):
+        reference, runs = saved[family]["pipe"], saved[family]["parallel"]
+        for devices in (1, 2):
+            serial = runs["serial", devices]
+            assert float(np.abs(serial["images"] - reference).max()) <= 2 / 255
+            assert serial["stats"]["guidance_devices"] == devices
+            assert serial["stats"]["devices"] == 2
+        drafts = [runs["aggressive", devices] for devices in (1, 2)]
+        assert float(np.abs(drafts[0]["images"] - drafts[1]["images"]).max()) <= 2 / 255
+        assert drafts[0]["stats"]["rounds"] == drafts[1]["stats"]["rounds"] == 4
+        bytes_per_round = [d["stats"]["bytes_per_round"] for d in drafts]
+        assert 0 < bytes_per_round[0] < bytes_per_round[1]
+
+
+def test_guidance_devices_and_compile_are_checked_before_any_compute() -> None:
+    from driffusion.adapters.diffusers import PipelineInputError, PipelineInputTypeError
+
+    pipe = build_tiny_pipeline("sdxl")
+    with pytest.raises(PipelineInputError, match="guidance_devices must be 1, 2 or 'auto'"):
+        parallelize(pipe, guidance_devices=3)
+    with pytest.raises(PipelineInputTypeError, match="compile must be True or False"):
+        parallelize(pipe, compile="yes")
+    out = parallelize(pipe, Serial(), guidance_devices=2, progress=False)(
+        ["a red cat"], generator=torch.Generator().manual_seed(0), **CALL, output_type="latent"
+    )
+    # one process: nothing to split, nothing gathered
+    assert (out.stats["guidance_devices"], out.stats["bytes_per_round"]) == (1, 0)

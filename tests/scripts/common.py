@@ -74,6 +74,7 @@ def start(batch: int = 3) -> torch.Tensor:
 
 
 GUIDANCE = 3.0
+FIXED_SHAPE_SPECS = ("aggressive_k3", "conservative_k2", "chords_c4")
 
 
 def guided_model() -> RowwiseModel:

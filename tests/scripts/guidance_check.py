@@ -31,6 +31,10 @@ with Session(timeout_s=60, verify=True) as session:
             result = sampler(executor, common.start(), common.schedule())
             results["oracle"][name, devices] = result.x
             results["bytes"][name, devices] = (executor.bytes_received, executor.round)
+            if name in common.FIXED_SHAPE_SPECS:  # the same per-rank shape every round
+                fixed = session.executor(network, guidance_devices=devices, fixed_shape=True)
+                result = sampler(fixed, common.start(), common.schedule())
+                results["oracle"][name, devices, "fixed"] = result.x
 
     digits = load_digits()
     denoiser = RowwiseModel(digits.denoiser(2.0), {"label": torch.arange(10)})

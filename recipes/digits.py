@@ -451,6 +451,11 @@ def report(
         "serial samplers evaluate one state per round: rank 0 of the draft group computes it "
         f"while the other {devices - 1} rank(s) wait for the gather (one device's work)"
     )
+    if any(res["guidance_devices"] == 2 for res in results.values()):
+        spread += (
+            "; with the guidance branches split (guidance_devices 2) the state's two branches "
+            "run on two ranks and every rank combines them after the gather (exact)"
+        )
     payload = {
         "rows": rows,
         "model": str(model.path),

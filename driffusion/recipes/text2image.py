@@ -140,6 +140,7 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
     parser.add_argument("--no-t5", action="store_true", help="SD3 without its T5 encoder")
     cli.add_sampler_args(parser, default=("aggressive",))
     cli.add_session_args(parser, precision=False)
+    cli.add_compile_arg(parser)
     args = parser.parse_args(argv)
     cli.check_sampler_args(parser, args)
     if args.sampler is not None and len(args.sampler) > 1:
@@ -337,7 +338,7 @@ def generate(
     configuration = describe_configuration(args, sampler, session)
     if session.is_leader:
         print(f"{family.name}: {configuration['sampler']}: {configuration['why']}")
-    ppipe = parallelize(pipe, sampler, session=session)
+    ppipe = parallelize(pipe, sampler, session=session, compile=args.compile)
     items = [
         {
             "id": f"{k:05d}",
@@ -510,6 +511,7 @@ def write_image(
         "sampler": stats["sampler"],
         "rows": stats["rows"],
         "devices": stats["devices"],
+        "guidance_devices": stats["guidance_devices"],
         "scheduler": stats["scheduler"],
         "steps": stats["steps"],
         "guidance": stats["guidance_scale"],
@@ -522,6 +524,7 @@ def write_image(
         "batch_wall_s": wall,
         "rounds": stats["rounds"],
         "evaluations": stats["evaluations"],
+        "bytes_per_image": stats["bytes_per_image"],
     }
     write_finished_image(args.out / f"{item['id']}.png", image * 2 - 1, meta, row)
     return row

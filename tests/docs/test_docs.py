@@ -33,7 +33,7 @@ def test_docs_examples_run(example: Path) -> None:
 
 
 def test_examples_are_included_in_the_pages() -> None:
-    text = (DOCS / "composing.md").read_text()
+    text = "".join((DOCS / page).read_text() for page in ("composing.md", "diffusers.md"))
     assert EXAMPLES and all(f'--8<-- "docs/examples/{p.name}"' in text for p in EXAMPLES)
 
 
@@ -127,3 +127,10 @@ def test_docstring_examples_run(name: str) -> None:
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_the_bytes_on_the_wire_table_is_the_examples_output() -> None:
+    """The diffusers page's table of gather and sequence-parallel bytes is what its example
+    computes from the configurations (no number typed by hand)."""
+    example = runpy.run_path(str(DOCS / "examples" / "bytes_on_the_wire.py"))
+    assert example["table"]() in (DOCS / "diffusers.md").read_text()

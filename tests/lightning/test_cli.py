@@ -49,6 +49,9 @@ def test_one_set_of_sampler_flags() -> None:
         ["--tol", "-1"],
         ["--timeout", "0"],
         ["--draft-devices", "0"],
+        ["--guidance-devices", "3"],
+        ["--guidance-devices", "0"],
+        ["--guidance-devices", "two"],
     ],
 )
 def test_bad_sampler_flags_stop_the_parser(argv: list[str], capsys) -> None:  # type: ignore[no-untyped-def]
@@ -86,3 +89,20 @@ def test_a_usage_error_is_one_line_and_status_2(capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().err == "error: --out /x is a file, not a folder\n"
     with pytest.raises(KeyError):  # anything else is a bug: it propagates with its traceback
         exit_on_usage_error(lambda: {}["x"])
+
+
+@pytest.mark.parametrize(("text", "value"), [("1", 1), ("2", 2), ("auto", "auto")])
+def test_guidance_devices_reach_the_session(text: str, value: object) -> None:
+    from driffusion.lightning import Session
+
+    args = parse(["--guidance-devices", text])
+    assert args.guidance_devices == value
+    assert Session.from_args(args).guidance_devices == value
+    assert parse([]).guidance_devices == 1  # as before: a row's branches on one device
+
+
+def test_a_session_refuses_other_guidance_devices() -> None:
+    from driffusion.lightning import Session
+
+    with pytest.raises(ValueError, match="guidance_devices must be 1, 2 or 'auto'"):
+        Session(guidance_devices=4)

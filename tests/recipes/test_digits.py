@@ -148,3 +148,28 @@ def test_the_main_job_says_whether_srds_and_paradigms_help(tmp_path: Path) -> No
         assert ("it helps" in line) == helps
         assert ("further from the solution" in line) == (not helps)
     assert paradigms["rounds"] < serial["rounds"]  # the authors' rule saves rounds here
+
+
+def test_the_guidance_branches_split_over_two_processes(tmp_path: Path) -> None:
+    """`--guidance-devices 2`: the serial baseline keeps a row's branches on one device, then
+    serial runs again with them split (the exact split); every other run splits too; the split
+    serial sample is the baseline's up to float rounding, with the same rounds."""
+    cmd = fabric_run(2)
+    cmd += [str(ROOT / "recipes" / "digits.py"), "--steps", "8", "--n-per-class", "1"]
+    cmd += ["--sampler", "serial", "--sampler", "aggressive", "--drafts", "2"]
+    cmd += ["--guidance-devices", "2", "--no-fid", "--reference-points", "60"]
+    result = run_script([*cmd, "--out", str(tmp_path)], timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    report = json.loads((tmp_path / "report.json").read_text())
+    rows = {row["sampler"]: row for row in report["rows"]}
+    assert list(rows) == ["serial", "serial_split", "aggressive", "serial@5"]
+    serial, split = rows["serial"], rows["serial_split"]
+    assert (serial["devices"], serial["guidance_devices"]) == (1, 1)
+    assert (split["devices"], split["guidance_devices"]) == (2, 2)
+    assert split["rounds"] == serial["rounds"] == 8
+    assert split["max_abs_dev"] <= 1e-4  # a row of a B batch against one of 2B: rounding
+    assert split["err_ref"] == pytest.approx(serial["err_ref"], rel=1e-3)
+    assert split["bytes_per_image"] > 0  # one latent of the other branch, every round
+    assert rows["aggressive"]["guidance_devices"] == rows["serial@5"]["guidance_devices"] == 2
+    assert not any(line.startswith("serial") for line in report["verdicts"])
+    assert json.loads((tmp_path / "manifest.json").read_text())["guidance_devices"] == 2

@@ -332,6 +332,7 @@ def run_job(args: argparse.Namespace, session: Session) -> None:
             "scores": scores,
             "guidance_devices": max(o.guidance_devices for o in outputs),
             "bytes_received": sum(o.bytes_received for o in outputs),
+            "batch_rounds": sum(o.stats.rounds for o in outputs),
         }
         # the honest baseline: the same solver, serially, at this sampler's round count
         parallel = getattr(run["sampler"], "parallel", True) and calibration is None
@@ -417,6 +418,7 @@ def report(
                 "sampler": name,
                 "devices": devices if parallel else (min(devices, 2) if split else 1),
                 "guidance_devices": res["guidance_devices"],
+                "bytes_per_round": res["bytes_received"] / res["batch_rounds"],
                 "bytes_per_image": res["bytes_received"] / len(items),
                 "steps": res["steps"],
                 "rounds": res["rounds"],

@@ -68,3 +68,11 @@ def test_the_digits_serial_sample_split_is_the_batched_one_to_rounding(split_run
     # the UNet's kernels round a row of a 2B batch and of a B batch differently (~1e-6 per
     # evaluation); over 20 steps the samples stay within 1e-4 of each other
     assert float((split - batched).abs().max()) <= 1e-4
+
+
+@pytest.mark.parametrize("name", list(common.SPECS))
+def test_every_sampler_on_the_digits_unet_is_the_same_split_to_rounding(
+    split_run: dict, name: str
+) -> None:
+    together, split = (split_run["digits"][name, devices] for devices in (1, 2))
+    assert float((split - together).abs().max()) <= 1e-4

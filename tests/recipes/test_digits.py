@@ -170,6 +170,7 @@ def test_the_guidance_branches_split_over_two_processes(tmp_path: Path) -> None:
     assert split["max_abs_dev"] <= 1e-4  # a row of a B batch against one of 2B: rounding
     assert split["err_ref"] == pytest.approx(serial["err_ref"], rel=1e-3)
     assert split["bytes_per_image"] > 0  # one latent of the other branch, every round
+    assert split["bytes_per_round"] == 16 * 16 * 4 * 10  # a 1x16x16 float32 latent x batch
     assert rows["aggressive"]["guidance_devices"] == rows["serial@5"]["guidance_devices"] == 2
     assert not any(line.startswith("serial") for line in report["verdicts"])
     assert json.loads((tmp_path / "manifest.json").read_text())["guidance_devices"] == 2

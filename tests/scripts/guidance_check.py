@@ -41,7 +41,16 @@ with Session(timeout_s=60, verify=True) as session:
     x = initial_noise(list(range(10)), (1, 16, 16))
     split = session.executor(denoiser, guidance_devices=2)
     with torch.inference_mode():
-        results["digits_serial_split"] = Serial().__call__(split, x, digits.schedule(20)).x
+        results["digits_serial_split"] = Serial()(split, x, digits.schedule(20)).x
+    # every sampler on the digits UNet (3 samples), the branches together and split
+    results["digits"] = {}
+    small = RowwiseModel(digits.denoiser(2.0), {"label": torch.tensor([0, 3, 8])})
+    for name, sampler in common.SPECS.items():
+        for devices in (1, 2):
+            executor = session.executor(small, guidance_devices=devices)
+            with torch.inference_mode():
+                sample = sampler(executor, x[:3], digits.schedule(20))
+            results["digits"][name, devices] = sample.x
     everyone = session.gather(results)
     results["ranks_agree"] = all(
         all(torch.equal(r["oracle"][key], results["oracle"][key]) for key in results["oracle"])

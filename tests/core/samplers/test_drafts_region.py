@@ -174,6 +174,8 @@ def test_table_cells_recompute(mode: str) -> None:
     for row in rows:
         rounds, err, serial = stored[row["mode"], row["model"], row["solver"], n, row["drafts"]]
         assert row["rounds"] == rounds
-        assert row["err_ref"] == pytest.approx(err, rel=1e-6)
-        assert row["serial_err_ref"] == pytest.approx(serial, rel=1e-6)
+        # the digits UNet runs in float32, whose CPU kernels round by the machine's instruction
+        # set (3e-6 relative measured between two machines); a hand edit moves more than that
+        assert row["err_ref"] == pytest.approx(err, rel=1e-4)
+        assert row["serial_err_ref"] == pytest.approx(serial, rel=1e-4)
     assert bench.largest_safe(rows)[mode][n] == table.LARGEST_SAFE[mode][n]

@@ -3,6 +3,7 @@ closed form, and cost-controlled networks for speed benchmarks. They let every s
 tested against the math, with no model weights."""
 
 from driffusion.testing.networks import (
+    BranchedConvStack,
     ConvStackNetwork,
     GuidedOracleNetwork,
     OracleNetwork,
@@ -16,6 +17,7 @@ from driffusion.testing.oracle import (
 )
 
 __all__ = [
+    "BranchedConvStack",
     "ConvStackNetwork",
     "FlowNoiseLevels",
     "GaussianMixtureDenoiser",

@@ -9,6 +9,9 @@
 - [`ConvStackNetwork`][driffusion.testing.networks.ConvStackNetwork]: a synthetic denoiser whose
   cost per evaluation is set by its depth,
   doing real tensor work, for speed benchmarks (its outputs are meaningless).
+- [`BranchedConvStack`][driffusion.testing.networks.BranchedConvStack]: one conv stack evaluated
+  under two (or more) branches of equal cost and combined with a guidance scale: the synthetic
+  guided network, for benchmarks of the branch split.
 """
 
 from __future__ import annotations
@@ -103,10 +106,68 @@ class ConvStackNetwork(nn.Module):
         torch.random.set_rng_state(gen_state)
 
     def forward(self, x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
-        h = self.inp(x) + self.time(t.to(x.dtype)[:, None] / 1000.0)[:, :, None, None]
+        return self.evaluate(x, t)
+
+    def evaluate(self, x: Tensor, t: Tensor, shift: Tensor | None = None) -> Tensor:
+        """The stack on ``x[M, C, H, W]`` at ``t[M]``, with ``shift[M, width]`` (if given) added
+        to the time embedding of each row: one evaluation's cost whatever the shift."""
+        embedding = self.time(t.to(x.dtype)[:, None] / 1000.0)
+        if shift is not None:
+            embedding = embedding + shift
+        h = self.inp(x) + embedding[:, :, None, None]
         for layer in self.hidden:
             h = h + torch.tanh(layer(h))
         return 0.1 * self.out(h)
+
+
+class BranchedConvStack(GuidedNetwork):
+    r"""A [`ConvStackNetwork`][driffusion.testing.networks.ConvStackNetwork] under ``branches``
+    conditionings of equal cost, combined with a guidance scale: a synthetic guided network.
+
+    Branch ``i`` is the stack with a fixed random shift ``e_i`` added to its time embedding
+    (as a class label would be), so every branch of a row costs exactly one stack evaluation and
+    ``forward`` on ``M`` rows is one call of ``G M`` rows. With two branches the guided output
+    is $\hat\epsilon = \epsilon_0 + w (\epsilon_1 - \epsilon_0)$ (branch 0 plays the
+    unconditional one); with ``G`` branches, $\epsilon_0 + w \sum_{i \ge 1}
+    (\epsilon_i - \epsilon_0)$. The outputs are meaningless; the cost is the point.
+
+    Args:
+        channels: input/output channels.
+        width: hidden channels.
+        depth: number of hidden conv layers (the cost of one branch, as for the stack).
+        seed: weight initialisation seed: the stack's weights are those of
+            ``ConvStackNetwork(channels, width, depth, seed)``, the shifts come after them.
+        guidance: the scale ``w``.
+        branches: ``G >= 2``, the branches of one evaluation.
+    """
+
+    shifts: Tensor  # [G, width]: branch i's shift e_i (a buffer)
+
+    def __init__(
+        self,
+        channels: int = 4,
+        width: int = 64,
+        depth: int = 4,
+        seed: int = 0,
+        guidance: float = 2.0,
+        branches: int = 2,
+    ) -> None:
+        super().__init__()
+        if isinstance(branches, bool) or not isinstance(branches, int) or branches < 2:
+            raise ValueError(f"branches must be an integer >= 2, got {branches!r}")
+        self.stack = ConvStackNetwork(channels, width, depth, seed)
+        self.guidance = guidance
+        self.branches = branches
+        generator = torch.Generator().manual_seed(seed)
+        shifts = torch.randn(branches, width, generator=generator)
+        self.register_buffer("shifts", shifts, persistent=False)
+
+    def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
+        return self.stack.evaluate(x, t, self.shifts[branch.to(self.shifts.device).long()])
+
+    def combine(self, outputs: Tensor) -> Tensor:
+        base = outputs[0]
+        return base + self.guidance * (outputs[1:] - base).sum(dim=0)
 
 
 def time_per_row(

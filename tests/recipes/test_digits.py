@@ -115,7 +115,7 @@ def test_a_user_sampler_file_runs_through_the_main_job_on_two_processes(tmp_path
     assert mine["setting"] == "DraftTwice(drafts=4)" and mine["devices"] == 2
     assert mine["rounds"] == 3 * 5  # 3 rounds per block of 4 steps
     assert mine["max_abs_dev"] > 0 and mine["err_ref"] < 0.5
-    assert "| draft_twice | 2 | 20 | 15 |" in result.stdout
+    assert "| draft_twice | 2 | 1 | 20 | 15 |" in result.stdout  # guidance_devices 1
     png = Image.open(tmp_path / "draft_twice" / "digit0_seed0.png")
     assert png.text["sampler"] == "DraftTwice(drafts=4)"
 

@@ -1,7 +1,8 @@
 """The frontier: error to the exact solution against serial rounds (latency), for every solver's
 serial curve and every registered parallel sampler (its own configurations at 2, 4 and 8 rows a
-round, over DDIM and DPM-Solver++(2M)), on the exact Gaussian-mixture oracle and on the embedded
-digits network.
+round, over DDIM and DPM-Solver++(2M)), on the exact Gaussian-mixture oracle, on the same oracle
+under classifier-free guidance (``oracle-guided``: two exact branches, so guided sampling has a
+reference solve too) and on the embedded digits network.
 
     python benchmarks/frontier.py --json outputs/frontier.json --plot outputs/frontier.png
     python benchmarks/frontier.py --models oracle --quick --json f.json --plot f.png  # smoke

@@ -37,8 +37,11 @@ def test_the_comparison_holds_chords_at_the_official_list() -> None:
             and "starts" not in r["setting"]
         ]
         assert {(r["rounds"], r["evaluations"]) for r in official} == {(17, 108)}
-        guidance = {(r["guidance_devices"], r["passes"]) for r in official}
-        assert guidance == ({(1, 34), (2, 34)} if result["branches"] == 2 else {(1, 17)})
+        passes = {r["guidance_devices"]: r["passes"] for r in official}  # rounds of <= 8 rows
+        if result["branches"] == 2:  # split: one pass for a round of at most 4 rows, else 2
+            assert passes[1] == 34 and 17 <= passes[2] <= 34
+        else:
+            assert passes == {1: 17}
         for entry in result["best"]:
             assert entry["best"] is None or entry["best"]["passes"] <= entry["budget"]
 

@@ -17,9 +17,12 @@ from typing import Any, TypeVar
 
 import torch
 
-from driffusion.core import Sampler, builtin_samplers, relative_error
+from driffusion.core import Aggressive, Conservative, Sampler, builtin_samplers, relative_error
 
 T = TypeVar("T")
+DRAFT_SAMPLERS: tuple[type[Sampler], ...] = (Aggressive, Conservative)
+"""DRiffusion's draft-and-refine samplers (what the comparison calls *drafts*)."""
+DRAFT_FAMILIES = tuple(cls.name for cls in DRAFT_SAMPLERS)
 Timer = Callable[[Callable[[], T]], tuple[float, T]]
 
 
@@ -94,3 +97,15 @@ def title(name: str) -> str:
     """How tables name a sampler family: its class's ``title`` (or class name), or ``name``."""
     cls = next((c for c in builtin_samplers() if c.name == name), None)
     return (cls.title or cls.__name__) if cls is not None else name
+
+
+def families(rows: list[dict[str, Any]]) -> list[str]:
+    """The families in comparison rows, serial first, in the order they appear."""
+    return list(dict.fromkeys(["serial", *(r["family"] for r in rows)]))
+
+
+def variants(rows: list[dict[str, Any]]) -> list[tuple[str, int]]:
+    """The ``(family, guidance_devices)`` pairs in comparison rows, serial first, each family's
+    branches together (1) before split (2), in the order they appear."""
+    pairs = {(r["family"], r.get("guidance_devices", 1)) for r in rows}
+    return [(f, g) for f in families(rows) for g in (1, 2) if (f, g) in pairs]

@@ -1,7 +1,8 @@
 """The frontier: error to the exact solution against serial rounds (latency), for every solver's
 serial curve and every registered parallel sampler (its own configurations at 2, 4 and 8 rows a
-round, over DDIM and DPM-Solver++(2M)), on the exact Gaussian-mixture oracle and on the embedded
-digits network.
+round, over DDIM and DPM-Solver++(2M)), on the exact Gaussian-mixture oracle, on the same oracle
+under classifier-free guidance (``oracle-guided``: two exact branches, so guided sampling has a
+reference solve too) and on the embedded digits network.
 
     python benchmarks/frontier.py --json outputs/frontier.json --plot outputs/frontier.png
     python benchmarks/frontier.py --models oracle --quick --json f.json --plot f.png  # smoke
@@ -57,9 +58,10 @@ from driffusion.core import (
     vp_schedule,
     vp_timesteps,
 )
+from driffusion.core.branches import network_branches
 from driffusion.io import format_cell, markdown_table, write_json
 from driffusion.lightning import cli
-from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
+from driffusion.testing import GaussianMixtureDenoiser, GuidedOracleNetwork, VPNoiseLevels
 
 if not __package__:  # run as `python benchmarks/frontier.py`: the repo root holds `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -89,12 +91,13 @@ EXTRA_SOLVERS = ("unipc", "plms")
 
 @dataclass
 class Problem:
-    """A model, its start states and its grids."""
+    """A model, its start states, its grids and the branches of one of its evaluations."""
 
     name: str
     model: Model
     x: torch.Tensor
     alphas_cumprod: torch.Tensor
+    branches: int = 1
 
     def grid(self, steps: int) -> Schedule:
         """The trailing grid of ``steps`` steps, ending at ``sigma = 0``."""
@@ -105,14 +108,36 @@ class Problem:
         return reference_schedule(self.alphas_cumprod, points)
 
 
+ORACLE_SAMPLES = 8
+ORACLE_GUIDANCE = 3.0  # the guided oracle's scale w in u + w (c - u)
+
+
+def oracle_mixture(abar: torch.Tensor) -> GaussianMixtureDenoiser:
+    """The oracles' Gaussian mixture: 8 components of 4x8x8 (seed 0)."""
+    return GaussianMixtureDenoiser.random(
+        (4, 8, 8), components=8, noise_levels=VPNoiseLevels(abar), seed=0
+    )
+
+
+def oracle_start() -> torch.Tensor:
+    """The oracles' start states: 8 samples of 4x8x8 (seed 1)."""
+    return torch.randn(ORACLE_SAMPLES, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
 def oracle_problem(quick: bool) -> Problem:
     """The Gaussian-mixture oracle (exact denoiser), 8 samples of 4x8x8, SD betas."""
     abar = alphas_cumprod_from_betas()
-    model = GaussianMixtureDenoiser.random(
-        (4, 8, 8), components=8, noise_levels=VPNoiseLevels(abar), seed=0
-    )
-    x = torch.randn(8, 4, 8, 8, generator=torch.Generator().manual_seed(1))
-    return Problem("oracle", model, x, abar)
+    return Problem("oracle", oracle_mixture(abar), oracle_start(), abar)
+
+
+def guided_oracle_problem(quick: bool) -> Problem:
+    """The same mixture and start states under classifier-free guidance (scale
+    ``ORACLE_GUIDANCE``, sample ``b`` conditioned on component ``b``): two exact branches per
+    evaluation, so the guided probability-flow ODE has a reference solve."""
+    abar = alphas_cumprod_from_betas()
+    network = GuidedOracleNetwork(oracle_mixture(abar), ORACLE_GUIDANCE)
+    model = RowwiseModel(network, {"label": torch.arange(ORACLE_SAMPLES)})
+    return Problem("oracle-guided", model, oracle_start(), abar, network_branches(network))
 
 
 def digits_problem(quick: bool) -> Problem:
@@ -121,13 +146,15 @@ def digits_problem(quick: bool) -> Problem:
 
     digits = load_digits()
     labels = torch.arange(10)
-    model = BatchedExecutor(RowwiseModel(digits.denoiser(2.0), {"label": labels}))
+    network = digits.denoiser(2.0)
+    model = BatchedExecutor(RowwiseModel(network, {"label": labels}))
     x = initial_noise([1000 + k for k in range(len(labels))], (1, 16, 16))
-    return Problem("digits", model, x, digits.alphas_cumprod)
+    return Problem("digits", model, x, digits.alphas_cumprod, network_branches(network))
 
 
 PROBLEMS: dict[str, Callable[[bool], Problem]] = {
     "oracle": oracle_problem,
+    "oracle-guided": guided_oracle_problem,
     "digits": digits_problem,
 }
 

@@ -21,7 +21,7 @@ from typing import Any
 
 if not __package__:  # run as `python benchmarks/results_page.py`: the repo root holds it
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import title
+from benchmarks.common import DRAFT_FAMILIES, families, title, variants
 from driffusion.io import format_cell, markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -220,15 +220,42 @@ COMPARISON_COMMAND = (
     "OMP_NUM_THREADS=1 python benchmarks/compare.py --json docs/results/compare.json"
 )
 SERIAL_TITLE = "serial, 1 device (best of dpmpp_2m, unipc)"
+SPLIT_SERIAL_TITLE = "serial, branches split over 2 devices (exact; best of dpmpp_2m, unipc)"
+Cells = dict[tuple[int, int, str, int], dict[str, Any] | None]
 
 
-def family_titles(rows: list[dict[str, Any]]) -> dict[str, str]:
-    """The families of the comparison in the order they ran, each titled with its solvers."""
-    out = {"serial": SERIAL_TITLE}
-    for family in dict.fromkeys(r["family"] for r in rows if r["family"] != "serial"):
+def guided(result: dict[str, Any]) -> bool:
+    """Whether the model's evaluations have branches to split (``branches >= 2``)."""
+    return result.get("branches", 1) > 1
+
+
+def variant_titles(result: dict[str, Any]) -> dict[tuple[str, int], str]:
+    """The ``(family, guidance_devices)`` of the comparison in the order they ran, each titled
+    with its solvers (and, on a guided model, where its branches run)."""
+    rows = result["rows"]
+    out = {}
+    for family, guidance in variants(rows):
+        if family == "serial":
+            out[family, guidance] = SPLIT_SERIAL_TITLE if guidance == 2 else SERIAL_TITLE
+            continue
         solvers = sorted({_solver(r["setting"]) for r in rows if r["family"] == family})
-        out[family] = f"{title(family)} ({' or '.join(solvers)})"
+        name = f"{title(family)} ({' or '.join(solvers)})"
+        if guided(result):
+            name += ", branches split" if guidance == 2 else ", branches together"
+        out[family, guidance] = name
     return out
+
+
+def short_title(family: str, guidance: int, guided_model: bool) -> str:
+    """A family in a sentence: ``"the exact split alone"``, ``"DRiffusion aggressive with the
+    branches split"``..."""
+    if family == "serial":
+        if not guided_model:
+            return "serial sampling"
+        return "the exact split alone" if guidance == 2 else "serial sampling on one device"
+    if not guided_model:
+        return title(family)
+    return f"{title(family)} with the branches {'split' if guidance == 2 else 'together'}"
 
 
 def _solver(setting: str) -> str:
@@ -244,36 +271,213 @@ def _cell(best: dict[str, Any] | None) -> str:
     return f"{format_cell(best['err_ref'])} ({best['evaluations']} ev, N={best['steps']})"
 
 
-def _within(budgets: list[int]) -> str:
-    """``"within 8, 12 and 17 rounds"``, or ``"at no budget"``."""
+def _listed(items: list[str]) -> str:
+    """``"a"``, ``"a and b"``, ``"a, b and c"``."""
+    head = ", ".join(items[:-1])
+    return f"{head + ' and ' if head else ''}{items[-1]}"
+
+
+def _within(budgets: list[int], ratios: list[float] | None = None) -> str:
+    """``"within 8, 12 and 17 passes"`` (with ``ratios``: ``"... (0.5x, 0.4x and 0.3x its
+    error)"``), or ``"at no budget"``."""
     if not budgets:
         return "at no budget"
-    head = ", ".join(str(b) for b in budgets[:-1])
-    return f"within {head + ' and ' if head else ''}{budgets[-1]} rounds"
+    text = f"within {_listed([str(b) for b in budgets])} passes"
+    if ratios:
+        text += f" ({_listed([f'{format_cell(r)}x' for r in ratios])} its error)"
+    return text
+
+
+def best_cells(result: dict[str, Any]) -> Cells:
+    """``(devices, budget, family, guidance_devices) -> best row`` (``None``: none fits)."""
+    return {
+        (e["devices"], e["budget"], e["family"], e.get("guidance_devices", 1)): e["best"]
+        for e in result["best"]
+    }
+
+
+def best_of(
+    cells: Cells, devices: int, budget: int, families: list[str], guidance: tuple[int, ...]
+) -> dict[str, Any] | None:
+    """The least-error row among ``families`` x ``guidance`` at ``devices`` and ``budget``."""
+    found = [
+        row
+        for family in families
+        for g in guidance
+        if (row := cells.get((devices, budget, family, g))) is not None
+    ]
+    return min(found, key=lambda r: r["err_ref"]) if found else None
+
+
+def _grid(result: dict[str, Any]) -> tuple[list[int], list[int]]:
+    """The device counts and budgets of a model's best rows."""
+    best = result["best"]
+    return sorted({e["devices"] for e in best}), sorted({e["budget"] for e in best})
+
+
+def _parallel(result: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """A model's parallel families: the drafts, then the others."""
+    parallel = [f for f in families(result["rows"]) if f != "serial"]
+    drafts = [f for f in parallel if f in DRAFT_FAMILIES]
+    return drafts, [f for f in parallel if f not in DRAFT_FAMILIES]
+
+
+def split_verdicts(results: dict[str, Any]) -> list[str]:
+    """One plain line per guided model and device count, against the exact branch split alone
+    (serial, branches split): the budgets where drafts stacked on the split beat it, where drafts
+    with the branches together beat it, where only another sampler does, and where nothing
+    does."""
+    lines = []
+    for model, result in results.items():
+        if not guided(result):
+            continue
+        cells = best_cells(result)
+        drafts, others = _parallel(result)
+        devices, budgets = _grid(result)
+        for d in devices:
+            stacked: dict[int, float] = {}
+            alone: dict[int, float] = {}
+            other: list[str] = []
+            nothing: list[int] = []
+            for budget in budgets:
+                exact = cells.get((d, budget, "serial", 2))
+                if exact is None:
+                    continue
+                base = exact["err_ref"]
+                for found, guidance in ((stacked, (2,)), (alone, (1,))):
+                    row = best_of(cells, d, budget, drafts, guidance)
+                    if row is not None and row["err_ref"] < base:
+                        found[budget] = row["err_ref"] / base
+                if budget in stacked or budget in alone:
+                    continue
+                rival = best_of(cells, d, budget, others, (1, 2))
+                if rival is not None and rival["err_ref"] < base:
+                    name = short_title(rival["family"], rival["guidance_devices"], True)
+                    ratio = format_cell(rival["err_ref"] / base)
+                    other.append(f"{name} within {budget} passes ({ratio}x its error)")
+                else:
+                    nothing.append(budget)
+            only = f"; only another sampler beats it: {'; '.join(other)}" if other else ""
+            last = f"nothing beats it {_within(nothing)}" if nothing else "something beats it"
+            lines.append(
+                f"- **{model}, {d} devices:** drafts stacked on the branch split beat the exact "
+                f"split alone {_within(list(stacked), list(stacked.values()))}; drafts with the "
+                f"branches together beat it {_within(list(alone), list(alone.values()))}{only}; "
+                f"{last}{'' if nothing else ' within every budget'}."
+            )
+    return lines
+
+
+def winners_at(results: dict[str, Any], devices: int) -> list[str]:
+    """One line per guided model: what has the least error at ``devices`` devices, per budget
+    (budgets with the same winner together)."""
+    lines = []
+    for model, result in results.items():
+        if not guided(result):
+            continue
+        cells = best_cells(result)
+        winners: dict[str, list[int]] = {}
+        for budget in _grid(result)[1]:
+            found = [
+                row
+                for (d, b, _, _), row in cells.items()
+                if (d, b) == (devices, budget) and row is not None
+            ]
+            if found:
+                best = min(found, key=lambda r: r["err_ref"])
+                winners.setdefault(winner_title(cells, devices, budget, best), []).append(budget)
+        if winners:
+            said = "; ".join(f"{name} {_within(b)}" for name, b in winners.items())
+            lines.append(f"- **{model}:** {said}.")
+    return lines
+
+
+def winner_title(cells: Cells, devices: int, budget: int, row: dict[str, Any]) -> str:
+    """How a sentence names the best row at ``devices`` and ``budget``: its family and where its
+    branches run (``"together or split"`` when the split reaches the same error)."""
+    name = short_title(row["family"], row["guidance_devices"], True)
+    split = cells.get((devices, budget, row["family"], 2))
+    if row["guidance_devices"] == 1 and split and split["err_ref"] == row["err_ref"]:
+        name += " or split"
+    return name
+
+
+def _versus(row: dict[str, Any] | None, base: float) -> str:
+    """``err_ref (ratio to the exact split; setting, N)``, or a dash."""
+    if row is None:
+        return "-"
+    ratio = format_cell(row["err_ref"] / base)
+    return f"{format_cell(row['err_ref'])} ({ratio}x; {row['setting']}, N={row['steps']})"
+
+
+SPLIT_COLUMNS = (
+    "model",
+    "devices",
+    "passes at most",
+    "exact split alone",
+    "drafts x split",
+    "drafts, branches together",
+    "best of all",
+)
+
+
+def split_table(results: dict[str, Any]) -> str:
+    """Per guided model, device count and budget: the exact split alone against the best drafts
+    with the branches split, with them together, and the best configuration of all."""
+    table = []
+    for model, result in results.items():
+        if not guided(result):
+            continue
+        cells = best_cells(result)
+        drafts, _ = _parallel(result)
+        everything = families(result["rows"])
+        devices, budgets = _grid(result)
+        for d in devices:
+            for budget in budgets:
+                exact = cells.get((d, budget, "serial", 2))
+                if exact is None:
+                    continue
+                base = exact["err_ref"]
+                top = best_of(cells, d, budget, everything, (1, 2))
+                assert top is not None  # the exact split itself is among them
+                name = winner_title(cells, d, budget, top)
+                table.append(
+                    {
+                        "model": model,
+                        "devices": d,
+                        "passes at most": budget,
+                        "exact split alone": (
+                            f"{format_cell(base)} ({exact['setting']}, N={exact['steps']})"
+                        ),
+                        "drafts x split": _versus(best_of(cells, d, budget, drafts, (2,)), base),
+                        "drafts, branches together": _versus(
+                            best_of(cells, d, budget, drafts, (1,)), base
+                        ),
+                        "best of all": f"{name}: {format_cell(top['err_ref'] / base)}x",
+                    }
+                )
+    return markdown_table(table, SPLIT_COLUMNS)
 
 
 def comparison_verdicts(results: dict[str, Any]) -> list[str]:
     """One plain line per model and device count: the budgets where CHORDS is the best parallel
     sampler, by how much the best one beats it elsewhere, and where it beats its own paper's
-    baselines (SRDS, ParaDiGMS) and serial sampling on one device."""
+    baselines (SRDS, ParaDiGMS) and serial sampling on one device (each family at its better
+    ``guidance_devices``)."""
     lines = []
     for model, result in results.items():
-        best = result["best"]
-        for d in sorted({e["devices"] for e in best}):
+        cells = best_cells(result)
+        parallel = [f for f in families(result["rows"]) if f != "serial"]
+        devices, budgets = _grid(result)
+        for d in devices:
             wins: list[int] = []
             over_baselines: list[int] = []
             over_serial: list[int] = []
             behind: list[str] = []
-            for budget in sorted({e["budget"] for e in best if e["devices"] == d}):
-                cell = {
-                    e["family"]: e["best"]
-                    for e in best
-                    if (e["devices"], e["budget"]) == (d, budget)
-                }
+            for budget in budgets:
+                cell = {f: best_of(cells, d, budget, [f], (1, 2)) for f in parallel}
                 chords = cell.get("chords")
-                rivals = {
-                    f: best for f, best in cell.items() if f not in ("chords", "serial") and best
-                }
+                rivals = {f: row for f, row in cell.items() if f != "chords" and row}
                 if chords is None or not rivals:
                     continue
                 leader = min(rivals, key=lambda f: rivals[f]["err_ref"])
@@ -281,12 +485,12 @@ def comparison_verdicts(results: dict[str, Any]) -> list[str]:
                 if ratio < 1:
                     wins.append(budget)
                 else:
-                    name = title(leader)
-                    behind.append(f"{format_cell(ratio)}x by {name} within {budget}")
+                    behind.append(f"{format_cell(ratio)}x by {title(leader)} within {budget}")
                 baselines = [cell[f]["err_ref"] for f in ("srds", "paradigms") if cell.get(f)]
                 if baselines and chords["err_ref"] < min(baselines):
                     over_baselines.append(budget)
-                if cell.get("serial") and chords["err_ref"] < cell["serial"]["err_ref"]:
+                serial = cells.get((d, budget, "serial", 1))
+                if serial and chords["err_ref"] < serial["err_ref"]:
                     over_serial.append(budget)
             won = (
                 f"the best parallel sampler {_within(wins)}"
@@ -303,39 +507,44 @@ def comparison_verdicts(results: dict[str, Any]) -> list[str]:
 
 
 def comparison_section(results: dict[str, Any]) -> str:
-    """Per model and device count: the best error within each latency budget, by family, then
-    every configuration at N = 50."""
+    """Per model and device count: the best error within each budget of passes, by family and
+    ``guidance_devices``, then every configuration first placed on that many devices at N = 50."""
     parts = []
     for model, result in results.items():
         checks = result["reference"]
-        parts.append(
-            f"## {model}\n\n{len(result['rows'])} configurations in "
-            f"{duration(result['wall_s'])}; reference {checks['solver']} on {checks['points']} "
-            f"points, within {format_cell(checks['diff_unipc3_same_grid'])} of UniPC-3. "
-            f"Convergent samplers at `tol` {format(result['tol'], 'g')}."
+        branches = result.get("branches", 1)
+        evaluation = (
+            f"each evaluation is {branches} branches (a pass is one branch of one row)"
+            if branches > 1
+            else "one branch an evaluation (passes are network calls)"
         )
-        best = result["best"]
-        for d in sorted({e["devices"] for e in best}):
-            budgets = sorted({e["budget"] for e in best if e["devices"] == d})
+        parts.append(
+            f"## {model}\n\n{len(result['rows'])} rows in {duration(result['wall_s'])}; "
+            f"{evaluation}; reference {checks['solver']} on {checks['points']} points, within "
+            f"{format_cell(checks['diff_unipc3_same_grid'])} of UniPC-3 on the same grid and "
+            f"{format_cell(checks['diff_dpmpp_3m_half_points'])} of {checks['solver']} on "
+            f"{checks['points'] // 2}. Convergent samplers at `tol` {format(result['tol'], 'g')}."
+        )
+        cells = best_cells(result)
+        devices, budgets = _grid(result)
+        for d in devices:
             table = []
-            for family, name in family_titles(result["rows"]).items():
+            for (family, guidance), name in variant_titles(result).items():
                 row: dict[str, Any] = {"sampler": name}
                 for budget in budgets:
-                    entry = next(
-                        e
-                        for e in best
-                        if (e["devices"], e["budget"], e["family"]) == (d, budget, family)
-                    )
-                    row[f"<= {budget} rounds"] = _cell(entry["best"])
+                    row[f"<= {budget} passes"] = _cell(cells.get((d, budget, family, guidance)))
                 table.append(row)
-            columns = ["sampler", *(f"<= {b} rounds" for b in budgets)]
+            columns = ["sampler", *(f"<= {b} passes" for b in budgets)]
             at_50 = [r for r in result["rows"] if r["devices"] == d and r["steps"] == 50]
+            listed = ["setting", "rounds", "passes", "evaluations", "err_ref"]
+            if branches > 1:
+                listed.insert(1, "guidance_devices")
             parts.append(
-                f"### {d} devices\n\nBest `err_ref` within the latency budget (evaluations, "
+                f"### {d} devices\n\nBest `err_ref` within the budget of passes (evaluations, "
                 f"grid size N):\n\n{markdown_table(table, columns)}\n\n"
-                f"Every {d}-device configuration at N = 50 (`latency` = network calls one after "
-                f"another on {d} devices):\n\n"
-                + markdown_table(at_50, ["setting", "rounds", "latency", "evaluations", "err_ref"])
+                f"Every configuration at N = 50 first placed on {d} devices (`passes` = the "
+                f"latency on {d} devices; on fewer devices it takes more):\n\n"
+                + markdown_table(at_50, listed)
             )
     return "\n\n".join(parts)
 
@@ -343,30 +552,52 @@ def comparison_section(results: dict[str, Any]) -> str:
 def render_comparison(results: Path = RESULTS) -> str:
     """The comparison page, from ``compare.json``."""
     data = json.loads((results / "compare.json").read_text())
+    guided_models = [model for model, result in data.items() if guided(result)]
     parts = [
         "# DRiffusion, CHORDS and the other parallel samplers",
         "<!-- Generated by `python benchmarks/results_page.py` from docs/results/compare.json: "
         "do not edit by hand. -->",
         "What a user with `D` devices and a latency budget gets from each parallel sampler: at "
-        "equal devices (2, 4, 8 rows a round) and within an equal budget of serial rounds, the "
-        "error to a reference solve of the sampling ODE (`err_ref`, the "
-        "[frontier](results.md#the-frontier-against-the-exact-solution)'s measure) and the "
-        "evaluations spent. Each sampler runs on a sweep of grid sizes N with 2, 4 or 8 rows a "
-        "round; on `D` devices a budget keeps each family's configuration closest to the "
-        "solution, among those for at most `D` devices (with 8 devices one may run 2 drafts), "
-        "whose latency (`sum_r ceil(rows_r / D)`) fits. Every sampler runs over `dpmpp_2m` in "
-        "its own configurations ([`Sampler.configurations`]"
+        "equal devices (`D` = 2, 4, 8) and within an equal budget of *passes* (one branch of one "
+        "row: the latency unit), the error to a reference solve of the sampling ODE (`err_ref`, "
+        "the [frontier](results.md#the-frontier-against-the-exact-solution)'s measure) and the "
+        "evaluations spent. A guided model evaluates 2 branches (unconditional and conditional) "
+        "per row: a round of `K` rows takes `2 ceil(K / D)` passes with a row's branches on one "
+        "device (`guidance_devices=1`) and `ceil(2K / D)` with the branches split over the "
+        "devices (`guidance_devices=2`, exact: the sample does not change), so each "
+        "configuration ran once and is counted both ways. Serial sampling takes `2N` passes on "
+        "one device and `N` with the branches split over 2 devices: the exact split users "
+        "already have, the baseline to beat. Each sampler runs on a sweep of grid sizes N with "
+        "2, 4 or 8 rows a round; on `D` devices a budget keeps each family's configuration "
+        "closest to the solution, among those for at most `D` devices (with 8 devices one may "
+        "run 2 drafts), whose passes fit, for each `guidance_devices`. Every sampler runs over "
+        "`dpmpp_2m` in its own configurations ([`Sampler.configurations`]"
         "(api/core.md#driffusion.core.samplers.base.Sampler.configurations)): DRiffusion "
-        "and Picard-DRiffusion with `D` drafts or window; ParaDiGMS with a window of `D` under "
+        "and Picard-DRiffusion with `K` drafts or window; ParaDiGMS with a window of `K` under "
         "the project's rule and under the authors' (`rule='paper'`, at their `tol` 0.1); SRDS "
-        "with `D` blocks, pipelined, with one, two or all Parareal iterations; CHORDS with the "
+        "with `K` blocks, pipelined, with one, two or all Parareal iterations; CHORDS with the "
         "default start lists ([`default_starts`]"
         "(api/core.md#driffusion.core.samplers.chords.default_starts): `0-25`, `0-12-24-36` "
         "and the official `0-2-4-8-16-24-32-40` at N = 50) returning the first or second "
         "core, and evenly spaced lists whose fastest core gets two or three rectification "
-        "windows (`0-10-20-30`, `0-8-16-24` at N = 50), also over `ddim`.",
+        "windows (`0-10-20-30`, `0-8-16-24` at N = 50), also over `ddim`. DRiffusion's drafts "
+        "also run on the grids whose rounds fill a budget (`N = 1 + (R - 1) K`).",
         f"[`docs/results/compare.json`](results/compare.json), written by\n\n"
         f"```bash\n{COMPARISON_COMMAND}\n```\n\non {MACHINE}",
+    ]
+    if guided_models:
+        parts += [
+            "## Drafts and the exact branch split",
+            f"On the guided models ({_listed(guided_models)}), against serial sampling with "
+            "the branches split (the exact split alone), at the same passes; *drafts* are "
+            "DRiffusion aggressive or conservative, whichever is closer:",
+            "\n".join(split_verdicts(data)),
+            "At 2 devices, the least error within each budget:",
+            "\n".join(winners_at(data, 2)),
+            "The best error within each budget, and its ratio to the exact split alone's:",
+            split_table(data),
+        ]
+    parts += [
         "## Where CHORDS wins",
         "\n".join(comparison_verdicts(data)),
         comparison_section(data),

@@ -59,3 +59,19 @@ def test_titles() -> None:
     assert title("chords") == "CHORDS"
     assert title("srds") == "SRDS"
     assert title("nobody") == "nobody"
+
+
+def test_comparison_variants_put_serial_first_and_together_before_split() -> None:
+    from benchmarks.common import DRAFT_FAMILIES, families, variants
+
+    rows = [
+        {"family": "chords", "guidance_devices": 2},
+        {"family": "serial", "guidance_devices": 2},
+        {"family": "chords", "guidance_devices": 1},
+        {"family": "serial", "guidance_devices": 1},
+        {"family": "aggressive"},  # an unguided row: its branches together
+    ]
+    assert families(rows) == ["serial", "chords", "aggressive"]
+    pairs = [("serial", 1), ("serial", 2), ("chords", 1), ("chords", 2), ("aggressive", 1)]
+    assert variants(rows) == pairs
+    assert DRAFT_FAMILIES == ("aggressive", "conservative")

@@ -74,3 +74,23 @@ def test_frontier_benchmark_quick(tmp_path: Path) -> None:
         if sampler.starts is None:
             fastest[sampler.cores, row["steps"], sampler.index] = row["rounds"]
     assert fastest[4, 50, 1] == 17 and fastest[4, 50, 2] == 28
+
+
+def test_the_guided_oracle_is_the_oracle_under_guidance() -> None:
+    """oracle-guided: the frontier's mixture and start states, two exact branches combined at
+    the guidance scale, one label per sample; guidance 1 would be the conditional oracle."""
+    import torch
+
+    from benchmarks import frontier
+
+    plain, guided = frontier.oracle_problem(True), frontier.guided_oracle_problem(True)
+    assert (plain.branches, guided.branches) == (1, 2) and guided.name == "oracle-guided"
+    assert torch.equal(plain.x, guided.x)
+    network = guided.model.network
+    assert network.guidance == frontier.ORACLE_GUIDANCE > 1
+    assert torch.equal(guided.model.cond["label"], torch.arange(len(guided.x)))
+    xs, t = plain.x[None], torch.tensor([500])
+    with torch.inference_mode():
+        unconditional, out = plain.model(xs, t), guided.model(xs, t)
+    assert not torch.allclose(out, unconditional)
+    assert set(frontier.PROBLEMS) >= {"oracle", "oracle-guided", "digits"}

@@ -115,6 +115,11 @@ def pipeline_family(pipe: Any) -> str:
     raise ValueError(f"unsupported pipeline {name}; supported: {supported}")
 
 
+def pipeline_denoiser(pipe: Any) -> nn.Module:
+    """The network a supported pipeline denoises with: SD3's transformer, else the UNet."""
+    return pipe.transformer if pipeline_family(pipe) == "sd3" else pipe.unet
+
+
 def _dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
@@ -370,7 +375,7 @@ def adapt_pipeline(
     pipeline."""
     family = pipeline_family(pipe)
     factor = pipe.vae_scale_factor
-    denoiser: nn.Module = pipe.transformer if family == "sd3" else pipe.unet
+    denoiser = pipeline_denoiser(pipe)
     channels = int(denoiser.config.in_channels)  # type: ignore[union-attr,arg-type]
     height, width = image_size(pipe, height, width)
     mu = None

@@ -46,6 +46,7 @@ from driffusion.adapters.diffusers import (
     PipelineInputError,
     PipelineInputTypeError,
     adapt_pipeline,
+    pipeline_denoiser,
     pipeline_family,
 )
 from driffusion.adapters.distributed import DistributedExecutor
@@ -59,6 +60,7 @@ from driffusion.core.samplers.settings import sampler_rows
 from driffusion.core.solvers import Solver, get_solver
 from driffusion.lightning.cli import rows_notes
 from driffusion.lightning.launch import under_fabric_cli
+from driffusion.lightning.module import compile_network
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -148,8 +150,7 @@ class ParallelPipeline:
         )
         self.compile = compile
         if compile:  # once: the denoiser every call's network wraps, one graph per shape
-            denoiser = pipe.transformer if self.family == "sd3" else pipe.unet
-            denoiser.compile(dynamic=False)
+            compile_network(pipeline_denoiser(pipe))
         self.defaults = {
             name: parameter.default
             for name, parameter in inspect.signature(type(pipe).__call__).parameters.items()

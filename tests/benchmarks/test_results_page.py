@@ -67,9 +67,14 @@ def test_committed_results_are_strict_json_with_the_documented_rows() -> None:
         )
         for source in results_page.SOURCES
     }
-    speedup = data["speedup_cpu2.json"]
-    assert [r["sampler"] for r in speedup][:2] == ["serial", "serial_reduced"]
-    assert all(r["speedup"] == pytest.approx(r["serial_wall_s"] / r["wall_s"]) for r in speedup)
+    for file in ("speedup_cpu2.json", "speedup_digits_cpu2.json"):
+        speedup = data[file]
+        assert [r["sampler"] for r in speedup][:2] == ["serial", "serial_reduced"]
+        assert all(r["speedup"] == pytest.approx(r["serial_wall_s"] / r["wall_s"]) for r in speedup)
+        # both denoisers are guided: the exact branch split of serial is there, and exact
+        (split,) = [r for r in speedup if (r["sampler"], r["guidance_devices"]) == ("serial", 2)]
+        assert (split["branches"], split["devices"], split["passes"]) == (2, 2, split["steps"])
+        assert split["max_abs_dev"] < 1e-4
     rounds = data["rounds.json"]
     assert {r["steps"] for r in rounds} == {25, 50, 100}
     assert all(r["speedup_ideal"] == pytest.approx(r["steps"] / r["rounds"]) for r in rounds)

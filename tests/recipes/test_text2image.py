@@ -16,6 +16,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import pytest
@@ -412,32 +413,38 @@ def test_ctrl_c_keeps_finished_images_and_the_resume_equals_an_uninterrupted_run
     # the same environment as run_script: thread settings change the last bit of a pixel
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
     out, whole = tmp_path / "out", tmp_path / "whole"
-    with tempfile.TemporaryFile("w+") as log:  # the uninterrupted run, meanwhile
+
+    def tail(log: IO[str]) -> str:
+        log.seek(0)
+        return log.read()[-4000:]
+
+    with tempfile.TemporaryFile("w+") as log, tempfile.TemporaryFile("w+") as proc_log:
+        # the uninterrupted run, meanwhile
         uninterrupted = subprocess.Popen(
             [*cmd, "--out", str(whole)], stdout=log, stderr=subprocess.STDOUT, env=env
         )
         try:
             proc = subprocess.Popen(
                 [*cmd, "--out", str(out)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+                stdout=proc_log,
+                stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
             )
             try:
                 deadline = time.monotonic() + 240
                 while len(list(out.glob("*.png"))) < 3:
-                    assert proc.poll() is None, "finished before it could be interrupted"
-                    assert time.monotonic() < deadline
+                    code = proc.poll()
+                    assert code is None, f"exited ({code}) before the interrupt:\n{tail(proc_log)}"
+                    assert time.monotonic() < deadline, tail(proc_log)
                     time.sleep(0.02)
                 proc.send_signal(signal.SIGINT)
-                assert proc.wait(timeout=120) != 0
+                assert proc.wait(timeout=120) != 0, tail(proc_log)
             finally:
                 proc.kill()
                 proc.wait()
             if uninterrupted.wait(timeout=240) != 0:
-                log.seek(0)
-                pytest.fail(log.read()[-4000:])
+                pytest.fail(tail(log))
         finally:
             uninterrupted.kill()
             uninterrupted.wait()

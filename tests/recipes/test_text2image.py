@@ -430,6 +430,9 @@ def test_ctrl_c_keeps_finished_images_and_the_resume_equals_an_uninterrupted_run
                 stderr=subprocess.STDOUT,
                 env=env,
                 start_new_session=True,
+                # as in a terminal: a runner started in the background (SIGINT ignored, which
+                # children inherit) would otherwise make the Ctrl-C a no-op
+                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
             )
             try:
                 deadline = time.monotonic() + 240

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from driffusion.adapters.diffusers import GuidedSD3Transformer, GuidedUNet
+from driffusion.adapters.families import GuidedSD3Transformer, GuidedUNet
 from driffusion.core import (
     Aggressive,
     BatchedExecutor,

@@ -86,7 +86,7 @@ def parse_args() -> argparse.Namespace:
     if args.steps is not None and args.steps < 1:
         parser.error(f"--steps must be >= 1, got {args.steps}")
     if args.steps is None:
-        from driffusion.adapters.diffusers import FAMILIES
+        from driffusion.adapters.families import FAMILIES
 
         args.steps = 50 if args.recipe == "digits" else FAMILIES[args.recipe].steps
     return args
@@ -120,7 +120,8 @@ def build_generator(args: argparse.Namespace, device: torch.device) -> tuple[Any
             return DiffusionSamplerModule(denoiser, schedule, (1, 16, 16), sampler)
 
         return make_digits, None, steps
-    from driffusion.adapters.diffusers import FAMILIES, adapt_pipeline
+    from driffusion.adapters.diffusers import adapt_pipeline
+    from driffusion.adapters.families import FAMILIES
     from driffusion.lightning.text2image import PromptSamplerModule, collate_prompts
     from driffusion.recipes.text2image import load_family_pipeline
 

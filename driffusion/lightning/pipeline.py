@@ -47,9 +47,9 @@ from driffusion.adapters.diffusers import (
     PipelineInputTypeError,
     adapt_pipeline,
     pipeline_denoiser,
-    pipeline_family,
 )
 from driffusion.adapters.distributed import DistributedExecutor
+from driffusion.adapters.families import pipeline_family
 from driffusion.core.branches import check_guidance_devices
 from driffusion.core.model import BatchedExecutor, Model, RowwiseModel, SampleResult
 from driffusion.core.noise import ddpm_noise
@@ -343,7 +343,7 @@ class ParallelPipeline:
         (Euler-family schedulers scale the noise by their first sigma)."""
         pipe = self.pipe
         scheduler_kwargs: dict[str, Any] = {}
-        if adapter.family == "sd3" and adapter.mu is not None:
+        if adapter.mu is not None:
             scheduler_kwargs["mu"] = adapter.mu
         dtype = adapter.network_dtype
         channels, height, width = adapter.latent_shape

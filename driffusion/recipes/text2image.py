@@ -49,14 +49,13 @@ import torch
 from PIL import Image
 
 from driffusion.adapters.diffusers import (
-    FAMILIES,
     WEIGHT_DTYPES,
-    Family,
     PipelineAdapter,
     adapt_pipeline,
     image_size,
     load_pipeline,
 )
+from driffusion.adapters.families import FAMILIES, Family
 from driffusion.adapters.schedulers import SUPPORTED_SCHEDULERS, schedule_from_scheduler
 from driffusion.core import (
     BatchedExecutor,
@@ -81,9 +80,6 @@ from driffusion.lightning import Session, cli
 from driffusion.lightning.launch import under_fabric_cli
 from driffusion.lightning.pipeline import parallelize
 
-PIXEL_MULTIPLE = {"sd21": 8, "sdxl": 8, "sd3": 16}
-"""What each family's height and width must be a multiple of (VAE factor x patch size) with
-its real weights; the tiny models divide by less, and are checked once built."""
 GRID_IMAGES = 64
 """``grid.png`` shows the first this many images (a 10,000-prompt run gets no giant grid)."""
 REPORT_EVERY_S = 5.0
@@ -172,14 +168,15 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
     for name in ("steps", "rounds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.rounds is not None and family.name == "sd3":
-        parser.error("--rounds calibrates against a VP reference solve: sd21 and sdxl only")
+    if args.rounds is not None and not family.vp_grid:
+        vp = " and ".join(f.name for f in FAMILIES.values() if f.vp_grid)
+        parser.error(f"--rounds calibrates against a VP reference solve: {vp} only")
     if args.reference_points < 20:
         parser.error(f"--reference-points must be >= 20, got {args.reference_points}")
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")
     cli.check_seed_range(parser, args.seed, args.seed + len(prompts) - 1)  # image k: seed + k
-    multiple = PIXEL_MULTIPLE[family.name]
+    multiple = family.pixel_multiple  # the tiny models divide by less: checked once built
     for name in ("height", "width"):
         value = getattr(args, name)
         if value is not None and not args.tiny and value % multiple:

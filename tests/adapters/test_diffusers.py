@@ -48,7 +48,7 @@ def tiny(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
 
 def test_schedule_is_read_from_the_scheduler(tiny) -> None:  # type: ignore[no-untyped-def]
     pipe, adapter = tiny[0], tiny[1]
-    expected = "flow" if adapter.family == "sd3" else pipe.scheduler.config.prediction_type
+    expected = "flow" if adapter.family.name == "sd3" else pipe.scheduler.config.prediction_type
     assert adapter.schedule.prediction_type == expected
     assert adapter.schedule.num_steps == 6
     assert getattr(pipe.scheduler, "num_inference_steps", None) is None  # a copy was stepped
@@ -87,7 +87,7 @@ def test_one_draft_equals_serial_through_the_adapter(tiny, mode: str) -> None:  
 def test_guidance_is_one_batched_call(tiny) -> None:  # type: ignore[no-untyped-def]
     _, adapter, _, _, cond, x = tiny
     calls: list[int] = []
-    inner = adapter.network.unet if adapter.family != "sd3" else adapter.network.transformer
+    inner = adapter.network.unet if adapter.family.name != "sd3" else adapter.network.transformer
     handle = inner.register_forward_hook(lambda m, args, out: calls.append(1))
     try:
         with torch.no_grad():

@@ -1,0 +1,338 @@
+"""Pipeline families: what differs between diffusers pipelines, one class each.
+
+A family owns everything that is not the same across the pipelines it accepts: which pipeline
+classes those are, the recipes' defaults, which network denoises and how it is called with its
+guidance branches, the image sizes the model divides, the shift of the grid, prompt encoding and
+the options of loading. Everything else (the scheduler read into a core solver, initial latents
+from the pipeline's own ``prepare_latents``, VAE decoding) is shared and lives in
+[`driffusion.adapters.diffusers`][driffusion.adapters.diffusers].
+
+Supported: ``StableDiffusionPipeline`` (SD 2.1; epsilon or v-prediction, read from the
+scheduler config), ``StableDiffusionXLPipeline`` (two text encoders, pooled embeddings,
+``add_time_ids``) and ``StableDiffusion3Pipeline`` (MMDiT transformer, flow matching with shift,
+three text encoders, T5 optional).
+
+Classifier-free guidance has two branches (the negative prompt and the prompt), batched in one
+call of the network on one device or split over two
+([`GuidedNetwork`][driffusion.core.branches.GuidedNetwork]).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from driffusion.core.branches import GuidedNetwork, classifier_free_guidance, pick_rows
+
+
+def weight_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of a module's (first) weights: what its inputs are cast to."""
+    return next(module.parameters()).dtype
+
+
+class _ClassifierFreeGuidance(GuidedNetwork):
+    """Diffusers' classifier-free guidance: branch 0 the negative prompt (unconditional),
+    branch 1 the prompt, batched ``[uncond; cond]`` as the pipelines do; one branch (the prompt)
+    when ``guidance <= 1``."""
+
+    def __init__(self, guidance: float) -> None:
+        super().__init__()
+        self.guidance = guidance
+        self.branches = 2 if guidance > 1.0 else 1
+
+    def _pick(self, branch: Tensor, cond: dict[str, Tensor], name: str, negative: str) -> Tensor:
+        """The per-row tensor ``name`` of each row's branch (``negative`` on branch 0)."""
+        if self.branches == 1:
+            return cond[name]
+        return pick_rows(branch, [cond[negative], cond[name]])
+
+    def combine(self, outputs: Tensor) -> Tensor:
+        if self.branches == 1:
+            return outputs[0]
+        return classifier_free_guidance(outputs[0], outputs[1], self.guidance)
+
+
+class GuidedUNet(_ClassifierFreeGuidance):
+    """SD / SDXL UNet behind the per-row contract, with classifier-free guidance.
+
+    ``forward(x, t, prompt_embeds, negative_prompt_embeds, [text_embeds, negative_text_embeds,
+    time_ids])``: one UNet call on ``[uncond; cond]`` rows when ``guidance > 1`` (as diffusers).
+    """
+
+    def __init__(self, unet: nn.Module, guidance: float) -> None:
+        super().__init__(guidance)
+        self.unet = unet
+
+    def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
+        dtype = weight_dtype(self.unet)
+        embeds = self._pick(branch, cond, "prompt_embeds", "negative_prompt_embeds")
+        added = None
+        if "text_embeds" in cond:
+            added = {
+                "text_embeds": self._pick(branch, cond, "text_embeds", "negative_text_embeds"),
+                "time_ids": cond["time_ids"],
+            }
+        return self.unet(
+            x.to(dtype), t, encoder_hidden_states=embeds.to(dtype), added_cond_kwargs=added
+        ).sample.float()
+
+
+class GuidedSD3Transformer(_ClassifierFreeGuidance):
+    """SD3's transformer behind the per-row contract, with classifier-free guidance.
+
+    ``forward(x, t, prompt_embeds, negative_prompt_embeds, pooled, negative_pooled)``; ``t`` is
+    the network time ``1000 * sigma``.
+    """
+
+    def __init__(self, transformer: nn.Module, guidance: float) -> None:
+        super().__init__(guidance)
+        self.transformer = transformer
+
+    def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
+        dtype = weight_dtype(self.transformer)
+        embeds = self._pick(branch, cond, "prompt_embeds", "negative_prompt_embeds")
+        pooled = self._pick(branch, cond, "pooled", "negative_pooled")
+        return self.transformer(
+            hidden_states=x.to(dtype),
+            timestep=t,
+            encoder_hidden_states=embeds.to(dtype),
+            pooled_projections=pooled.to(dtype),
+            return_dict=False,
+        )[0].float()
+
+
+class Family:
+    """A pipeline family: the pipelines it accepts, the recipes' defaults, and what differs.
+
+    Attributes:
+        name: the family's name on the command lines (``sd21``, ``sdxl``, ``sd3``).
+        pipeline_classes: the diffusers pipeline class names it accepts (the first is loaded).
+        model: the default hub id.
+        steps: default sampling steps.
+        guidance: default classifier-free guidance scale.
+        size: default image size in pixels.
+        pixel_multiple: what height and width must be a multiple of with the real weights (VAE
+            factor x patch size; a tiny model's is checked once it is built).
+        vp_grid: the grid is a variance-preserving one (``--rounds`` calibrates against a VP
+            reference solve).
+    """
+
+    name: ClassVar[str]
+    pipeline_classes: ClassVar[tuple[str, ...]]
+    model: ClassVar[str]
+    steps: ClassVar[int]
+    guidance: ClassVar[float]
+    size: ClassVar[int]
+    pixel_multiple: ClassVar[int] = 8
+    vp_grid: ClassVar[bool] = True
+
+    @property
+    def pipeline_class(self) -> str:
+        """The pipeline class a model of this family loads as."""
+        return self.pipeline_classes[0]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def accepts(self, pipe: Any) -> bool:
+        """Whether ``pipe`` is one of this family's pipelines."""
+        return type(pipe).__name__ in self.pipeline_classes
+
+    def denoiser(self, pipe: Any) -> nn.Module:
+        """The network the pipeline denoises with."""
+        return pipe.unet
+
+    def default_size(self, pipe: Any) -> int:
+        """The model's default height and width in pixels."""
+        return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+
+    def size_multiple(self, pipe: Any) -> int:
+        """What this model's height and width must be a multiple of, in pixels."""
+        return int(pipe.vae_scale_factor)
+
+    def grid_shift(self, pipe: Any, height: int, width: int) -> float | None:
+        """The pipeline's ``mu`` for ``set_timesteps`` at this size (``None``: no dynamic
+        shift)."""
+        return None
+
+    def network(self, denoiser: nn.Module, guidance: float) -> GuidedNetwork:
+        """The guided per-row network over ``denoiser``."""
+        return GuidedUNet(denoiser, guidance)
+
+    def encode(
+        self,
+        pipe: Any,
+        prompts: list[str],
+        negative: list[str] | None,
+        guided: bool,
+        size: tuple[int, int],
+    ) -> dict[str, Tensor]:
+        """The network's conditioning ``[B, ...]``, one row per prompt (negative branches too
+        when ``guided``), with the pipeline's own ``encode_prompt``."""
+        raise NotImplementedError
+
+    def load_options(self, no_t5: bool) -> dict[str, Any]:
+        """``from_pretrained`` keyword arguments this family's loading needs."""
+        if no_t5:
+            raise ValueError(f"no_t5 applies to sd3 only, not {self.name}")
+        return {}
+
+
+class StableDiffusion(Family):
+    """SD 2.1 (``StableDiffusionPipeline``): one CLIP text encoder; epsilon or v-prediction."""
+
+    name = "sd21"
+    pipeline_classes = ("StableDiffusionPipeline",)
+    model = "stabilityai/stable-diffusion-2-1"
+    steps, guidance, size = 50, 7.5, 768
+
+    def encode(
+        self,
+        pipe: Any,
+        prompts: list[str],
+        negative: list[str] | None,
+        guided: bool,
+        size: tuple[int, int],
+    ) -> dict[str, Tensor]:
+        embeds, negative_embeds = pipe.encode_prompt(
+            prompts, pipe.device, 1, guided, negative_prompt=negative
+        )
+        cond = {"prompt_embeds": embeds}
+        if guided:
+            cond["negative_prompt_embeds"] = negative_embeds
+        return cond
+
+    def load_options(self, no_t5: bool) -> dict[str, Any]:
+        super().load_options(no_t5)
+        return {"safety_checker": None, "requires_safety_checker": False}
+
+
+class StableDiffusionXL(Family):
+    """SDXL (``StableDiffusionXLPipeline``): two text encoders, pooled embeddings and
+    ``add_time_ids``."""
+
+    name = "sdxl"
+    pipeline_classes = ("StableDiffusionXLPipeline",)
+    model = "stabilityai/stable-diffusion-xl-base-1.0"
+    steps, guidance, size = 50, 5.0, 1024
+
+    def encode(
+        self,
+        pipe: Any,
+        prompts: list[str],
+        negative: list[str] | None,
+        guided: bool,
+        size: tuple[int, int],
+    ) -> dict[str, Tensor]:
+        embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
+            prompts,
+            device=pipe.device,
+            do_classifier_free_guidance=guided,
+            negative_prompt=negative,
+        )
+        projection = (
+            pipe.text_encoder_2.config.projection_dim
+            if pipe.text_encoder_2 is not None
+            else int(pooled.shape[-1])
+        )
+        time_ids = pipe._get_add_time_ids(
+            size, (0, 0), size, dtype=embeds.dtype, text_encoder_projection_dim=projection
+        ).to(pipe.device)
+        cond = {
+            "prompt_embeds": embeds,
+            "text_embeds": pooled,
+            "time_ids": time_ids.repeat(len(prompts), 1),
+        }
+        if guided:
+            cond["negative_prompt_embeds"] = negative_embeds
+            cond["negative_text_embeds"] = negative_pooled
+        return cond
+
+
+class StableDiffusion3(Family):
+    """SD3 (``StableDiffusion3Pipeline``): an MMDiT transformer over patches, flow matching with
+    a (possibly dynamic) shift, three text encoders with T5 optional."""
+
+    name = "sd3"
+    pipeline_classes = ("StableDiffusion3Pipeline",)
+    model = "stabilityai/stable-diffusion-3-medium-diffusers"
+    steps, guidance, size = 28, 7.0, 1024
+    pixel_multiple = 16
+    vp_grid = False
+
+    def denoiser(self, pipe: Any) -> nn.Module:
+        return pipe.transformer
+
+    def default_size(self, pipe: Any) -> int:
+        return int(pipe.default_sample_size * pipe.vae_scale_factor)
+
+    def size_multiple(self, pipe: Any) -> int:
+        return int(pipe.vae_scale_factor * pipe.transformer.config.patch_size)
+
+    def grid_shift(self, pipe: Any, height: int, width: int) -> float | None:
+        config = pipe.scheduler.config
+        if not config.get("use_dynamic_shifting", False):
+            return None
+        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
+            calculate_shift,
+        )
+
+        patch = self.size_multiple(pipe)
+        return float(
+            calculate_shift(
+                (height // patch) * (width // patch),
+                config.get("base_image_seq_len", 256),
+                config.get("max_image_seq_len", 4096),
+                config.get("base_shift", 0.5),
+                config.get("max_shift", 1.16),
+            )
+        )
+
+    def network(self, denoiser: nn.Module, guidance: float) -> GuidedNetwork:
+        return GuidedSD3Transformer(denoiser, guidance)
+
+    def encode(
+        self,
+        pipe: Any,
+        prompts: list[str],
+        negative: list[str] | None,
+        guided: bool,
+        size: tuple[int, int],
+    ) -> dict[str, Tensor]:
+        embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
+            prompts,
+            None,
+            None,
+            device=pipe.device,
+            do_classifier_free_guidance=guided,
+            negative_prompt=negative,
+        )
+        cond = {"prompt_embeds": embeds, "pooled": pooled}
+        if guided:
+            cond["negative_prompt_embeds"] = negative_embeds
+            cond["negative_pooled"] = negative_pooled
+        return cond
+
+    def load_options(self, no_t5: bool) -> dict[str, Any]:
+        return {"text_encoder_3": None, "tokenizer_3": None} if no_t5 else {}
+
+
+FAMILIES: dict[str, Family] = {
+    family.name: family for family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3())
+}
+"""Every supported family by name."""
+
+
+def pipeline_family(pipe: Any) -> Family:
+    """The family of a supported pipeline.
+
+    Raises:
+        ValueError: no family accepts ``pipe``'s class (the message lists those supported).
+    """
+    for family in FAMILIES.values():
+        if family.accepts(pipe):
+            return family
+    supported = ", ".join(name for f in FAMILIES.values() for name in f.pipeline_classes)
+    raise ValueError(f"unsupported pipeline {type(pipe).__name__}; supported: {supported}")

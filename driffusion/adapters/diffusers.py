@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from driffusion.adapters.families import FAMILIES, Family, pipeline_family, weight_dtype
 from driffusion.adapters.schedulers import from_scheduler
+from driffusion.core.branches import network_branches
 from driffusion.core.errors import UsageError
 from driffusion.core.schedule import Schedule
 from driffusion.core.solvers import Solver
@@ -69,10 +70,13 @@ class PipelineAdapter:
         network: guided per-row network ``net(x, t, **cond)``.
         schedule: the sampling grid of the pipeline's scheduler.
         solver: the core solver of the pipeline's scheduler (same method, same grid).
-        latent_shape: ``(C, H / f, W / f)``.
+        latent_shape: one sample's state, as ``prepare_latents`` makes it (``(C, H / f, W / f)``;
+            FLUX: ``(tokens, 4C)``, packed).
         height, width: image size in pixels.
         guidance: the classifier-free guidance scale.
-        mu: the dynamic shift of the grid, ``set_timesteps(..., mu=)`` (``None`` without).
+        timestep_options: what the pipeline gives ``set_timesteps`` besides the steps (``mu``,
+            ``sigmas``).
+        options: the family's call options, as the call applies them.
     """
 
     pipe: Any
@@ -80,11 +84,12 @@ class PipelineAdapter:
     network: nn.Module
     schedule: Schedule
     solver: Solver
-    latent_shape: tuple[int, int, int]
+    latent_shape: tuple[int, ...]
     height: int
     width: int
     guidance: float
-    mu: float | None = None
+    timestep_options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def network_dtype(self) -> torch.dtype:
@@ -97,8 +102,8 @@ class PipelineAdapter:
     ) -> dict[str, Tensor]:
         """Conditioning tensors ``[B, ...]`` for the network, one row per prompt."""
         negative = list(negative_prompts) if negative_prompts is not None else None
-        size = (self.height, self.width)
-        return self.family.encode(self.pipe, list(prompts), negative, self.guidance > 1.0, size)
+        size, guided = (self.height, self.width), network_branches(self.network) == 2
+        return self.family.encode(self.pipe, list(prompts), negative, guided, size, self.options)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
@@ -113,6 +118,7 @@ class PipelineAdapter:
         vae = self.pipe.vae
         scaling = vae.config.scaling_factor
         shift = getattr(vae.config, "shift_factor", None) or 0.0
+        latents = self.family.vae_latents(self.pipe, latents, (self.height, self.width))
         latents = latents / scaling + shift
         dtype = weight_dtype(vae)
         upcast = dtype in (torch.float16, torch.bfloat16) and vae.config.get("force_upcast", False)
@@ -183,21 +189,36 @@ def image_size(pipe: Any, height: int | None = None, width: int | None = None) -
 
 
 def adapt_pipeline(
-    pipe: Any, steps: int, *, height: int | None = None, width: int | None = None, guidance: float
+    pipe: Any,
+    steps: int,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    guidance: float,
+    options: dict[str, Any] | None = None,
 ) -> PipelineAdapter:
     """Build the [`PipelineAdapter`][driffusion.adapters.diffusers.PipelineAdapter] of a loaded
-    pipeline."""
+    pipeline; ``options`` are the family's call options as the call applies them (default: the
+    pipeline's defaults)."""
     family = pipeline_family(pipe)
-    factor = pipe.vae_scale_factor
-    denoiser = family.denoiser(pipe)
-    channels = int(denoiser.config.in_channels)  # type: ignore[union-attr,arg-type]
+    options = {**family.call_options, **(options or {})}
     height, width = image_size(pipe, height, width)
-    mu = family.grid_shift(pipe, height, width)
-    solver, schedule = from_scheduler(pipe.scheduler, steps, mu=mu)
-    network = family.network(denoiser, guidance)
-    shape = (channels, height // factor, width // factor)
+    timestep_options = family.timestep_options(pipe, steps, height, width)
+    solver, schedule = from_scheduler(pipe.scheduler, steps, **timestep_options)
+    network = family.network(family.denoiser(pipe), guidance, options)
+    shape = family.latent_shape(pipe, height, width)
     return PipelineAdapter(
-        pipe, family, network, schedule, solver, shape, height, width, guidance, mu
+        pipe,
+        family,
+        network,
+        schedule,
+        solver,
+        shape,
+        height,
+        width,
+        guidance,
+        timestep_options,
+        options,
     )
 
 

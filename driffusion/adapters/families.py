@@ -117,6 +117,7 @@ class Family:
             factor x patch size; a tiny model's is checked once it is built).
         vp_grid: the grid is a variance-preserving one (``--rounds`` calibrates against a VP
             reference solve).
+        call_options: keywords of the pipeline's ``__call__`` it honours beyond the common ones.
     """
 
     name: ClassVar[str]
@@ -127,6 +128,9 @@ class Family:
     size: ClassVar[int]
     pixel_multiple: ClassVar[int] = 8
     vp_grid: ClassVar[bool] = True
+    call_options: ClassVar[dict[str, Any]] = {}
+    """Keywords of the pipeline's ``__call__`` beyond the common ones that the family honours,
+    with their defaults (the pipeline's)."""
 
     @property
     def pipeline_class(self) -> str:
@@ -152,14 +156,51 @@ class Family:
         """What this model's height and width must be a multiple of, in pixels."""
         return int(pipe.vae_scale_factor)
 
-    def grid_shift(self, pipe: Any, height: int, width: int) -> float | None:
-        """The pipeline's ``mu`` for ``set_timesteps`` at this size (``None``: no dynamic
-        shift)."""
-        return None
+    def timestep_options(self, pipe: Any, steps: int, height: int, width: int) -> dict[str, Any]:
+        """The keyword arguments the pipeline gives ``scheduler.set_timesteps`` besides the steps
+        (a dynamic shift ``mu``, explicit ``sigmas``): the grid is the pipeline's only with
+        them."""
+        return {}
 
-    def network(self, denoiser: nn.Module, guidance: float) -> GuidedNetwork:
-        """The guided per-row network over ``denoiser``."""
+    def latent_shape(self, pipe: Any, height: int, width: int) -> tuple[int, ...]:
+        """The shape of one sample's state, as ``prepare_latents`` makes it."""
+        factor = pipe.vae_scale_factor
+        channels = int(self.denoiser(pipe).config.in_channels)  # type: ignore[union-attr,arg-type]
+        return (channels, height // factor, width // factor)
+
+    def initial_latents(
+        self,
+        pipe: Any,
+        batch: int,
+        size: tuple[int, int],
+        dtype: torch.dtype,
+        generator: Any,
+        latents: Tensor | None,
+    ) -> Tensor:
+        """The pipeline's own initial latents (``prepare_latents``; call it with the pipeline's
+        scheduler set to the call's grid: Euler-family schedulers scale the noise by their first
+        sigma)."""
+        channels = self.latent_shape(pipe, *size)[0]
+        height, width = size
+        return pipe.prepare_latents(
+            batch, channels, height, width, dtype, pipe.device, generator, latents
+        )
+
+    def vae_latents(self, pipe: Any, latents: Tensor, size: tuple[int, int]) -> Tensor:
+        """The final state as the VAE takes it (before its scaling)."""
+        return latents
+
+    def network(
+        self, denoiser: nn.Module, guidance: float, options: dict[str, Any]
+    ) -> GuidedNetwork:
+        """The guided per-row network over ``denoiser`` for a call with ``options`` (the
+        family's [`call_options`][driffusion.adapters.families.Family.call_options], as given)."""
         return GuidedUNet(denoiser, guidance)
+
+    def effective_options(self, options: dict[str, Any], negative: bool) -> dict[str, Any]:
+        """The call's options as the pipeline applies them, given whether a negative prompt
+        came (``options`` holds every key of ``call_options``)."""
+        return options
 
     def encode(
         self,
@@ -168,9 +209,10 @@ class Family:
         negative: list[str] | None,
         guided: bool,
         size: tuple[int, int],
+        options: dict[str, Any],
     ) -> dict[str, Tensor]:
-        """The network's conditioning ``[B, ...]``, one row per prompt (negative branches too
-        when ``guided``), with the pipeline's own ``encode_prompt``."""
+        """The network's conditioning ``[B, ...]``, one row per prompt (the negative branch's
+        too when ``guided``), with the pipeline's own ``encode_prompt``."""
         raise NotImplementedError
 
     def load_options(self, no_t5: bool) -> dict[str, Any]:
@@ -195,6 +237,7 @@ class StableDiffusion(Family):
         negative: list[str] | None,
         guided: bool,
         size: tuple[int, int],
+        options: dict[str, Any],
     ) -> dict[str, Tensor]:
         embeds, negative_embeds = pipe.encode_prompt(
             prompts, pipe.device, 1, guided, negative_prompt=negative
@@ -225,6 +268,7 @@ class StableDiffusionXL(Family):
         negative: list[str] | None,
         guided: bool,
         size: tuple[int, int],
+        options: dict[str, Any],
     ) -> dict[str, Tensor]:
         embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
             prompts,
@@ -271,26 +315,15 @@ class StableDiffusion3(Family):
     def size_multiple(self, pipe: Any) -> int:
         return int(pipe.vae_scale_factor * pipe.transformer.config.patch_size)
 
-    def grid_shift(self, pipe: Any, height: int, width: int) -> float | None:
-        config = pipe.scheduler.config
-        if not config.get("use_dynamic_shifting", False):
-            return None
-        from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import (
-            calculate_shift,
-        )
-
+    def timestep_options(self, pipe: Any, steps: int, height: int, width: int) -> dict[str, Any]:
+        if not pipe.scheduler.config.get("use_dynamic_shifting", False):
+            return {}
         patch = self.size_multiple(pipe)
-        return float(
-            calculate_shift(
-                (height // patch) * (width // patch),
-                config.get("base_image_seq_len", 256),
-                config.get("max_image_seq_len", 4096),
-                config.get("base_shift", 0.5),
-                config.get("max_shift", 1.16),
-            )
-        )
+        return {"mu": _shift(pipe.scheduler, (height // patch) * (width // patch), 1.16)}
 
-    def network(self, denoiser: nn.Module, guidance: float) -> GuidedNetwork:
+    def network(
+        self, denoiser: nn.Module, guidance: float, options: dict[str, Any]
+    ) -> GuidedNetwork:
         return GuidedSD3Transformer(denoiser, guidance)
 
     def encode(
@@ -300,6 +333,7 @@ class StableDiffusion3(Family):
         negative: list[str] | None,
         guided: bool,
         size: tuple[int, int],
+        options: dict[str, Any],
     ) -> dict[str, Tensor]:
         embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
             prompts,
@@ -319,8 +353,183 @@ class StableDiffusion3(Family):
         return {"text_encoder_3": None, "tokenizer_3": None} if no_t5 else {}
 
 
+class GuidedFluxTransformer(GuidedNetwork):
+    """FLUX.1's transformer behind the per-row contract.
+
+    Guidance-distilled: one call per state, the guidance scale an input of the network (dev;
+    schnell has none). "True CFG" (``true_cfg_scale > 1`` with a negative prompt) adds a
+    branch: branch 0 the negative prompt, branch 1 the prompt,
+    ``neg + s (pos - neg)``. ``t`` is ``1000 sigma``; the position ids travel in the conditioning
+    (``txt_ids``, ``img_ids``: the same for every row).
+    """
+
+    def __init__(self, transformer: nn.Module, guidance: float, true_cfg_scale: float) -> None:
+        super().__init__()
+        self.transformer = transformer
+        self.guidance = guidance
+        self.true_cfg_scale = true_cfg_scale
+        self.branches = 2 if true_cfg_scale > 1.0 else 1
+
+    def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
+        dtype = weight_dtype(self.transformer)
+        names = ("prompt_embeds", "pooled")
+        if self.branches == 2:
+            embeds, pooled = (pick_rows(branch, [cond[f"negative_{n}"], cond[n]]) for n in names)
+        else:
+            embeds, pooled = (cond[n] for n in names)
+        guidance = None
+        if self.transformer.config.guidance_embeds:  # type: ignore[union-attr]
+            guidance = torch.full((x.shape[0],), self.guidance, device=x.device)
+        return self.transformer(
+            hidden_states=x.to(dtype),
+            timestep=(t / 1000).to(dtype),
+            guidance=guidance,
+            pooled_projections=pooled.to(dtype),
+            encoder_hidden_states=embeds.to(dtype),
+            txt_ids=cond["txt_ids"][0],
+            img_ids=cond["img_ids"][0],
+            return_dict=False,
+        )[0].float()
+
+    def combine(self, outputs: Tensor) -> Tensor:
+        if self.branches == 1:
+            return outputs[0]
+        return classifier_free_guidance(outputs[0], outputs[1], self.true_cfg_scale)
+
+
+class Flux(Family):
+    """FLUX.1 (``FluxPipeline``; dev and schnell): packed latents (2x2 patches as tokens),
+    explicit sigmas ``linspace(1, 1/N, N)`` shifted by ``mu`` from the token count, a
+    guidance-distilled transformer (``guidance_scale`` is an input of the network, not two
+    branches; true CFG optional), CLIP pooled + T5 embeddings."""
+
+    name = "flux"
+    pipeline_classes = ("FluxPipeline",)
+    model = "black-forest-labs/FLUX.1-dev"
+    steps, guidance, size = 28, 3.5, 1024
+    pixel_multiple = 16
+    vp_grid = False
+    call_options: ClassVar[dict[str, Any]] = {"true_cfg_scale": 1.0, "max_sequence_length": 512}
+
+    def denoiser(self, pipe: Any) -> nn.Module:
+        return pipe.transformer
+
+    def default_size(self, pipe: Any) -> int:
+        return int(pipe.default_sample_size * pipe.vae_scale_factor)
+
+    def size_multiple(self, pipe: Any) -> int:
+        return int(pipe.vae_scale_factor * 2)  # the VAE's factor, then 2x2 packing
+
+    def latent_shape(self, pipe: Any, height: int, width: int) -> tuple[int, ...]:
+        tokens = (height // self.size_multiple(pipe)) * (width // self.size_multiple(pipe))
+        return (tokens, int(pipe.transformer.config.in_channels))
+
+    def timestep_options(self, pipe: Any, steps: int, height: int, width: int) -> dict[str, Any]:
+        import numpy as np
+
+        tokens = self.latent_shape(pipe, height, width)[0]
+        options: dict[str, Any] = {"mu": _shift(pipe.scheduler, tokens, 1.15)}
+        if not pipe.scheduler.config.get("use_flow_sigmas", False):
+            options["sigmas"] = np.linspace(1.0, 1 / steps, steps)
+        return options
+
+    def initial_latents(
+        self,
+        pipe: Any,
+        batch: int,
+        size: tuple[int, int],
+        dtype: torch.dtype,
+        generator: Any,
+        latents: Tensor | None,
+    ) -> Tensor:
+        channels = int(pipe.transformer.config.in_channels) // 4
+        height, width = size
+        packed, _ = pipe.prepare_latents(
+            batch, channels, height, width, dtype, pipe.device, generator, latents
+        )
+        return packed
+
+    def vae_latents(self, pipe: Any, latents: Tensor, size: tuple[int, int]) -> Tensor:
+        return pipe._unpack_latents(latents, *size, pipe.vae_scale_factor)
+
+    def effective_options(self, options: dict[str, Any], negative: bool) -> dict[str, Any]:
+        # true CFG needs a negative prompt (the pipeline's do_true_cfg)
+        return options if negative else {**options, "true_cfg_scale": 1.0}
+
+    def network(
+        self, denoiser: nn.Module, guidance: float, options: dict[str, Any]
+    ) -> GuidedNetwork:
+        return GuidedFluxTransformer(denoiser, guidance, float(options["true_cfg_scale"]))
+
+    def encode(
+        self,
+        pipe: Any,
+        prompts: list[str],
+        negative: list[str] | None,
+        guided: bool,
+        size: tuple[int, int],
+        options: dict[str, Any],
+    ) -> dict[str, Tensor]:
+        def one(texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+            embeds, pooled, text_ids = pipe.encode_prompt(
+                texts, device=pipe.device, max_sequence_length=options["max_sequence_length"]
+            )
+            return embeds, pooled, text_ids
+
+        embeds, pooled, text_ids = one(prompts)
+        height, width = (side // self.size_multiple(pipe) for side in size)
+        image_ids = pipe._prepare_latent_image_ids(
+            len(prompts), height, width, pipe.device, embeds.dtype
+        )
+        b = len(prompts)
+        cond = {
+            "prompt_embeds": embeds,
+            "pooled": pooled,
+            "txt_ids": text_ids.expand(b, *text_ids.shape),
+            "img_ids": image_ids.expand(b, *image_ids.shape),
+        }
+        if guided:
+            assert negative is not None  # true CFG needs the negative prompt
+            cond["negative_prompt_embeds"], cond["negative_pooled"], _ = one(negative)
+        return cond
+
+
+class FluxSchnell(Flux):
+    """FLUX.1-schnell: the FLUX pipeline without a guidance embedding, 4 steps, static shift."""
+
+    name = "flux_schnell"
+    # the same pipeline class: a loaded schnell is handled by Flux (the transformer's config
+    # says it has no guidance embedding); this name gives schnell's defaults and hub id
+    model = "black-forest-labs/FLUX.1-schnell"
+    steps, guidance = 4, 0.0
+
+
+def _shift(scheduler: Any, tokens: int, max_shift: float) -> float:
+    """The pipelines' ``calculate_shift`` of ``mu`` from the image's token count, read from the
+    scheduler's config (``max_shift`` where the config has none: the pipelines' defaults differ)."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    config = scheduler.config
+    return float(
+        calculate_shift(
+            tokens,
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", max_shift),
+        )
+    )
+
+
 FAMILIES: dict[str, Family] = {
-    family.name: family for family in (StableDiffusion(), StableDiffusionXL(), StableDiffusion3())
+    family.name: family
+    for family in (
+        StableDiffusion(),
+        StableDiffusionXL(),
+        StableDiffusion3(),
+        Flux(),
+        FluxSchnell(),
+    )
 }
 """Every supported family by name."""
 
@@ -334,5 +543,5 @@ def pipeline_family(pipe: Any) -> Family:
     for family in FAMILIES.values():
         if family.accepts(pipe):
             return family
-    supported = ", ".join(name for f in FAMILIES.values() for name in f.pipeline_classes)
+    supported = ", ".join(dict.fromkeys(n for f in FAMILIES.values() for n in f.pipeline_classes))
     raise ValueError(f"unsupported pipeline {type(pipe).__name__}; supported: {supported}")

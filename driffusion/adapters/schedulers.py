@@ -111,19 +111,31 @@ def solver_from_scheduler(scheduler: Any) -> Solver:
     return PLMS()
 
 
-def schedule_from_scheduler(scheduler: Any, steps: int, *, mu: float | None = None) -> Schedule:
+def set_timesteps(scheduler: Any, steps: int, **options: Any) -> None:
+    """``scheduler.set_timesteps`` as the pipelines call it (``retrieve_timesteps``): with
+    explicit ``sigmas`` the step count is theirs; ``mu`` and other options pass through."""
+    if options.get("sigmas") is not None:
+        scheduler.set_timesteps(**options)
+        if len(scheduler.timesteps) != steps:
+            raise ValueError(f"{len(scheduler.timesteps)} sigmas given for {steps} steps")
+    else:
+        scheduler.set_timesteps(steps, **options)
+
+
+def schedule_from_scheduler(scheduler: Any, steps: int, **options: Any) -> Schedule:
     """The grid ``scheduler`` uses for ``steps`` steps (read on a copy; never mutated).
 
     The grid is the one the solver runs on before
     [`Solver.prepare`][driffusion.core.solvers.Solver.prepare]: for PNDM its ``N``
-    distinct timesteps (PLMS repeats the second itself).
+    distinct timesteps (PLMS repeats the second itself). ``options`` are what the pipeline gives
+    ``set_timesteps`` besides the steps (``mu``, ``sigmas``; see
+    [`Family.timestep_options`][driffusion.adapters.families.Family.timestep_options]).
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     name = type(scheduler).__name__
     sched = copy.deepcopy(scheduler)
-    kwargs = {"mu": mu} if mu is not None else {}
-    sched.set_timesteps(steps, **kwargs)
+    set_timesteps(sched, steps, **options)
     prediction = sched.config.get("prediction_type", "epsilon")
     if name.startswith("FlowMatch"):
         return flow_schedule(sched.sigmas.cpu(), sched.config.num_train_timesteps)
@@ -161,8 +173,6 @@ def _check_steps_land_on_grid(scheduler: Any, timesteps: torch.Tensor, train: in
         )
 
 
-def from_scheduler(
-    scheduler: Any, steps: int, *, mu: float | None = None
-) -> tuple[Solver, Schedule]:
-    """``(solver_from_scheduler(s), schedule_from_scheduler(s, steps))``."""
-    return solver_from_scheduler(scheduler), schedule_from_scheduler(scheduler, steps, mu=mu)
+def from_scheduler(scheduler: Any, steps: int, **options: Any) -> tuple[Solver, Schedule]:
+    """``(solver_from_scheduler(s), schedule_from_scheduler(s, steps, **options))``."""
+    return solver_from_scheduler(scheduler), schedule_from_scheduler(scheduler, steps, **options)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-TINY_FAMILIES = ("sd21", "sdxl", "sd3")
+TINY_FAMILIES = ("sd21", "sdxl", "sd3", "flux", "flux_schnell")
 
 
 def tiny_tokenizer() -> Any:
@@ -48,6 +48,35 @@ def tiny_clip(projection_dim: int | None = None, hidden: int = 32, seed: int = 0
     return cls(config).eval()
 
 
+def tiny_t5_tokenizer() -> Any:
+    """A T5 (sentencepiece-free, unigram) tokenizer over lowercase letters and digits."""
+    from transformers import T5Tokenizer
+
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [(s, -1.0) for s in ["\u2581", *string.ascii_lowercase, *string.digits]]
+    return T5Tokenizer(vocab=pieces, extra_ids=0)
+
+
+def tiny_t5(d_model: int = 32, seed: int = 0) -> Any:
+    """A 2-layer T5 encoder over
+    [`tiny_t5_tokenizer`][driffusion.adapters.tiny.tiny_t5_tokenizer]'s vocabulary."""
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    config = T5Config(
+        vocab_size=len(tiny_t5_tokenizer()),
+        d_model=d_model,
+        d_ff=2 * d_model,
+        d_kv=8,
+        num_layers=2,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    return T5EncoderModel(config).eval()
+
+
 def tiny_vae(latent_channels: int = 4, seed: int = 0, **config: Any) -> Any:
     """A 2-block ``AutoencoderKL`` (downscale 2) with ``latent_channels`` latent channels."""
     from diffusers import AutoencoderKL
@@ -68,7 +97,8 @@ def tiny_vae(latent_channels: int = 4, seed: int = 0, **config: Any) -> Any:
 
 
 def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int = 0) -> Any:
-    """A random-weight pipeline of ``family`` (``sd21``, ``sdxl`` or ``sd3``)."""
+    """A random-weight pipeline of ``family`` (``sd21``, ``sdxl``, ``sd3``, ``flux`` (FLUX.1-dev:
+    guidance embedding, dynamic shift) or ``flux_schnell``)."""
     from diffusers import (
         DDIMScheduler,
         EulerDiscreteScheduler,
@@ -177,5 +207,39 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
             tokenizer_2=tiny_tokenizer(),
             text_encoder_3=None,  # T5 is optional for SD3
             tokenizer_3=None,
+        )
+    if family in ("flux", "flux_schnell"):
+        from diffusers import FluxPipeline, FluxTransformer2DModel
+
+        torch.manual_seed(seed)
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=16,  # 2x2 patches of 4 latent channels
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=32,  # T5's d_model
+            pooled_projection_dim=32,  # CLIP's pooled output
+            guidance_embeds=family == "flux",  # dev is guidance-distilled; schnell has none
+            axes_dims_rope=(4, 4, 8),
+        ).eval()
+        # FLUX.1's scheduler config (dev: dynamic shift from the image's token count)
+        scheduler = FlowMatchEulerDiscreteScheduler(
+            shift=3.0 if family == "flux" else 1.0,
+            use_dynamic_shifting=family == "flux",
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+            base_shift=0.5,
+            max_shift=1.15,
+        )
+        return FluxPipeline(
+            scheduler=scheduler,
+            vae=tiny_vae(seed=seed, scaling_factor=0.3611, shift_factor=0.1159),
+            text_encoder=tiny_clip(seed=seed),
+            tokenizer=tiny_tokenizer(),
+            text_encoder_2=tiny_t5(seed=seed + 1),
+            tokenizer_2=tiny_t5_tokenizer(),
+            transformer=transformer,
         )
     raise ValueError(f"unknown family {family!r}; choose one of {TINY_FAMILIES}")

@@ -50,6 +50,7 @@ from driffusion.adapters.diffusers import (
 )
 from driffusion.adapters.distributed import DistributedExecutor
 from driffusion.adapters.families import pipeline_family
+from driffusion.adapters.schedulers import set_timesteps
 from driffusion.core.branches import check_guidance_devices
 from driffusion.core.model import BatchedExecutor, Model, RowwiseModel, SampleResult
 from driffusion.core.noise import ddpm_noise
@@ -179,6 +180,7 @@ class ParallelPipeline:
         latents: Tensor | None = None,
         output_type: str = "pil",
         callback: Any = None,
+        **options: Any,
     ) -> ParallelPipelineOutput:
         """Generate like ``pipe(...)``; the defaults are the wrapped pipeline's own.
 
@@ -195,6 +197,10 @@ class ParallelPipeline:
             output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
             callback: called with the samplers' payload after each new state (a progress bar
                 shows the step reached and the rounds spent, on the leader).
+            **options: the family's own keywords of the pipeline's ``__call__``
+                ([`Family.call_options`][driffusion.adapters.families.Family.call_options],
+                e.g. FLUX's ``true_cfg_scale`` and ``max_sequence_length``); any other keyword
+                of the pipeline is refused by name.
 
         Raises:
             driffusion.adapters.diffusers.PipelineInputError: an argument with a value the
@@ -220,6 +226,7 @@ class ParallelPipeline:
         per_prompt = _positive_int("num_images_per_prompt", num_images_per_prompt)
         prompts = _strings("prompt", prompt)
         negatives = _broadcast(negative_prompt, len(prompts))
+        options = self._options(options, negatives is not None)
         batch = len(prompts) * per_prompt
         _check_generator(generator, batch)
         if callback is not None and not callable(callback):
@@ -228,7 +235,7 @@ class ParallelPipeline:
             )
         with self._lock:
             adapter = adapt_pipeline(
-                self.pipe, steps, height=height, width=width, guidance=guidance
+                self.pipe, steps, height=height, width=width, guidance=guidance, options=options
             )  # checks height and width
             _check_latents(latents, adapter, len(prompts), per_prompt)
             return self._generate(
@@ -242,6 +249,23 @@ class ParallelPipeline:
                 output_type,
                 callback,
             )
+
+    def _options(self, given: dict[str, Any], negative: bool) -> dict[str, Any]:
+        """The family's call options of a call (the pipeline's defaults where not given), as
+        the pipeline applies them; a keyword the family does not honour is refused by name."""
+        family = self.family
+        for name in given:
+            if name in family.call_options:
+                continue
+            pipeline = type(self.pipe).__name__
+            if name in self.defaults:
+                raise PipelineInputError(
+                    f"{name} is a keyword of {pipeline} that the parallel sampler does not "
+                    f"honour; honoured besides the common ones: {sorted(family.call_options)}"
+                )
+            raise PipelineInputTypeError(f"{pipeline} takes no keyword {name!r}")
+        options = {name: self.defaults.get(name, d) for name, d in family.call_options.items()}
+        return family.effective_options({**options, **given}, negative)
 
     def _generate(
         self,
@@ -342,22 +366,10 @@ class ParallelPipeline:
         """The pipeline's own initial latents: ``prepare_latents`` after ``set_timesteps``
         (Euler-family schedulers scale the noise by their first sigma)."""
         pipe = self.pipe
-        scheduler_kwargs: dict[str, Any] = {}
-        if adapter.mu is not None:
-            scheduler_kwargs["mu"] = adapter.mu
-        dtype = adapter.network_dtype
-        channels, height, width = adapter.latent_shape
-        factor = pipe.vae_scale_factor
-        with _scheduler_copy(pipe, adapter.schedule.num_steps, **scheduler_kwargs):
-            return pipe.prepare_latents(
-                batch,
-                channels,
-                height * factor,
-                width * factor,
-                dtype,
-                pipe.device,
-                generator,
-                latents,
+        size = (adapter.height, adapter.width)
+        with _scheduler_copy(pipe, adapter.schedule.num_steps, **adapter.timestep_options):
+            return adapter.family.initial_latents(
+                pipe, batch, size, adapter.network_dtype, generator, latents
             )
 
 
@@ -367,7 +379,7 @@ def _scheduler_copy(pipe: Any, steps: int, **kwargs: Any) -> Iterator[None]:
     pipeline's own scheduler, never stepped, is back afterwards (also on an error)."""
     original = pipe.scheduler
     scheduler = copy.deepcopy(original)
-    scheduler.set_timesteps(steps, device=pipe.device, **kwargs)
+    set_timesteps(scheduler, steps, device=pipe.device, **kwargs)
     # object.__setattr__: DiffusionPipeline.__setattr__ would re-register the component in the
     # pipeline's config; the swap is invisible to it (and runs under the pipeline's lock)
     object.__setattr__(pipe, "scheduler", scheduler)
@@ -546,8 +558,8 @@ def _check_latents(latents: Any, adapter: PipelineAdapter, prompts: int, per_pro
     if tuple(latents.shape) != expected:
         raise PipelineInputError(
             f"latents must have shape {expected} ({prompts} prompt(s) x {per_prompt} image(s) "
-            f"per prompt, {expected[1]} channels, {expected[2]}x{expected[3]} for height "
-            f"{adapter.height} and width {adapter.width}), got {tuple(latents.shape)}"
+            f"per prompt, then {tuple(adapter.latent_shape)} for height {adapter.height} and "
+            f"width {adapter.width}), got {tuple(latents.shape)}"
         )
 
 

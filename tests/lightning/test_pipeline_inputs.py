@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from driffusion.adapters.families import pipeline_family
 from driffusion.adapters.tiny import build_tiny_pipeline
 from driffusion.core import Aggressive, UsageError
 from driffusion.lightning.pipeline import parallelize
@@ -23,7 +24,7 @@ CALL = {"num_inference_steps": 3, "guidance_scale": 3.0, "height": 32, "width": 
 PROMPTS = ["a red cat", "two dogs"]
 
 
-@pytest.fixture(scope="module", params=["sdxl", "sd3"])
+@pytest.fixture(scope="module", params=["sdxl", "sd3", "flux"])
 def pipe(request: pytest.FixtureRequest) -> Any:
     return build_tiny_pipeline(request.param)
 
@@ -56,10 +57,9 @@ def compute(pipe: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
         handle.remove()
 
 
-def latent_shape(pipe: Any, batch: int = 2, size: int = 32) -> tuple[int, int, int, int]:
-    denoiser = pipe.transformer if hasattr(pipe, "transformer") else pipe.unet
-    side = size // pipe.vae_scale_factor
-    return (batch, denoiser.config.in_channels, side, side)
+def latent_shape(pipe: Any, batch: int = 2, size: int = 32) -> tuple[int, ...]:
+    """``(batch, *state)``: ``(C, h, w)``, FLUX's packed ``(tokens, 4C)``."""
+    return (batch, *pipeline_family(pipe).latent_shape(pipe, size, size))
 
 
 def latents_of(change: Callable[[tuple[int, ...]], tuple[int, ...]]) -> Callable[[Any], Any]:
@@ -97,6 +97,13 @@ BAD_INPUTS: list[tuple[str, Callable[[Any], dict[str, Any]], type[Exception], st
     ("guidance-inf", lambda p: {"guidance_scale": float("inf")}, ValueError, "guidance_scale"),
     ("output-type", lambda p: {"output_type": "jpeg"}, ValueError, "output_type"),
     ("callback", lambda p: {"callback": 3}, TypeError, "callback"),
+    ("keyword-unknown", lambda p: {"bogus_option": 1}, TypeError, "no keyword 'bogus_option'"),
+    (  # a keyword of the pipeline that the parallel sampler does not honour
+        "keyword-not-honoured",
+        lambda p: {"callback_on_step_end_tensor_inputs": ["latents"]},
+        ValueError,
+        "callback_on_step_end_tensor_inputs is a keyword of .* does not honour",
+    ),
 ]
 
 

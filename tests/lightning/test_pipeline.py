@@ -173,13 +173,14 @@ def test_the_guidance_branches_split_over_fabric_run_reproduce_the_pipeline(
     tmp_path: Path,
 ) -> None:
     """`parallelize(pipe, Serial(), guidance_devices=2)` under `fabric run --devices 2` is
-    `pipe()` (2/255 in pixels), for tiny SDXL and SD3; drafts give the same images with the
-    branches split as together, and the split gathers raw branches (more bytes per round)."""
+    `pipe()` (2/255 in pixels), for tiny SDXL, SD3 and FLUX with true CFG; drafts give the same
+    images with the branches split as together, and the split gathers raw branches (more bytes
+    per round). Guidance-distilled FLUX with 2 drafts over 2 processes is the 1-process run."""
     script = [str(SCRIPTS / "guidance_pipeline.py"), str(tmp_path / "out.pt")]
     result = run_script([*fabric_run(2), *script], timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
     saved = torch.load(tmp_path / "out.pt", weights_only=False)
-    for family in ("sdxl", "sd3"):
+    for family in ("sdxl", "sd3", "flux"):
         reference, runs = saved[family]["pipe"], saved[family]["parallel"]
         for devices in (1, 2):
             serial = runs["serial", devices]
@@ -191,6 +192,17 @@ def test_the_guidance_branches_split_over_fabric_run_reproduce_the_pipeline(
         assert drafts[0]["stats"]["rounds"] == drafts[1]["stats"]["rounds"] == 4
         bytes_per_round = [d["stats"]["bytes_per_round"] for d in drafts]
         assert 0 < bytes_per_round[0] < bytes_per_round[1]
+    distilled = saved["flux-distilled"]
+    alone = parallelize(build_tiny_pipeline("flux"), Aggressive(drafts=2), progress=False)(
+        ["a lighthouse", "a red cat"],
+        generator=torch.Generator().manual_seed(3),
+        output_type="latent",
+        **{**CALL, "max_sequence_length": 16},
+    )
+    assert (distilled["stats"]["devices"], alone.stats["devices"]) == (2, 1)
+    assert distilled["stats"]["guidance_devices"] == 1  # no branches to split
+    assert distilled["stats"]["rounds"] == alone.stats["rounds"] == 4
+    torch.testing.assert_close(distilled["latents"], alone.images, rtol=0, atol=1e-5)
 
 
 def test_guidance_devices_and_compile_are_checked_before_any_compute() -> None:

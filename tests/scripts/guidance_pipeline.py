@@ -1,6 +1,8 @@
 """A diffusers user's script splitting the guidance branches (`guidance_devices=2`); run under
-`fabric run --devices 2`: tiny SDXL and SD3, `pipe()` itself and `parallelize(pipe, Serial(),
-guidance_devices=2)` with the same generator, saved for tests/lightning/test_pipeline.py."""
+`fabric run --devices 2`: tiny SDXL, SD3 and FLUX with true CFG (two branches), `pipe()` itself
+and `parallelize(pipe, Serial(), guidance_devices=2)` with the same generator; and
+guidance-distilled FLUX (one branch: drafts are its only axis) with 2 drafts over the two
+processes; saved for tests/lightning/test_pipeline.py."""
 
 import sys
 
@@ -13,20 +15,33 @@ from driffusion.core import Aggressive, Serial
 
 CALL = {"num_inference_steps": 6, "guidance_scale": 3.0, "height": 32, "width": 32}
 PROMPTS = ["a lighthouse", "a red cat"]
+TRUE_CFG = {"negative_prompt": "blurry", "true_cfg_scale": 2.0, "max_sequence_length": 16}
+EXTRA = {"sdxl": {}, "sd3": {}, "flux": TRUE_CFG}
 
 results = {}
-for family in ("sdxl", "sd3"):
+for family, extra in EXTRA.items():
     pipe = build_tiny_pipeline(family)
-    reference = pipe(PROMPTS, generator=torch.Generator().manual_seed(3), output_type="np", **CALL)
+    call = {**CALL, **extra}
+    reference = pipe(PROMPTS, generator=torch.Generator().manual_seed(3), output_type="np", **call)
     outputs = {}
     for name, sampler in (("serial", Serial()), ("aggressive", Aggressive(drafts=2))):
         for devices in (1, 2):
             ppipe = driffusion.parallelize(pipe, sampler, guidance_devices=devices, progress=False)
             out = ppipe(
-                PROMPTS, generator=torch.Generator().manual_seed(3), output_type="np", **CALL
+                PROMPTS, generator=torch.Generator().manual_seed(3), output_type="np", **call
             )
             outputs[name, devices] = {"images": np.asarray(out.images), "stats": out.stats}
     results[family] = {"pipe": np.asarray(reference.images), "parallel": outputs}
     session = ppipe.session
+distilled = driffusion.parallelize(
+    build_tiny_pipeline("flux"), Aggressive(drafts=2), progress=False
+)
+out = distilled(
+    PROMPTS,
+    generator=torch.Generator().manual_seed(3),
+    output_type="latent",
+    **{**CALL, "max_sequence_length": 16},
+)
+results["flux-distilled"] = {"latents": out.images, "stats": out.stats}
 if session is None or session.is_leader:
     torch.save(results, sys.argv[1])

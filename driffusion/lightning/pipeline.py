@@ -87,7 +87,9 @@ class ParallelPipelineOutput:
         images: as the pipeline returns them for ``output_type`` (PIL images, a numpy array, a
             tensor, or latents).
         stats: rounds, evaluations, rows (the most rows of a round: drafts, window, cores or
-            blocks, as run), the sampler's label, steps, devices.
+            blocks, as run), the sampler's label, steps, devices, guidance devices, bytes per
+            round and image, and ``options``: the family's own keywords as the call applied
+            them (FLUX: ``true_cfg_scale``, ``max_sequence_length``).
     """
 
     images: Any
@@ -334,6 +336,7 @@ class ParallelPipeline:
             "scheduler": type(self.pipe.scheduler).__name__,
             "batch": len(prompts),
             "latent_shape": list(adapter.latent_shape),
+            "options": dict(adapter.options),  # the family's own keywords, as applied
         }
         if output_type == "latent":
             return ParallelPipelineOutput(adapter.latents_from_state(result.x), stats)

@@ -134,6 +134,13 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
         f"(supported: {', '.join(SUPPORTED_SCHEDULERS)})",
     )
     parser.add_argument("--no-t5", action="store_true", help="SD3 without its T5 encoder")
+    for name, default in family.call_options.items():  # the family's own keywords of a call
+        parser.add_argument(
+            f"--{name.replace('_', '-')}",
+            type=cli.positive_int if isinstance(default, int) else cli.nonnegative_float,
+            default=default,
+            help=f"the pipeline's {name} (default {default})",
+        )
     cli.add_sampler_args(parser, default=("aggressive",))
     cli.add_session_args(parser, precision=False)
     cli.add_compile_arg(parser)
@@ -278,7 +285,13 @@ def settings(args: argparse.Namespace, family: Family, devices: int) -> dict[str
         "scheduler": args.scheduler,
         "precision": args.precision,
         "batch_size": args.batch_size,
+        **call_options(args, family),
     }
+
+
+def call_options(args: argparse.Namespace, family: Family) -> dict[str, Any]:
+    """The family's own keywords of a pipeline call, as given on the command line."""
+    return {name: getattr(args, name) for name in family.call_options}
 
 
 @contextlib.contextmanager
@@ -373,6 +386,7 @@ def generate(
                 width=width,
                 generator=[torch.Generator().manual_seed(item["seed"]) for item in batch],
                 output_type="pt",
+                **call_options(args, family),
             )
             wall = time.perf_counter() - start
             if session.layout.is_group_leader:
@@ -513,6 +527,7 @@ def write_image(
         "steps": stats["steps"],
         "guidance": stats["guidance_scale"],
         "model": "tiny" if args.tiny else args.model,
+        **stats["options"],
     }
     row = {
         "id": item["id"],

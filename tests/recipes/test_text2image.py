@@ -8,6 +8,7 @@ the model loads."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -502,3 +503,26 @@ def test_devices_beyond_the_safe_drafts_become_replicas(monkeypatch: pytest.Monk
     explicit = text2image.parse_args(FAMILIES["sdxl"], asked)
     text2image.spare_devices_as_replicas(explicit)  # drafts asked for: one group of 4
     assert explicit.draft_devices is None
+
+
+@pytest.mark.processes
+def test_flux_recipe_with_drafts_gives_the_same_image_on_one_and_two_processes(
+    tmp_path: Path,
+) -> None:
+    """`recipes/flux.py --tiny --sampler 'aggressive(drafts=2)'` writes a PNG with its settings;
+    under `fabric run --devices 2` (a draft a process) the image is the one process's."""
+    cmd = [str(ROOT / "recipes" / "flux.py"), "--tiny", "--prompt", "a lighthouse"]
+    cmd += ["--sampler", "aggressive(drafts=2)", "--steps", "8", "--max-sequence-length", "16"]
+    one = run_script([sys.executable, *cmd, "--out", str(tmp_path / "one")], timeout=300)
+    assert one.returncode == 0, one.stdout[-4000:]
+    two = run_script([*fabric_run(2), *cmd, "--out", str(tmp_path / "two")], timeout=300)
+    assert two.returncode == 0, two.stdout[-4000:]
+    images = [np.asarray(Image.open(tmp_path / run / "00000.png")) for run in ("one", "two")]
+    assert images[0].shape == (32, 32, 3)
+    assert int(np.abs(images[0].astype(int) - images[1].astype(int)).max()) <= 1
+    reports = [json.loads((tmp_path / run / "report.json").read_text()) for run in ("one", "two")]
+    rows = [report["images"][0] for report in reports]
+    assert [row["devices"] for row in rows] == [1, 2]
+    assert rows[0]["rounds"] == rows[1]["rounds"] == 1 + math.ceil((8 - 1) / 2)
+    assert rows[0]["sampler"] == rows[1]["sampler"]
+    assert Image.open(tmp_path / "one" / "00000.png").text["max_sequence_length"] == "16"

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-TINY_FAMILIES = ("sd21", "sdxl", "sd3", "flux", "flux_schnell")
+TINY_FAMILIES = ("sd21", "sdxl", "sd3", "sd35", "flux", "flux_schnell")
 
 
 def tiny_tokenizer() -> Any:
@@ -97,8 +97,9 @@ def tiny_vae(latent_channels: int = 4, seed: int = 0, **config: Any) -> Any:
 
 
 def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int = 0) -> Any:
-    """A random-weight pipeline of ``family`` (``sd21``, ``sdxl``, ``sd3``, ``flux`` (FLUX.1-dev:
-    guidance embedding, dynamic shift) or ``flux_schnell``)."""
+    """A random-weight pipeline of ``family`` (``sd21``, ``sdxl``, ``sd3``, ``sd35`` (SD3.5's
+    transformer: dual attention layers, qk norm), ``flux`` (FLUX.1-dev: guidance embedding,
+    dynamic shift) or ``flux_schnell``)."""
     from diffusers import (
         DDIMScheduler,
         EulerDiscreteScheduler,
@@ -182,8 +183,9 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
             scheduler=scheduler,
             force_zeros_for_empty_prompt=True,
         )
-    if family == "sd3":
+    if family in ("sd3", "sd35"):
         torch.manual_seed(seed)
+        sd35 = {"dual_attention_layers": (0,), "qk_norm": "rms_norm"} if family == "sd35" else {}
         transformer = SD3Transformer2DModel(
             sample_size=8,
             patch_size=2,
@@ -196,6 +198,7 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
             caption_projection_dim=16,
             pooled_projection_dim=64,
             pos_embed_max_size=16,
+            **sd35,  # SD3.5: MMDiT-X dual attention in the first layer, RMS-normed q and k
         ).eval()
         return StableDiffusion3Pipeline(
             transformer=transformer,

@@ -48,6 +48,7 @@ PIPELINES = {
     "sdxl-euler": lambda: build_tiny_pipeline("sdxl"),
     "sdxl-dpmpp-karras": sdxl_dpmpp_karras,
     "sd3-flow": lambda: build_tiny_pipeline("sd3"),
+    "sd35-flow": lambda: build_tiny_pipeline("sd35"),
     "flux-dev": lambda: build_tiny_pipeline("flux"),
     "flux-schnell": lambda: build_tiny_pipeline("flux_schnell"),
     "flux-true-cfg": lambda: build_tiny_pipeline("flux"),

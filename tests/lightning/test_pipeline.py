@@ -219,3 +219,31 @@ def test_guidance_devices_and_compile_are_checked_before_any_compute() -> None:
     )
     # one process: nothing to split, nothing gathered
     assert (out.stats["guidance_devices"], out.stats["bytes_per_round"]) == (1, 0)
+
+
+@pytest.mark.parametrize("family", ["sdxl", "flux"])
+def test_a_pipeline_with_a_lora_loaded_samples_with_it(tmp_path: Path, family: str) -> None:
+    """A LoRA made and saved in code, loaded with `load_lora_weights`: serial through
+    `parallelize` is `pipe()` with the LoRA (it changes the sample), and one draft is serial."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    trained = build_tiny_pipeline(family)
+    denoiser = trained.transformer if family == "flux" else trained.unet
+    targets = ["to_q", "to_k", "to_v", "to_out.0"]
+    config = LoraConfig(r=4, lora_alpha=4, target_modules=targets, init_lora_weights=False)
+    denoiser.add_adapter(config)  # random A and B: the LoRA changes the network
+    layers = get_peft_model_state_dict(denoiser)
+    name = "transformer_lora_layers" if family == "flux" else "unet_lora_layers"
+    type(trained).save_lora_weights(tmp_path, **{name: layers})
+
+    pipe = build_tiny_pipeline(family)
+    CASE[id(pipe)] = {"flux": "flux-dev"}.get(family, family)
+    without = generate(pipe, "latent", Serial()).images
+    pipe.load_lora_weights(tmp_path)
+    reference = generate(pipe, "latent").float()
+    ours = generate(pipe, "latent", Serial()).images
+    scale = float(reference.abs().max())
+    assert float((ours - reference).abs().max()) <= 1e-4 * scale
+    assert float((without - reference).abs().max()) > 1e-2 * scale  # the LoRA is in the sample
+    assert torch.equal(generate(pipe, "latent", Aggressive(drafts=1)).images, ours)

@@ -35,8 +35,9 @@ SUPPORTED_SCHEDULERS: dict[str, str] = {
     "EulerAncestralDiscreteScheduler": "euler_ancestral",
     "FlowMatchEulerDiscreteScheduler": "euler (rectified flow)",
     "DPMSolverMultistepScheduler": "dpmpp_2m / dpmpp_3m / dpmpp_2m_sde (dpmsolver++ or "
-    "sde-dpmsolver++, midpoint)",
-    "UniPCMultistepScheduler": "unipc (bh2, predict_x0, no solver_p)",
+    "sde-dpmsolver++, midpoint; also over flow sigmas with flow_prediction)",
+    "UniPCMultistepScheduler": "unipc (bh2, predict_x0, no solver_p; also over flow sigmas with "
+    "flow_prediction, Wan's set-up)",
     "PNDMScheduler": "plms (skip_prk_steps=True)",
 }
 """The diffusers schedulers that map to a core solver, with the settings each supports."""
@@ -88,7 +89,7 @@ def solver_from_scheduler(scheduler: Any) -> Solver:
         _require(scheduler, "algorithm_type", ("dpmsolver++", "sde-dpmsolver++"))
         _require(scheduler, "solver_type", ("midpoint",))
         _require(scheduler, "variance_type", (None,))
-        _require(scheduler, "use_flow_sigmas", (False,))
+        _require_flow_pairing(scheduler)
         return DPMSolverPP(
             order=int(config.solver_order),
             lower_order_final=bool(config.lower_order_final),
@@ -98,7 +99,7 @@ def solver_from_scheduler(scheduler: Any) -> Solver:
     if name == "UniPCMultistepScheduler":
         _require(scheduler, "solver_type", ("bh2",))
         _require(scheduler, "predict_x0", (True,))
-        _require(scheduler, "use_flow_sigmas", (False,))
+        _require_flow_pairing(scheduler)
         if getattr(scheduler, "solver_p", None) is not None:
             raise _unsupported(scheduler, "with solver_p is not supported")
         return UniPC(
@@ -122,6 +123,19 @@ def set_timesteps(scheduler: Any, steps: int, **options: Any) -> None:
         scheduler.set_timesteps(steps, **options)
 
 
+def _require_flow_pairing(scheduler: Any) -> None:
+    """Flow sigmas (``use_flow_sigmas``, Wan's set-up) go with ``flow_prediction`` and back."""
+    flow_sigmas = bool(scheduler.config.get("use_flow_sigmas", False))
+    flow_prediction = scheduler.config.get("prediction_type") == "flow_prediction"
+    if flow_sigmas != flow_prediction:
+        raise _unsupported(
+            scheduler,
+            f"with use_flow_sigmas={flow_sigmas} and prediction_type="
+            f"{scheduler.config.get('prediction_type')!r} is not supported (flow sigmas need "
+            "prediction_type='flow_prediction', and it needs them)",
+        )
+
+
 def schedule_from_scheduler(scheduler: Any, steps: int, **options: Any) -> Schedule:
     """The grid ``scheduler`` uses for ``steps`` steps (read on a copy; never mutated).
 
@@ -139,6 +153,11 @@ def schedule_from_scheduler(scheduler: Any, steps: int, **options: Any) -> Sched
     prediction = sched.config.get("prediction_type", "epsilon")
     if name.startswith("FlowMatch"):
         return flow_schedule(sched.sigmas.cpu(), sched.config.num_train_timesteps)
+    if sched.config.get("use_flow_sigmas", False):  # UniPC / DPM-Solver++ over flow sigmas
+        sigmas = sched.sigmas.cpu().to(torch.float64)
+        # the scheduler's own (integer) network times, and the final point's (never evaluated)
+        times = torch.cat([sched.timesteps.cpu().to(torch.float64), torch.zeros(1)])
+        return Schedule(1.0 - sigmas, sigmas, times, "flow", "flow")
     if prediction not in ("epsilon", "v_prediction", "sample"):
         raise _unsupported(scheduler, f"with prediction_type={prediction!r} is not supported")
     timesteps = sched.timesteps.cpu()

@@ -181,3 +181,67 @@ def test_off_grid_spacing_is_a_clear_error() -> None:
     from_scheduler(DDIMScheduler(**BETAS, clip_sample=False, timestep_spacing="trailing"), 20)
     with pytest.raises(UnsupportedSchedulerError, match="off its own grid"):
         from_scheduler(DDIMScheduler(**BETAS, clip_sample=False, timestep_spacing="trailing"), 30)
+
+
+FLOW_SIGMAS = {"use_flow_sigmas": True, "prediction_type": "flow_prediction"}
+FLOW_CASES = [  # Wan's documented set-up: UniPC over flow sigmas, flow_shift 5 (720p) or 3
+    ("unipc", UniPCMultistepScheduler(**FLOW_SIGMAS, flow_shift=5.0)),
+    ("unipc", UniPCMultistepScheduler(**FLOW_SIGMAS, flow_shift=3.0, solver_order=3)),
+    ("dpmpp_2m", DPMSolverMultistepScheduler(**FLOW_SIGMAS, flow_shift=5.0)),
+    ("dpmpp_3m", DPMSolverMultistepScheduler(**FLOW_SIGMAS, flow_shift=3.0, solver_order=3)),
+]
+
+
+@pytest.mark.parametrize("steps", [8, 50])
+@pytest.mark.parametrize(
+    ("name", "scheduler"),
+    FLOW_CASES,
+    ids=[f"{n}-shift{s.config.flow_shift:g}" for n, s in FLOW_CASES],
+)
+def test_solvers_over_flow_sigmas_equal_the_diffusers_step_loop(
+    name: str, scheduler: Any, steps: int
+) -> None:
+    """UniPC and DPM-Solver++ with ``use_flow_sigmas`` / ``flow_shift`` /
+    ``prediction_type="flow_prediction"``: the flow grid (alpha = 1 - sigma) with the
+    scheduler's own network times, float64 against its step loop."""
+    solver, schedule = from_scheduler(scheduler, steps)
+    assert solver.name == name and schedule.kind == "flow"
+    model = oracle64("flow", flow=True)
+    x = start64()
+    ours = sample_serial(model, x, schedule, solver=solver).x
+    theirs = diffusers_loop(scheduler, steps, model, x, stochastic=False)
+    assert float((ours - theirs).norm() / theirs.norm()) <= 1e-6
+
+
+@pytest.mark.parametrize("name", ["unipc", "dpmpp"])
+def test_flow_sigmas_and_flow_prediction_come_together_or_not_at_all(name: str) -> None:
+    cls = UniPCMultistepScheduler if name == "unipc" else DPMSolverMultistepScheduler
+    for config in ({"use_flow_sigmas": True}, {"prediction_type": "flow_prediction"}):
+        with pytest.raises(UnsupportedSchedulerError, match="flow sigmas need"):
+            solver_from_scheduler(cls(**config))
+
+
+def test_flow_euler_on_the_pipelines_explicit_sigmas_and_dynamic_shift() -> None:
+    """FLUX's grid: explicit ``sigmas = linspace(1, 1/N, N)`` shifted by ``mu`` (dynamic
+    shifting), read with the options the pipeline gives ``set_timesteps``; float64 against the
+    step loop on the same grid, and not the grid ``set_timesteps(N, mu=mu)`` alone would make."""
+    import numpy as np
+
+    steps, mu = 10, 1.1
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True)
+    options = {"sigmas": np.linspace(1.0, 1 / steps, steps), "mu": mu}
+    solver, schedule = from_scheduler(scheduler, steps, **options)
+    sched = copy.deepcopy(scheduler)
+    sched.set_timesteps(**options)
+    torch.testing.assert_close(schedule.sigmas, sched.sigmas.double(), rtol=0, atol=0)
+    implicit = copy.deepcopy(scheduler)
+    implicit.set_timesteps(steps, mu=mu)
+    assert not torch.allclose(implicit.sigmas, sched.sigmas)  # the grid the pipeline does not use
+    model = oracle64("flow", flow=True)
+    x = start64()
+    latents = x.clone()
+    for t in sched.timesteps:
+        out = model(latents[None], t.reshape(1).double())[0]
+        latents = sched.step(out, t, latents).prev_sample
+    ours = sample_serial(model, x, schedule, solver=solver).x
+    assert float((ours - latents).norm() / latents.norm()) <= 1e-6

@@ -34,6 +34,17 @@ def sd15_pndm() -> object:
     return pipe
 
 
+def sd3_dpmpp_flow_sigmas() -> object:
+    """A multistep solver over flow sigmas on a flow model (Wan's set-up, flow_shift 5); with
+    DPM-Solver++ rather than Wan's UniPC so that CHORDS runs too (UniPC's corrector refuses it;
+    UniPC over flow sigmas is checked against its step loop in tests/adapters)."""
+    pipe = build_tiny_pipeline("sd3")
+    pipe.scheduler = DPMSolverMultistepScheduler(
+        use_flow_sigmas=True, flow_shift=5.0, prediction_type="flow_prediction"
+    )
+    return pipe
+
+
 def sdxl_dpmpp_karras() -> object:
     pipe = build_tiny_pipeline("sdxl")
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(
@@ -49,6 +60,7 @@ PIPELINES = {
     "sdxl-dpmpp-karras": sdxl_dpmpp_karras,
     "sd3-flow": lambda: build_tiny_pipeline("sd3"),
     "sd35-flow": lambda: build_tiny_pipeline("sd35"),
+    "sd3-dpmpp-flow-sigmas": sd3_dpmpp_flow_sigmas,
     "flux-dev": lambda: build_tiny_pipeline("flux"),
     "flux-schnell": lambda: build_tiny_pipeline("flux_schnell"),
     "flux-true-cfg": lambda: build_tiny_pipeline("flux"),

@@ -19,6 +19,7 @@ from driffusion.adapters.diffusers import (
     image_size,
     load_pipeline,
 )
+from driffusion.adapters.families import FAMILIES
 from driffusion.adapters.schedulers import schedule_from_scheduler
 from driffusion.adapters.tiny import build_tiny_pipeline
 from driffusion.core import (
@@ -134,12 +135,16 @@ def test_missing_model_offline_is_one_clear_error(monkeypatch: pytest.MonkeyPatc
         load_pipeline("sdxl", "stabilityai/stable-diffusion-xl-base-1.0")
 
 
-def test_save_pretrained_round_trip_loads_through_the_real_path(tmp_path: Path) -> None:
-    pipe = build_tiny_pipeline("sd21")
-    pipe.save_pretrained(tmp_path / "tiny-sd21")
-    loaded = load_pipeline("sd21", str(tmp_path / "tiny-sd21"))
-    assert type(loaded).__name__ == "StableDiffusionPipeline"
-    for a, b in zip(pipe.unet.parameters(), loaded.unet.parameters(), strict=True):
+@pytest.mark.parametrize("family", ["sd21", "flux"])
+def test_save_pretrained_round_trip_loads_through_the_real_path(
+    tmp_path: Path, family: str
+) -> None:
+    pipe = build_tiny_pipeline(family)
+    pipe.save_pretrained(tmp_path / f"tiny-{family}")
+    loaded = load_pipeline(family, str(tmp_path / f"tiny-{family}"))
+    assert type(loaded).__name__ == FAMILIES[family].pipeline_class
+    denoisers = [FAMILIES[family].denoiser(p) for p in (pipe, loaded)]
+    for a, b in zip(*(d.parameters() for d in denoisers), strict=True):
         assert torch.equal(a, b)
 
 

@@ -135,6 +135,15 @@ def test_serial_solver_equals_the_diffusers_step_loop(
     assert float((ours - theirs).norm() / theirs.norm()) <= 1e-6
 
 
+def flow_match_loop(sched: Any, model: GaussianMixtureDenoiser, x: torch.Tensor) -> torch.Tensor:
+    """A FlowMatch scheduler's step loop on the grid it was set to."""
+    latents = x.clone()
+    for t in sched.timesteps:
+        out = model(latents[None], t.reshape(1).double())[0]
+        latents = sched.step(out, t, latents).prev_sample
+    return latents
+
+
 def test_flow_euler_equals_flow_match_euler() -> None:
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0)
     solver, schedule = from_scheduler(scheduler, 12)
@@ -143,10 +152,7 @@ def test_flow_euler_equals_flow_match_euler() -> None:
     x = start64()
     sched = copy.deepcopy(scheduler)
     sched.set_timesteps(12)
-    latents = x.clone()
-    for t in sched.timesteps:
-        out = model(latents[None], t.reshape(1).double())[0]
-        latents = sched.step(out, t, latents).prev_sample
+    latents = flow_match_loop(sched, model, x)
     ours = sample_serial(model, x, schedule, solver=solver).x
     assert float((ours - latents).norm() / latents.norm()) <= 1e-6
 
@@ -239,9 +245,6 @@ def test_flow_euler_on_the_pipelines_explicit_sigmas_and_dynamic_shift() -> None
     assert not torch.allclose(implicit.sigmas, sched.sigmas)  # the grid the pipeline does not use
     model = oracle64("flow", flow=True)
     x = start64()
-    latents = x.clone()
-    for t in sched.timesteps:
-        out = model(latents[None], t.reshape(1).double())[0]
-        latents = sched.step(out, t, latents).prev_sample
+    latents = flow_match_loop(sched, model, x)
     ours = sample_serial(model, x, schedule, solver=solver).x
     assert float((ours - latents).norm() / latents.norm()) <= 1e-6

@@ -77,6 +77,8 @@ class PipelineAdapter:
         timestep_options: what the pipeline gives ``set_timesteps`` besides the steps (``mu``,
             ``sigmas``).
         options: the family's call options, as the call applies them.
+        start: the grid point the sampler starts from (img2img: the first kept step); the
+            ``schedule`` is the grid from there.
     """
 
     pipe: Any
@@ -90,6 +92,13 @@ class PipelineAdapter:
     guidance: float
     timestep_options: dict[str, Any] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
+    start: int = 0
+
+    @property
+    def steps(self) -> int:
+        """The pipeline's grid steps (``num_inference_steps``); the sampler runs the last
+        ``schedule.num_steps`` of them, from grid point ``start``."""
+        return self.start + self.schedule.num_steps
 
     @property
     def network_dtype(self) -> torch.dtype:
@@ -202,9 +211,16 @@ def adapt_pipeline(
     pipeline's defaults)."""
     family = pipeline_family(pipe)
     options = {**family.call_options, **(options or {})}
-    height, width = image_size(pipe, height, width)
+    try:  # what the family's options ask of the call (img2img: the image's size, strength)
+        size = family.call_size(pipe, height, width, options)
+        start = family.first_step(steps, options)
+    except ValueError as error:
+        raise PipelineInputError(str(error)) from None
+    height, width = image_size(pipe, *size)
     timestep_options = family.timestep_options(pipe, steps, height, width)
     solver, schedule = from_scheduler(pipe.scheduler, steps, **timestep_options)
+    if start:  # the sampler's trajectory is the kept part of the pipeline's grid
+        schedule = schedule.slice(start, steps)
     network = family.network(family.denoiser(pipe), guidance, options)
     shape = family.latent_shape(pipe, height, width)
     return PipelineAdapter(
@@ -219,6 +235,7 @@ def adapt_pipeline(
         guidance,
         timestep_options,
         options,
+        start,
     )
 
 

@@ -70,9 +70,12 @@ class GuidedUNet(_ClassifierFreeGuidance):
         embeds = self._pick(branch, cond, "prompt_embeds", "negative_prompt_embeds")
         added = None
         if "text_embeds" in cond:
+            time_ids = cond["time_ids"]
+            if "negative_time_ids" in cond:
+                time_ids = self._pick(branch, cond, "time_ids", "negative_time_ids")
             added = {
                 "text_embeds": self._pick(branch, cond, "text_embeds", "negative_text_embeds"),
-                "time_ids": cond["time_ids"],
+                "time_ids": time_ids,
             }
         return self.unet(
             x.to(dtype), t, encoder_hidden_states=embeds.to(dtype), added_cond_kwargs=added
@@ -128,6 +131,8 @@ class Family:
     size: ClassVar[int]
     pixel_multiple: ClassVar[int] = 8
     vp_grid: ClassVar[bool] = True
+    takes_latents: ClassVar[bool] = True
+    """Whether a call may pass initial ``latents`` (img2img starts from its image's)."""
     call_options: ClassVar[dict[str, Any]] = {}
     """Keywords of the pipeline's ``__call__`` beyond the common ones that the family honours,
     with their defaults (the pipeline's)."""
@@ -176,6 +181,8 @@ class Family:
         dtype: torch.dtype,
         generator: Any,
         latents: Tensor | None,
+        steps: int,
+        options: dict[str, Any],
     ) -> Tensor:
         """The pipeline's own initial latents (``prepare_latents``; call it with the pipeline's
         scheduler set to the call's grid: Euler-family schedulers scale the noise by their first
@@ -197,10 +204,26 @@ class Family:
         family's [`call_options`][driffusion.adapters.families.Family.call_options], as given)."""
         return GuidedUNet(denoiser, guidance)
 
-    def effective_options(self, options: dict[str, Any], negative: bool) -> dict[str, Any]:
+    def effective_options(
+        self, pipe: Any, options: dict[str, Any], negative: bool
+    ) -> dict[str, Any]:
         """The call's options as the pipeline applies them, given whether a negative prompt
-        came (``options`` holds every key of ``call_options``)."""
+        came (``options`` holds every key of ``call_options``).
+
+        Raises:
+            ValueError: an option the pipeline cannot take (the message names it).
+        """
         return options
+
+    def call_size(
+        self, pipe: Any, height: int | None, width: int | None, options: dict[str, Any]
+    ) -> tuple[int | None, int | None]:
+        """The call's ``(height, width)`` before defaults (img2img: the image's)."""
+        return height, width
+
+    def first_step(self, steps: int, options: dict[str, Any]) -> int:
+        """The grid point the sampler starts from (img2img: the first step kept)."""
+        return 0
 
     def encode(
         self,
@@ -281,18 +304,100 @@ class StableDiffusionXL(Family):
             if pipe.text_encoder_2 is not None
             else int(pooled.shape[-1])
         )
-        time_ids = pipe._get_add_time_ids(
-            size, (0, 0), size, dtype=embeds.dtype, text_encoder_projection_dim=projection
-        ).to(pipe.device)
+        time_ids, negative_time_ids = self.time_ids(pipe, size, embeds.dtype, projection)
         cond = {
             "prompt_embeds": embeds,
             "text_embeds": pooled,
-            "time_ids": time_ids.repeat(len(prompts), 1),
+            "time_ids": time_ids.to(pipe.device).repeat(len(prompts), 1),
         }
         if guided:
             cond["negative_prompt_embeds"] = negative_embeds
             cond["negative_text_embeds"] = negative_pooled
+            if negative_time_ids is not None:
+                cond["negative_time_ids"] = negative_time_ids.to(pipe.device).repeat(
+                    len(prompts), 1
+                )
         return cond
+
+    def time_ids(
+        self, pipe: Any, size: tuple[int, int], dtype: torch.dtype, projection: int
+    ) -> tuple[Tensor, Tensor | None]:
+        """``add_time_ids`` (original size, crop, target size) of the prompt's branch and, where
+        they differ, of the negative branch (``None``: the same)."""
+        ids = pipe._get_add_time_ids(
+            size, (0, 0), size, dtype=dtype, text_encoder_projection_dim=projection
+        )
+        return ids, None
+
+
+class StableDiffusionXLImg2Img(StableDiffusionXL):
+    """SDXL image to image (``StableDiffusionXLImg2ImgPipeline``): the sampler starts at the
+    first kept step, ``t_start = N - int(N strength)``, from the image's latents noised there by
+    the pipeline's own ``prepare_latents`` (VAE encoding, ``scheduler.add_noise``); the size is
+    the image's; ``add_time_ids`` with the aesthetic scores where the model wants them."""
+
+    name = "sdxl_img2img"
+    pipeline_classes = ("StableDiffusionXLImg2ImgPipeline",)
+    steps, guidance = 50, 5.0
+    takes_latents = False
+    call_options: ClassVar[dict[str, Any]] = {"image": None, "strength": 0.3}
+
+    def effective_options(
+        self, pipe: Any, options: dict[str, Any], negative: bool
+    ) -> dict[str, Any]:
+        if options["image"] is None:
+            raise ValueError("image is required: the image to start from")
+        strength = options["strength"]
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+            raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+        if not 0 < float(strength) <= 1:
+            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        image = options["image"]
+        if not isinstance(image, Tensor) or image.ndim != 4 or image.shape[1] != 3:
+            image = pipe.image_processor.preprocess(image)  # PIL, arrays: [B, 3, H, W] in [-1, 1]
+        return {**options, "image": image, "strength": float(strength)}
+
+    def call_size(
+        self, pipe: Any, height: int | None, width: int | None, options: dict[str, Any]
+    ) -> tuple[int | None, int | None]:
+        image_height, image_width = (int(side) for side in options["image"].shape[-2:])
+        for name, asked, have in (("height", height, image_height), ("width", width, image_width)):
+            if asked is not None and asked != have:
+                raise ValueError(f"{name} is the image's ({have}) in img2img, got {asked}")
+        return image_height, image_width
+
+    def first_step(self, steps: int, options: dict[str, Any]) -> int:
+        kept = min(int(steps * options["strength"]), steps)  # the pipeline's get_timesteps
+        if kept < 1:
+            raise ValueError(
+                f"strength {options['strength']} keeps no step of {steps}: "
+                "raise strength or num_inference_steps"
+            )
+        return steps - kept
+
+    def initial_latents(
+        self,
+        pipe: Any,
+        batch: int,
+        size: tuple[int, int],
+        dtype: torch.dtype,
+        generator: Any,
+        latents: Tensor | None,
+        steps: int,
+        options: dict[str, Any],
+    ) -> Tensor:
+        timesteps, _ = pipe.get_timesteps(steps, options["strength"], pipe.device)
+        first = timesteps[:1].repeat(batch)
+        image = options["image"].to(pipe.device)
+        return pipe.prepare_latents(image, first, batch, 1, dtype, pipe.device, generator)
+
+    def time_ids(
+        self, pipe: Any, size: tuple[int, int], dtype: torch.dtype, projection: int
+    ) -> tuple[Tensor, Tensor | None]:
+        ids, negative_ids = pipe._get_add_time_ids(
+            size, (0, 0), size, 6.0, 2.5, size, (0, 0), size, dtype, projection
+        )  # the pipeline's defaults: aesthetic scores 6 and 2.5, negative sizes = the image's
+        return ids, None if torch.equal(ids, negative_ids) else negative_ids
 
 
 class StableDiffusion3(Family):
@@ -441,6 +546,8 @@ class Flux(Family):
         dtype: torch.dtype,
         generator: Any,
         latents: Tensor | None,
+        steps: int,
+        options: dict[str, Any],
     ) -> Tensor:
         channels = int(pipe.transformer.config.in_channels) // 4
         height, width = size
@@ -452,7 +559,9 @@ class Flux(Family):
     def vae_latents(self, pipe: Any, latents: Tensor, size: tuple[int, int]) -> Tensor:
         return pipe._unpack_latents(latents, *size, pipe.vae_scale_factor)
 
-    def effective_options(self, options: dict[str, Any], negative: bool) -> dict[str, Any]:
+    def effective_options(
+        self, pipe: Any, options: dict[str, Any], negative: bool
+    ) -> dict[str, Any]:
         # true CFG needs a negative prompt (the pipeline's do_true_cfg)
         return options if negative else {**options, "true_cfg_scale": 1.0}
 
@@ -526,6 +635,7 @@ FAMILIES: dict[str, Family] = {
     for family in (
         StableDiffusion(),
         StableDiffusionXL(),
+        StableDiffusionXLImg2Img(),
         StableDiffusion3(),
         Flux(),
         FluxSchnell(),

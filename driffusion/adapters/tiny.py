@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-TINY_FAMILIES = ("sd21", "sdxl", "sd3", "sd35", "flux", "flux_schnell")
+TINY_FAMILIES = ("sd21", "sdxl", "sdxl_img2img", "sd3", "sd35", "flux", "flux_schnell")
 
 
 def tiny_tokenizer() -> Any:
@@ -97,7 +97,8 @@ def tiny_vae(latent_channels: int = 4, seed: int = 0, **config: Any) -> Any:
 
 
 def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int = 0) -> Any:
-    """A random-weight pipeline of ``family`` (``sd21``, ``sdxl``, ``sd3``, ``sd35`` (SD3.5's
+    """A random-weight pipeline of ``family`` (``sd21``, ``sdxl``, ``sdxl_img2img``, ``sd3``,
+    ``sd35`` (SD3.5's
     transformer: dual attention layers, qk norm), ``flux`` (FLUX.1-dev: guidance embedding,
     dynamic shift) or ``flux_schnell``)."""
     from diffusers import (
@@ -146,6 +147,11 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
             feature_extractor=None,
             requires_safety_checker=False,
         )
+    if family == "sdxl_img2img":
+        from diffusers import StableDiffusionXLImg2ImgPipeline
+
+        components = build_tiny_pipeline("sdxl", prediction_type, seed).components
+        return StableDiffusionXLImg2ImgPipeline(**components, requires_aesthetics_score=False)
     if family == "sdxl":
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(
@@ -246,3 +252,18 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
             transformer=transformer,
         )
     raise ValueError(f"unknown family {family!r}; choose one of {TINY_FAMILIES}")
+
+
+def tiny_inputs(family: str, size: int = 32) -> dict[str, Any]:
+    """The keyword inputs a call of ``build_tiny_pipeline(family)`` needs beyond the prompt
+    (img2img: a ``size`` x ``size`` image in code and a ``strength``; none for the others)."""
+    if family not in TINY_FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose one of {TINY_FAMILIES}")
+    if family == "sdxl_img2img":
+        from PIL import Image
+
+        ramp = torch.linspace(0, 255, size, dtype=torch.float64)
+        rgb = torch.stack([ramp[None, :].expand(size, size), ramp[:, None].expand(size, size)])
+        rgb = torch.cat([rgb, 255 - rgb[:1]]).permute(1, 2, 0).round().to(torch.uint8)
+        return {"image": Image.fromarray(rgb.numpy()), "strength": 0.7}
+    return {}

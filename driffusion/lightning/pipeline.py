@@ -229,6 +229,11 @@ class ParallelPipeline:
         prompts = _strings("prompt", prompt)
         negatives = _broadcast(negative_prompt, len(prompts))
         options = self._options(options, negatives is not None)
+        if latents is not None and not self.family.takes_latents:
+            raise PipelineInputError(
+                f"latents: {type(self.pipe).__name__} starts from the image's latents, noised at "
+                "the first kept step; pass image and strength instead"
+            )
         batch = len(prompts) * per_prompt
         _check_generator(generator, batch)
         if callback is not None and not callable(callback):
@@ -238,7 +243,7 @@ class ParallelPipeline:
         with self._lock:
             adapter = adapt_pipeline(
                 self.pipe, steps, height=height, width=width, guidance=guidance, options=options
-            )  # checks height and width
+            )  # checks height and width, and the trajectory the options ask for
             _check_latents(latents, adapter, len(prompts), per_prompt)
             return self._generate(
                 adapter,
@@ -267,7 +272,10 @@ class ParallelPipeline:
                 )
             raise PipelineInputTypeError(f"{pipeline} takes no keyword {name!r}")
         options = {name: self.defaults.get(name, d) for name, d in family.call_options.items()}
-        return family.effective_options({**options, **given}, negative)
+        try:
+            return family.effective_options(self.pipe, {**options, **given}, negative)
+        except ValueError as error:
+            raise PipelineInputError(str(error)) from None
 
     def _generate(
         self,
@@ -370,9 +378,10 @@ class ParallelPipeline:
         (Euler-family schedulers scale the noise by their first sigma)."""
         pipe = self.pipe
         size = (adapter.height, adapter.width)
-        with _scheduler_copy(pipe, adapter.schedule.num_steps, **adapter.timestep_options):
+        steps, options = adapter.steps, adapter.options
+        with _scheduler_copy(pipe, steps, **adapter.timestep_options):
             return adapter.family.initial_latents(
-                pipe, batch, size, adapter.network_dtype, generator, latents
+                pipe, batch, size, adapter.network_dtype, generator, latents, steps, options
             )
 
 

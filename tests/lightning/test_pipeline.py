@@ -19,7 +19,7 @@ from diffusers import (
 
 import driffusion
 from driffusion.adapters.schedulers import UnsupportedSchedulerError
-from driffusion.adapters.tiny import build_tiny_pipeline
+from driffusion.adapters.tiny import build_tiny_pipeline, tiny_inputs
 from driffusion.core import Aggressive, Chords, Conservative, Serial
 from driffusion.lightning.pipeline import parallelize
 from tests.support import SCRIPTS, fabric_run, run_script
@@ -64,18 +64,21 @@ PIPELINES = {
     "flux-dev": lambda: build_tiny_pipeline("flux"),
     "flux-schnell": lambda: build_tiny_pipeline("flux_schnell"),
     "flux-true-cfg": lambda: build_tiny_pipeline("flux"),
+    "sdxl-img2img": lambda: build_tiny_pipeline("sdxl_img2img"),
 }
 CALL = {"num_inference_steps": 6, "guidance_scale": 3.0, "height": 32, "width": 32}
 EXTRA = {  # a family's own keywords of the call, honoured as the pipeline honours them
     "flux-dev": {"max_sequence_length": 16},
     "flux-schnell": {"max_sequence_length": 16},
     "flux-true-cfg": {"max_sequence_length": 16, "negative_prompt": "blurry", "true_cfg_scale": 2},
+    "sdxl-img2img": {**tiny_inputs("sdxl_img2img"), "height": None, "width": None},
 }
 CASE: dict[int, str] = {}  # id(pipe) -> its PIPELINES name
 
 
 def generate(pipe, output_type: str, sampler=None, seed: int = 0, **extra):  # type: ignore[no-untyped-def]
     kwargs = {**CALL, **EXTRA.get(CASE.get(id(pipe), ""), {}), **extra, "output_type": output_type}
+    kwargs = {name: value for name, value in kwargs.items() if value is not None}  # None: unset
     prompts = ["a red cat", "two dogs"]
     generator = torch.Generator().manual_seed(seed)
     if sampler is None:
@@ -97,7 +100,8 @@ def test_serial_reproduces_the_pipeline(pipe) -> None:  # type: ignore[no-untype
     assert float((ours.images - reference).abs().max()) <= 1e-4 * scale  # latents, 1e-4 relative
     pixels = np.abs(generate(pipe, "np", Serial()).images - generate(pipe, "np"))
     assert float(pixels.max()) <= 2 / 255
-    assert ours.stats["rounds"] == ours.stats["evaluations"] >= 6
+    kept = int(6 * EXTRA.get(CASE[id(pipe)], {}).get("strength", 1))  # img2img: the last steps
+    assert ours.stats["rounds"] == ours.stats["evaluations"] >= kept
     assert ours.stats["scheduler"] == type(pipe.scheduler).__name__
 
 
@@ -110,7 +114,8 @@ def test_one_draft_is_the_serial_sampler_bit_for_bit(pipe) -> None:  # type: ign
         "Chords(starts=(0, 3), solver="
     )
     fast = generate(pipe, "latent", Aggressive(drafts=3))
-    assert fast.stats["rounds"] == 1 + math.ceil((CALL["num_inference_steps"] - 1) / 3)
+    steps = generate(pipe, "latent", Serial()).stats["rounds"]  # N (img2img: the kept steps)
+    assert fast.stats["rounds"] == 1 + math.ceil((steps - 1) / 3)
     assert fast.stats["rows"] == 3 and fast.stats["devices"] == 1
 
 
@@ -259,3 +264,27 @@ def test_a_pipeline_with_a_lora_loaded_samples_with_it(tmp_path: Path, family: s
     assert float((ours - reference).abs().max()) <= 1e-4 * scale
     assert float((without - reference).abs().max()) > 1e-2 * scale  # the LoRA is in the sample
     assert torch.equal(generate(pipe, "latent", Aggressive(drafts=1)).images, ours)
+
+
+@pytest.mark.parametrize(
+    ("change", "text"),
+    [
+        ({"image": None}, "image is required"),
+        ({"strength": 0.0}, r"strength must be in \(0, 1\]"),
+        ({"strength": "high"}, "strength must be a number"),
+        ({"strength": 0.1}, "keeps no step of 6"),
+        ({"height": 64}, r"height is the image's \(32\) in img2img, got 64"),
+        ({"latents": torch.zeros(2, 4, 16, 16)}, "latents: StableDiffusionXLImg2ImgPipeline"),
+    ],
+)
+def test_img2img_inputs_are_checked_before_any_compute(
+    change: dict, text: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from driffusion.adapters.diffusers import PipelineInputError
+
+    pipe = build_tiny_pipeline("sdxl_img2img")
+    monkeypatch.setattr(pipe, "encode_prompt", lambda *a, **k: pytest.fail("computed"))
+    call = {**CALL, "height": None, "width": None, **tiny_inputs("sdxl_img2img"), **change}
+    call = {name: value for name, value in call.items() if value is not None or name == "image"}
+    with pytest.raises(PipelineInputError, match=text):
+        parallelize(pipe, Serial(), progress=False)(["a", "b"], **call)

@@ -221,7 +221,7 @@ def adapt_pipeline(
     solver, schedule = from_scheduler(pipe.scheduler, steps, **timestep_options)
     if start:  # the sampler's trajectory is the kept part of the pipeline's grid
         schedule = schedule.slice(start, steps)
-    network = family.network(family.denoiser(pipe), guidance, options)
+    network = family.network(pipe, guidance, options, schedule)
     shape = family.latent_shape(pipe, height, width)
     return PipelineAdapter(
         pipe,

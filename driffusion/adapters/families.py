@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from driffusion.core.branches import GuidedNetwork, classifier_free_guidance, pick_rows
+from driffusion.core.schedule import Schedule
 
 
 def weight_dtype(module: nn.Module) -> torch.dtype:
@@ -67,19 +68,93 @@ class GuidedUNet(_ClassifierFreeGuidance):
 
     def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
         dtype = weight_dtype(self.unet)
-        embeds = self._pick(branch, cond, "prompt_embeds", "negative_prompt_embeds")
-        added = None
-        if "text_embeds" in cond:
-            time_ids = cond["time_ids"]
-            if "negative_time_ids" in cond:
-                time_ids = self._pick(branch, cond, "time_ids", "negative_time_ids")
-            added = {
-                "text_embeds": self._pick(branch, cond, "text_embeds", "negative_text_embeds"),
-                "time_ids": time_ids,
-            }
+        embeds, added = self._text_inputs(branch, cond, dtype)
+        residuals = self._residuals(x.to(dtype), t, embeds, added, cond)
         return self.unet(
-            x.to(dtype), t, encoder_hidden_states=embeds.to(dtype), added_cond_kwargs=added
+            x.to(dtype), t, encoder_hidden_states=embeds, added_cond_kwargs=added, **residuals
         ).sample.float()
+
+    def _text_inputs(
+        self, branch: Tensor, cond: dict[str, Tensor], dtype: torch.dtype
+    ) -> tuple[Tensor, dict[str, Tensor] | None]:
+        """Each row's branch's text embeddings and SDXL's added conditioning."""
+        embeds = self._pick(branch, cond, "prompt_embeds", "negative_prompt_embeds").to(dtype)
+        if "text_embeds" not in cond:
+            return embeds, None
+        time_ids = cond["time_ids"]
+        if "negative_time_ids" in cond:
+            time_ids = self._pick(branch, cond, "time_ids", "negative_time_ids")
+        text = self._pick(branch, cond, "text_embeds", "negative_text_embeds")
+        return embeds, {"text_embeds": text, "time_ids": time_ids}
+
+    def _residuals(
+        self,
+        x: Tensor,
+        t: Tensor,
+        embeds: Tensor,
+        added: dict[str, Tensor] | None,
+        cond: dict[str, Tensor],
+    ) -> dict[str, Any]:
+        """Extra inputs of the UNet call (a ControlNet's residuals); none here."""
+        return {}
+
+
+class GuidedControlNetUNet(GuidedUNet):
+    """An SD / SDXL UNet with a ControlNet: every row runs the ControlNet at its own state and
+    time, and its residuals, scaled by ``conditioning_scale`` where the row's step lies inside
+    ``[control_guidance_start, control_guidance_end]`` (0 outside, as the pipeline's
+    ``controlnet_keep``), go into the UNet call. ``cond["control_image"]`` is each row's
+    preprocessed control image.
+    """
+
+    times: Tensor  # the grid's network times, and the ControlNet's keep at each (buffers)
+    keep: Tensor
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        controlnet: nn.Module,
+        guidance: float,
+        scale: float,
+        times: Tensor,
+        keep: Tensor,
+    ) -> None:
+        super().__init__(unet, guidance)
+        self.controlnet = controlnet
+        self.scale = scale
+        self.register_buffer("times", times.to(torch.float64), persistent=False)
+        self.register_buffer("keep", keep.to(torch.float64), persistent=False)
+
+    def _residuals(
+        self,
+        x: Tensor,
+        t: Tensor,
+        embeds: Tensor,
+        added: dict[str, Tensor] | None,
+        cond: dict[str, Tensor],
+    ) -> dict[str, Any]:
+        match = torch.isclose(t.to(torch.float64)[:, None], self.times[None, :])
+        if not bool(match.any(dim=1).all()):
+            raise ValueError(f"a row's time {t.tolist()} is not a step of the pipeline's grid")
+        factor = self.scale * self.keep[match.to(torch.long).argmax(dim=1)]
+        down, mid = self.controlnet(
+            x,
+            t,
+            encoder_hidden_states=embeds,
+            controlnet_cond=cond["control_image"].to(x.dtype),
+            conditioning_scale=1.0,  # the row's own factor below
+            guess_mode=False,
+            added_cond_kwargs=added,
+            return_dict=False,
+        )
+
+        def scaled(sample: Tensor) -> Tensor:
+            return sample * factor.to(sample.dtype).view(-1, *[1] * (sample.ndim - 1))
+
+        return {
+            "down_block_additional_residuals": [scaled(d) for d in down],
+            "mid_block_additional_residual": scaled(mid),
+        }
 
 
 class GuidedSD3Transformer(_ClassifierFreeGuidance):
@@ -198,11 +273,12 @@ class Family:
         return latents
 
     def network(
-        self, denoiser: nn.Module, guidance: float, options: dict[str, Any]
+        self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
     ) -> GuidedNetwork:
-        """The guided per-row network over ``denoiser`` for a call with ``options`` (the
-        family's [`call_options`][driffusion.adapters.families.Family.call_options], as given)."""
-        return GuidedUNet(denoiser, guidance)
+        """The guided per-row network over the pipeline's denoiser for a call with ``options``
+        (the family's [`call_options`][driffusion.adapters.families.Family.call_options], as
+        applied) on the sampler's grid ``schedule``."""
+        return GuidedUNet(self.denoiser(pipe), guidance)
 
     def effective_options(
         self, pipe: Any, options: dict[str, Any], negative: bool
@@ -400,6 +476,81 @@ class StableDiffusionXLImg2Img(StableDiffusionXL):
         return ids, None if torch.equal(ids, negative_ids) else negative_ids
 
 
+class StableDiffusionXLControlNet(StableDiffusionXL):
+    """SDXL with one ControlNet (``StableDiffusionXLControlNetPipeline``): the control image
+    (the call's ``image``, resized to the call's size by the pipeline's ``prepare_image``) is
+    conditioning of every row; ``controlnet_conditioning_scale`` and
+    ``control_guidance_start/end`` are honoured per row, from the row's own step."""
+
+    name = "sdxl_controlnet"
+    pipeline_classes = ("StableDiffusionXLControlNetPipeline",)
+    call_options: ClassVar[dict[str, Any]] = {
+        "image": None,
+        "controlnet_conditioning_scale": 1.0,
+        "control_guidance_start": 0.0,
+        "control_guidance_end": 1.0,
+    }
+
+    def effective_options(
+        self, pipe: Any, options: dict[str, Any], negative: bool
+    ) -> dict[str, Any]:
+        if type(pipe.controlnet).__name__ != "ControlNetModel":
+            raise ValueError(f"one ControlNetModel is supported, not {type(pipe.controlnet)}")
+        if options["image"] is None:
+            raise ValueError("image is required: the control image")
+        for name in ("controlnet_conditioning_scale", "control_guidance_start"):
+            value = options[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(f"{name} must be a number, got {value!r}")
+        start, end = options["control_guidance_start"], options["control_guidance_end"]
+        if isinstance(end, bool) or not isinstance(end, (int, float)) or not 0 <= start < end <= 1:
+            raise ValueError(
+                "control_guidance_start and control_guidance_end must satisfy "
+                f"0 <= start < end <= 1, got {start!r} and {end!r}"
+            )
+        return options
+
+    def network(
+        self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
+    ) -> GuidedNetwork:
+        n = schedule.num_steps
+        start, end = options["control_guidance_start"], options["control_guidance_end"]
+        keep = torch.tensor([1.0 - float(i / n < start or (i + 1) / n > end) for i in range(n)])
+        scale = float(options["controlnet_conditioning_scale"])
+        times = schedule.timesteps[:n]
+        return GuidedControlNetUNet(pipe.unet, pipe.controlnet, guidance, scale, times, keep)
+
+    def encode(
+        self,
+        pipe: Any,
+        prompts: list[str],
+        negative: list[str] | None,
+        guided: bool,
+        size: tuple[int, int],
+        options: dict[str, Any],
+    ) -> dict[str, Tensor]:
+        cond = super().encode(pipe, prompts, negative, guided, size, options)
+        height, width = size
+        image = pipe.prepare_image(
+            image=options["image"],
+            width=width,
+            height=height,
+            batch_size=len(prompts),
+            num_images_per_prompt=1,
+            device=pipe.device,
+            dtype=pipe.controlnet.dtype,
+            do_classifier_free_guidance=False,
+            guess_mode=False,
+        )
+        if image.shape[0] != len(prompts):
+            raise ValueError(
+                f"image: give one control image or one per image ({len(prompts)}), got "
+                f"{image.shape[0]}"
+            )
+        cond["control_image"] = image
+        return cond
+
+
 class StableDiffusion3(Family):
     """SD3 (``StableDiffusion3Pipeline``): an MMDiT transformer over patches, flow matching with
     a (possibly dynamic) shift, three text encoders with T5 optional."""
@@ -427,9 +578,9 @@ class StableDiffusion3(Family):
         return {"mu": _shift(pipe.scheduler, (height // patch) * (width // patch), 1.16)}
 
     def network(
-        self, denoiser: nn.Module, guidance: float, options: dict[str, Any]
+        self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
     ) -> GuidedNetwork:
-        return GuidedSD3Transformer(denoiser, guidance)
+        return GuidedSD3Transformer(self.denoiser(pipe), guidance)
 
     def encode(
         self,
@@ -566,9 +717,10 @@ class Flux(Family):
         return options if negative else {**options, "true_cfg_scale": 1.0}
 
     def network(
-        self, denoiser: nn.Module, guidance: float, options: dict[str, Any]
+        self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
     ) -> GuidedNetwork:
-        return GuidedFluxTransformer(denoiser, guidance, float(options["true_cfg_scale"]))
+        true_cfg = float(options["true_cfg_scale"])
+        return GuidedFluxTransformer(self.denoiser(pipe), guidance, true_cfg)
 
     def encode(
         self,
@@ -636,6 +788,7 @@ FAMILIES: dict[str, Family] = {
         StableDiffusion(),
         StableDiffusionXL(),
         StableDiffusionXLImg2Img(),
+        StableDiffusionXLControlNet(),
         StableDiffusion3(),
         Flux(),
         FluxSchnell(),

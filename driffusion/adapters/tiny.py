@@ -14,7 +14,16 @@ from typing import Any
 
 import torch
 
-TINY_FAMILIES = ("sd21", "sdxl", "sdxl_img2img", "sd3", "sd35", "flux", "flux_schnell")
+TINY_FAMILIES = (
+    "sd21",
+    "sdxl",
+    "sdxl_img2img",
+    "sdxl_controlnet",
+    "sd3",
+    "sd35",
+    "flux",
+    "flux_schnell",
+)
 
 
 def tiny_tokenizer() -> Any:
@@ -97,7 +106,8 @@ def tiny_vae(latent_channels: int = 4, seed: int = 0, **config: Any) -> Any:
 
 
 def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int = 0) -> Any:
-    """A random-weight pipeline of ``family`` (``sd21``, ``sdxl``, ``sdxl_img2img``, ``sd3``,
+    """A random-weight pipeline of ``family`` (``sd21``, ``sdxl``, ``sdxl_img2img``,
+    ``sdxl_controlnet`` (a ControlNet made from the UNet, random weights), ``sd3``,
     ``sd35`` (SD3.5's
     transformer: dual attention layers, qk norm), ``flux`` (FLUX.1-dev: guidance embedding,
     dynamic shift) or ``flux_schnell``)."""
@@ -147,6 +157,17 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
             feature_extractor=None,
             requires_safety_checker=False,
         )
+    if family == "sdxl_controlnet":
+        from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+
+        sdxl = build_tiny_pipeline("sdxl", prediction_type, seed)
+        controlnet = ControlNetModel.from_unet(
+            sdxl.unet, conditioning_embedding_out_channels=(16, 32)
+        )
+        generator = torch.Generator().manual_seed(seed + 2)
+        for parameter in controlnet.parameters():  # trained-like: its zero convolutions are not
+            parameter.data.normal_(0.0, 0.05, generator=generator)
+        return StableDiffusionXLControlNetPipeline(**sdxl.components, controlnet=controlnet.eval())
     if family == "sdxl_img2img":
         from diffusers import StableDiffusionXLImg2ImgPipeline
 
@@ -256,14 +277,16 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
 
 def tiny_inputs(family: str, size: int = 32) -> dict[str, Any]:
     """The keyword inputs a call of ``build_tiny_pipeline(family)`` needs beyond the prompt
-    (img2img: a ``size`` x ``size`` image in code and a ``strength``; none for the others)."""
+    (img2img: a ``size`` x ``size`` image made in code and a ``strength``; ControlNet: such an
+    image as the control image; none for the others)."""
     if family not in TINY_FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {TINY_FAMILIES}")
-    if family == "sdxl_img2img":
+    if family in ("sdxl_img2img", "sdxl_controlnet"):
         from PIL import Image
 
         ramp = torch.linspace(0, 255, size, dtype=torch.float64)
         rgb = torch.stack([ramp[None, :].expand(size, size), ramp[:, None].expand(size, size)])
         rgb = torch.cat([rgb, 255 - rgb[:1]]).permute(1, 2, 0).round().to(torch.uint8)
-        return {"image": Image.fromarray(rgb.numpy()), "strength": 0.7}
+        image = Image.fromarray(rgb.numpy())
+        return {"image": image, "strength": 0.7} if family == "sdxl_img2img" else {"image": image}
     return {}

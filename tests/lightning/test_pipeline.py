@@ -65,6 +65,8 @@ PIPELINES = {
     "flux-schnell": lambda: build_tiny_pipeline("flux_schnell"),
     "flux-true-cfg": lambda: build_tiny_pipeline("flux"),
     "sdxl-img2img": lambda: build_tiny_pipeline("sdxl_img2img"),
+    "sdxl-controlnet": lambda: build_tiny_pipeline("sdxl_controlnet"),
+    "sdxl-controlnet-window": lambda: build_tiny_pipeline("sdxl_controlnet"),
 }
 CALL = {"num_inference_steps": 6, "guidance_scale": 3.0, "height": 32, "width": 32}
 EXTRA = {  # a family's own keywords of the call, honoured as the pipeline honours them
@@ -72,6 +74,13 @@ EXTRA = {  # a family's own keywords of the call, honoured as the pipeline honou
     "flux-schnell": {"max_sequence_length": 16},
     "flux-true-cfg": {"max_sequence_length": 16, "negative_prompt": "blurry", "true_cfg_scale": 2},
     "sdxl-img2img": {**tiny_inputs("sdxl_img2img"), "height": None, "width": None},
+    "sdxl-controlnet": tiny_inputs("sdxl_controlnet"),
+    "sdxl-controlnet-window": {
+        **tiny_inputs("sdxl_controlnet"),
+        "control_guidance_start": 0.3,
+        "control_guidance_end": 0.7,
+        "controlnet_conditioning_scale": 0.5,
+    },
 }
 CASE: dict[int, str] = {}  # id(pipe) -> its PIPELINES name
 
@@ -288,3 +297,22 @@ def test_img2img_inputs_are_checked_before_any_compute(
     call = {name: value for name, value in call.items() if value is not None or name == "image"}
     with pytest.raises(PipelineInputError, match=text):
         parallelize(pipe, Serial(), progress=False)(["a", "b"], **call)
+
+
+def test_the_controlnet_runs_at_every_rows_own_state_and_step() -> None:
+    """The ControlNet is in the sample (scale 0 differs), a window of steps switches it per row's
+    own step (differs from both, and equals `pipe()` with the same window), and drafted rows,
+    each at its own time, give the rounds of 3 drafts."""
+    pipe = build_tiny_pipeline("sdxl_controlnet")
+    CASE[id(pipe)] = "sdxl-controlnet"
+    serial = generate(pipe, "latent", Serial()).images
+    off = generate(pipe, "latent", Serial(), controlnet_conditioning_scale=0.0).images
+    window = generate(pipe, "latent", Serial(), control_guidance_end=0.5).images
+    scale = float(serial.abs().max())
+    assert float((serial - off).abs().max()) > 1e-2 * scale  # the ControlNet is in the sample
+    assert float((window - serial).abs().max()) > 1e-3 * scale
+    assert float((window - off).abs().max()) > 1e-3 * scale
+    drafted = generate(pipe, "latent", Aggressive(drafts=3))
+    assert drafted.stats["rounds"] == 1 + math.ceil((6 - 1) / 3)
+    reference = generate(pipe, "latent", control_guidance_end=0.5).float()  # pipe() itself
+    assert float((window - reference).abs().max()) <= 1e-4 * float(reference.abs().max())

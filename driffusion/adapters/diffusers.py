@@ -116,7 +116,8 @@ class PipelineAdapter:
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
-        """Latents to images ``[B, 3, H, W]`` in ``[-1, 1]`` (float32) with the VAE.
+        """Latents to images ``[B, 3, H, W]`` (video: ``[B, 3, F, H, W]``) in ``[-1, 1]``
+        (float32) with the VAE.
 
         A half-precision VAE whose config says ``force_upcast`` decodes in float32, as diffusers
         does (the SDXL VAE overflows in fp16).
@@ -125,10 +126,7 @@ class PipelineAdapter:
             NonFiniteImageError: the decoded images hold NaN or inf (nothing should be saved).
         """
         vae = self.pipe.vae
-        scaling = vae.config.scaling_factor
-        shift = getattr(vae.config, "shift_factor", None) or 0.0
-        latents = self.family.vae_latents(self.pipe, latents, (self.height, self.width))
-        latents = latents / scaling + shift
+        latents = self.family.vae_input(self.pipe, latents, (self.height, self.width))
         dtype = weight_dtype(vae)
         upcast = dtype in (torch.float16, torch.bfloat16) and vae.config.get("force_upcast", False)
         if upcast:
@@ -173,8 +171,8 @@ def _variance_exploding(scheduler: Any) -> bool:
 
 
 def image_size(pipe: Any, height: int | None = None, width: int | None = None) -> tuple[int, int]:
-    """``(height, width)`` in pixels: the model's default (``sample_size`` x VAE scale) where
-    ``None``.
+    """``(height, width)`` in pixels: the model's default (``sample_size`` x VAE scale; video
+    pipelines: their call's) where ``None``.
 
     Raises:
         PipelineInputError: a size that is not a positive multiple of what the model divides by
@@ -182,9 +180,12 @@ def image_size(pipe: Any, height: int | None = None, width: int | None = None) -
         PipelineInputTypeError: a size that is not an integer.
     """
     family = pipeline_family(pipe)
-    default, multiple = family.default_size(pipe), family.size_multiple(pipe)
-    sizes = {"height": default if height is None else height}
-    sizes["width"] = default if width is None else width
+    (default_height, default_width), multiple = (
+        family.default_size(pipe),
+        family.size_multiple(pipe),
+    )
+    sizes = {"height": default_height if height is None else height}
+    sizes["width"] = default_width if width is None else width
     for name, value in sizes.items():
         if isinstance(value, bool) or not isinstance(value, numbers.Integral):
             raise PipelineInputTypeError(
@@ -222,7 +223,7 @@ def adapt_pipeline(
     if start:  # the sampler's trajectory is the kept part of the pipeline's grid
         schedule = schedule.slice(start, steps)
     network = family.network(pipe, guidance, options, schedule)
-    shape = family.latent_shape(pipe, height, width)
+    shape = family.latent_shape(pipe, height, width, options)
     return PipelineAdapter(
         pipe,
         family,

@@ -230,7 +230,7 @@ class DistributedExecutor:
         )
         if self.split:  # every rank combines the branches: one device's arithmetic
             by_branch = rearrange(outputs, "(g k) ... -> g k ...", g=self.branches)
-            return check_output(self.network.combine(by_branch), xs)  # type: ignore[attr-defined]
+            return check_output(self.network.combine(by_branch, t), xs)  # type: ignore[attr-defined]
         return outputs
 
     def _decide(self, xs: Tensor, t: Tensor) -> None:

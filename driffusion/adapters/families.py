@@ -19,6 +19,7 @@ call of the network on one device or split over two
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, ClassVar
 
 import torch
@@ -49,7 +50,7 @@ class _ClassifierFreeGuidance(GuidedNetwork):
             return cond[name]
         return pick_rows(branch, [cond[negative], cond[name]])
 
-    def combine(self, outputs: Tensor) -> Tensor:
+    def combine(self, outputs: Tensor, t: Tensor) -> Tensor:
         if self.branches == 1:
             return outputs[0]
         return classifier_free_guidance(outputs[0], outputs[1], self.guidance)
@@ -211,6 +212,8 @@ class Family:
     call_options: ClassVar[dict[str, Any]] = {}
     """Keywords of the pipeline's ``__call__`` beyond the common ones that the family honours,
     with their defaults (the pipeline's)."""
+    output: ClassVar[str] = "images"
+    """The pipeline output's field of the result (``images``; video pipelines' ``frames``)."""
 
     @property
     def pipeline_class(self) -> str:
@@ -228,9 +231,10 @@ class Family:
         """The network the pipeline denoises with."""
         return pipe.unet
 
-    def default_size(self, pipe: Any) -> int:
-        """The model's default height and width in pixels."""
-        return int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+    def default_size(self, pipe: Any) -> tuple[int, int]:
+        """The model's default ``(height, width)`` in pixels."""
+        side = int(pipe.unet.config.sample_size * pipe.vae_scale_factor)
+        return side, side
 
     def size_multiple(self, pipe: Any) -> int:
         """What this model's height and width must be a multiple of, in pixels."""
@@ -242,8 +246,11 @@ class Family:
         them."""
         return {}
 
-    def latent_shape(self, pipe: Any, height: int, width: int) -> tuple[int, ...]:
-        """The shape of one sample's state, as ``prepare_latents`` makes it."""
+    def latent_shape(
+        self, pipe: Any, height: int, width: int, options: dict[str, Any]
+    ) -> tuple[int, ...]:
+        """The shape of one sample's state, as ``prepare_latents`` makes it for a call with
+        ``options`` (video: ``num_frames``)."""
         factor = pipe.vae_scale_factor
         channels = int(self.denoiser(pipe).config.in_channels)  # type: ignore[union-attr,arg-type]
         return (channels, height // factor, width // factor)
@@ -262,7 +269,7 @@ class Family:
         """The pipeline's own initial latents (``prepare_latents``; call it with the pipeline's
         scheduler set to the call's grid: Euler-family schedulers scale the noise by their first
         sigma)."""
-        channels = self.latent_shape(pipe, *size)[0]
+        channels = self.latent_shape(pipe, *size, options)[0]
         height, width = size
         return pipe.prepare_latents(
             batch, channels, height, width, dtype, pipe.device, generator, latents
@@ -271,6 +278,17 @@ class Family:
     def vae_latents(self, pipe: Any, latents: Tensor, size: tuple[int, int]) -> Tensor:
         """The final state as the VAE takes it (before its scaling)."""
         return latents
+
+    def vae_input(self, pipe: Any, latents: Tensor, size: tuple[int, int]) -> Tensor:
+        """What ``vae.decode`` takes for the final state: ``latents / scaling_factor +
+        shift_factor`` of the unpacked latents."""
+        config = pipe.vae.config
+        shift = getattr(config, "shift_factor", None) or 0.0
+        return self.vae_latents(pipe, latents, size) / config.scaling_factor + shift
+
+    def postprocess(self, pipe: Any, decoded: Tensor, output_type: str) -> Any:
+        """Decoded pixels in ``[-1, 1]`` as the pipeline returns them for ``output_type``."""
+        return pipe.image_processor.postprocess(decoded, output_type=output_type)
 
     def network(
         self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
@@ -565,8 +583,9 @@ class StableDiffusion3(Family):
     def denoiser(self, pipe: Any) -> nn.Module:
         return pipe.transformer
 
-    def default_size(self, pipe: Any) -> int:
-        return int(pipe.default_sample_size * pipe.vae_scale_factor)
+    def default_size(self, pipe: Any) -> tuple[int, int]:
+        side = int(pipe.default_sample_size * pipe.vae_scale_factor)
+        return side, side
 
     def size_multiple(self, pipe: Any) -> int:
         return int(pipe.vae_scale_factor * pipe.transformer.config.patch_size)
@@ -647,7 +666,7 @@ class GuidedFluxTransformer(GuidedNetwork):
             return_dict=False,
         )[0].float()
 
-    def combine(self, outputs: Tensor) -> Tensor:
+    def combine(self, outputs: Tensor, t: Tensor) -> Tensor:
         if self.branches == 1:
             return outputs[0]
         return classifier_free_guidance(outputs[0], outputs[1], self.true_cfg_scale)
@@ -670,20 +689,23 @@ class Flux(Family):
     def denoiser(self, pipe: Any) -> nn.Module:
         return pipe.transformer
 
-    def default_size(self, pipe: Any) -> int:
-        return int(pipe.default_sample_size * pipe.vae_scale_factor)
+    def default_size(self, pipe: Any) -> tuple[int, int]:
+        side = int(pipe.default_sample_size * pipe.vae_scale_factor)
+        return side, side
 
     def size_multiple(self, pipe: Any) -> int:
         return int(pipe.vae_scale_factor * 2)  # the VAE's factor, then 2x2 packing
 
-    def latent_shape(self, pipe: Any, height: int, width: int) -> tuple[int, ...]:
+    def latent_shape(
+        self, pipe: Any, height: int, width: int, options: dict[str, Any]
+    ) -> tuple[int, ...]:
         tokens = (height // self.size_multiple(pipe)) * (width // self.size_multiple(pipe))
         return (tokens, int(pipe.transformer.config.in_channels))
 
     def timestep_options(self, pipe: Any, steps: int, height: int, width: int) -> dict[str, Any]:
         import numpy as np
 
-        tokens = self.latent_shape(pipe, height, width)[0]
+        tokens = self.latent_shape(pipe, height, width, {})[0]
         options: dict[str, Any] = {"mu": _shift(pipe.scheduler, tokens, 1.15)}
         if not pipe.scheduler.config.get("use_flow_sigmas", False):
             options["sigmas"] = np.linspace(1.0, 1 / steps, steps)
@@ -765,6 +787,211 @@ class FluxSchnell(Flux):
     steps, guidance = 4, 0.0
 
 
+class GuidedWanTransformer(_ClassifierFreeGuidance):
+    """Wan's transformer behind the per-row contract, with classifier-free guidance (two calls
+    per step in the pipeline, one batched call here).
+
+    Wan 2.2's two experts: a row at ``t >= boundary`` runs ``transformer`` and is guided with
+    ``guidance``, any other ``transformer_2`` with ``guidance_2``, so the rows of one round
+    straddling the boundary each run their own expert (one call per expert present).
+    ``expand_timesteps`` (Wan 2.2 TI2V) gives the transformer one time per latent token.
+    """
+
+    def __init__(
+        self,
+        transformer: nn.Module,
+        guidance: float,
+        transformer_2: nn.Module | None = None,
+        guidance_2: float | None = None,
+        boundary: float | None = None,
+        expand_timesteps: bool = False,
+    ) -> None:
+        super().__init__(guidance)
+        self.transformer = transformer
+        self.transformer_2 = transformer_2
+        self.guidance_2 = guidance if guidance_2 is None else guidance_2
+        self.boundary = boundary
+        self.expand_timesteps = expand_timesteps
+
+    def _high_noise(self, t: Tensor) -> Tensor:
+        """Which rows are the first expert's (all without a boundary)."""
+        if self.boundary is None:
+            return torch.ones_like(t, dtype=torch.bool)
+        return t >= self.boundary
+
+    def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
+        embeds = self._pick(branch, cond, "prompt_embeds", "negative_prompt_embeds")
+        high = self._high_noise(t)
+        out: Tensor | None = None
+        for expert, rows in ((self.transformer, high), (self.transformer_2, ~high)):
+            index = rows.nonzero().flatten()
+            if not len(index):
+                continue
+            assert expert is not None, "a row below the boundary needs transformer_2"
+            part = self._call(expert, x[index], t[index], embeds[index])
+            if len(index) == len(t):
+                return part
+            out = part.new_empty((len(t), *part.shape[1:])) if out is None else out
+            out[index] = part
+        assert out is not None
+        return out
+
+    def _call(self, expert: nn.Module, x: Tensor, t: Tensor, embeds: Tensor) -> Tensor:
+        dtype = weight_dtype(expert)
+        timestep = t
+        if self.expand_timesteps:  # one time per token of the (1, 2, 2)-patched latents
+            tokens = x[:, 0, :, ::2, ::2].flatten(1).shape[1]
+            timestep = t[:, None].expand(-1, tokens)
+        return expert(
+            hidden_states=x.to(dtype),
+            timestep=timestep,
+            encoder_hidden_states=embeds.to(dtype),
+            return_dict=False,
+        )[0].float()
+
+    def combine(self, outputs: Tensor, t: Tensor) -> Tensor:
+        if self.branches == 1:
+            return outputs[0]
+        high = self._high_noise(t).to(outputs.device)
+        scale = torch.where(high, self.guidance, self.guidance_2).to(outputs.dtype)
+        return classifier_free_guidance(
+            outputs[0], outputs[1], scale.view(-1, *[1] * (outputs.ndim - 2))
+        )
+
+
+class Wan(Family):
+    """Wan 2.1 text to video (``WanPipeline``): 5-D latents ``(16, (F - 1) / 4 + 1, H / 8,
+    W / 8)``, a UMT5 text encoder, classifier-free guidance, UniPC over flow sigmas (the
+    published configs; FlowMatchEuler with shift works too); decoded per channel
+    (``latents_mean``, ``latents_std``) by the causal 3-D VAE into ``frames``."""
+
+    name = "wan"
+    pipeline_classes = ("WanPipeline",)
+    model = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    steps, guidance, size = 50, 5.0, 480
+    pixel_multiple = 16
+    vp_grid = False
+    output = "frames"
+    call_options: ClassVar[dict[str, Any]] = {
+        "num_frames": 81,
+        "guidance_scale_2": None,
+        "max_sequence_length": 512,
+    }
+
+    def denoiser(self, pipe: Any) -> nn.Module:
+        return pipe.transformer if pipe.transformer is not None else pipe.transformer_2
+
+    def default_size(self, pipe: Any) -> tuple[int, int]:
+        defaults = inspect.signature(type(pipe).__call__).parameters  # the call's 480 x 832
+        return int(defaults["height"].default), int(defaults["width"].default)
+
+    def size_multiple(self, pipe: Any) -> int:
+        patch: Any = self.denoiser(pipe).config.patch_size  # type: ignore[union-attr]
+        return int(pipe.vae_scale_factor_spatial * patch[1])
+
+    def latent_shape(
+        self, pipe: Any, height: int, width: int, options: dict[str, Any]
+    ) -> tuple[int, ...]:
+        frames = (options["num_frames"] - 1) // pipe.vae_scale_factor_temporal + 1
+        factor = pipe.vae_scale_factor_spatial
+        channels = int(self.denoiser(pipe).config.in_channels)  # type: ignore[union-attr,arg-type]
+        return (channels, frames, height // factor, width // factor)
+
+    def effective_options(
+        self, pipe: Any, options: dict[str, Any], negative: bool
+    ) -> dict[str, Any]:
+        frames, temporal = options["num_frames"], pipe.vae_scale_factor_temporal
+        if isinstance(frames, bool) or not isinstance(frames, int) or frames < 1:
+            raise ValueError(f"num_frames must be an integer >= 1, got {frames!r}")
+        if (frames - 1) % temporal:
+            below = (frames - 1) // temporal * temporal + 1
+            raise ValueError(
+                f"num_frames - 1 must be divisible by {temporal} (the VAE's temporal factor), "
+                f"got {frames}: {below} or {below + temporal} (the pipeline rounds down)"
+            )
+        if options["guidance_scale_2"] is not None and pipe.config.boundary_ratio is None:
+            raise ValueError(
+                "guidance_scale_2 is only supported when the pipeline's boundary_ratio is set "
+                "(Wan 2.2's two experts)"
+            )
+        return options
+
+    def initial_latents(
+        self,
+        pipe: Any,
+        batch: int,
+        size: tuple[int, int],
+        dtype: torch.dtype,
+        generator: Any,
+        latents: Tensor | None,
+        steps: int,
+        options: dict[str, Any],
+    ) -> Tensor:
+        channels = self.latent_shape(pipe, *size, options)[0]
+        height, width = size
+        frames = options["num_frames"]
+        return pipe.prepare_latents(  # float32, as the pipeline draws them
+            batch, channels, height, width, frames, torch.float32, pipe.device, generator, latents
+        )
+
+    def vae_input(self, pipe: Any, latents: Tensor, size: tuple[int, int]) -> Tensor:
+        config = pipe.vae.config
+        shape = (1, config.z_dim, 1, 1, 1)
+        mean = torch.tensor(config.latents_mean).view(shape).to(latents)
+        std = torch.tensor(config.latents_std).view(shape).to(latents)
+        return latents * std + mean
+
+    def postprocess(self, pipe: Any, decoded: Tensor, output_type: str) -> Any:
+        return pipe.video_processor.postprocess_video(decoded, output_type=output_type)
+
+    def network(
+        self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
+    ) -> GuidedNetwork:
+        ratio = pipe.config.boundary_ratio
+        boundary = None if ratio is None else ratio * pipe.scheduler.config.num_train_timesteps
+        return GuidedWanTransformer(
+            pipe.transformer,
+            guidance,
+            pipe.transformer_2,
+            options["guidance_scale_2"],
+            boundary,
+            bool(pipe.config.get("expand_timesteps", False)),
+        )
+
+    def encode(
+        self,
+        pipe: Any,
+        prompts: list[str],
+        negative: list[str] | None,
+        guided: bool,
+        size: tuple[int, int],
+        options: dict[str, Any],
+    ) -> dict[str, Tensor]:
+        embeds, negative_embeds = pipe.encode_prompt(
+            prompts,
+            negative,
+            do_classifier_free_guidance=guided,
+            max_sequence_length=options["max_sequence_length"],
+            device=pipe.device,
+        )
+        cond = {"prompt_embeds": embeds}
+        if guided:
+            cond["negative_prompt_embeds"] = negative_embeds
+        return cond
+
+
+class Wan22(Wan):
+    """Wan 2.2 (``WanPipeline`` with ``transformer_2`` and ``boundary_ratio``): the high-noise
+    expert with ``guidance_scale`` above the boundary, the low-noise one with
+    ``guidance_scale_2`` below (the pipeline's own scale where not given)."""
+
+    name = "wan22"
+    # the same pipeline class: a loaded Wan 2.2 is handled by Wan (its config has the
+    # boundary); this name gives Wan 2.2's defaults and hub id
+    model = "Wan-AI/Wan2.2-T2V-A14B-Diffusers"
+    steps, guidance, size = 40, 4.0, 720
+
+
 def _shift(scheduler: Any, tokens: int, max_shift: float) -> float:
     """The pipelines' ``calculate_shift`` of ``mu`` from the image's token count, read from the
     scheduler's config (``max_shift`` where the config has none: the pipelines' defaults differ)."""
@@ -792,6 +1019,8 @@ FAMILIES: dict[str, Family] = {
         StableDiffusion3(),
         Flux(),
         FluxSchnell(),
+        Wan(),
+        Wan22(),
     )
 }
 """Every supported family by name."""

@@ -23,6 +23,8 @@ TINY_FAMILIES = (
     "sd35",
     "flux",
     "flux_schnell",
+    "wan",
+    "wan22",
 )
 
 
@@ -86,6 +88,47 @@ def tiny_t5(d_model: int = 32, seed: int = 0) -> Any:
     return T5EncoderModel(config).eval()
 
 
+def tiny_umt5(d_model: int = 32, seed: int = 0) -> Any:
+    """A 2-layer UMT5 encoder (Wan's text encoder class) over
+    [`tiny_t5_tokenizer`][driffusion.adapters.tiny.tiny_t5_tokenizer]'s vocabulary."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    torch.manual_seed(seed)
+    config = UMT5Config(
+        vocab_size=len(tiny_t5_tokenizer()),
+        d_model=d_model,
+        d_ff=2 * d_model,
+        d_kv=8,
+        num_layers=2,
+        num_heads=2,
+        relative_attention_num_buckets=8,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    return UMT5EncoderModel(config).eval()
+
+
+def tiny_wan_transformer(seed: int = 0) -> Any:
+    """A 2-layer ``WanTransformer3DModel`` (diffusers' test configuration)."""
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(seed)
+    return WanTransformer3DModel(
+        patch_size=(1, 2, 2),
+        num_attention_heads=2,
+        attention_head_dim=12,
+        in_channels=16,
+        out_channels=16,
+        text_dim=32,
+        freq_dim=256,
+        ffn_dim=32,
+        num_layers=2,
+        cross_attn_norm=True,
+        qk_norm="rms_norm_across_heads",
+        rope_max_seq_len=32,
+    ).eval()
+
+
 def tiny_vae(latent_channels: int = 4, seed: int = 0, **config: Any) -> Any:
     """A 2-block ``AutoencoderKL`` (downscale 2) with ``latent_channels`` latent channels."""
     from diffusers import AutoencoderKL
@@ -110,7 +153,8 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
     ``sdxl_controlnet`` (a ControlNet made from the UNet, random weights), ``sd3``,
     ``sd35`` (SD3.5's
     transformer: dual attention layers, qk norm), ``flux`` (FLUX.1-dev: guidance embedding,
-    dynamic shift) or ``flux_schnell``)."""
+    dynamic shift), ``flux_schnell``, ``wan`` (Wan 2.1: UniPC over flow sigmas) or ``wan22``
+    (two experts split at ``boundary_ratio``))."""
     from diffusers import (
         DDIMScheduler,
         EulerDiscreteScheduler,
@@ -272,13 +316,39 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
             tokenizer_2=tiny_t5_tokenizer(),
             transformer=transformer,
         )
+    if family in ("wan", "wan22"):
+        from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
+
+        torch.manual_seed(seed)
+        vae = AutoencoderKLWan(
+            base_dim=3,
+            z_dim=16,
+            dim_mult=[1, 1, 1, 1],
+            num_res_blocks=1,
+            temperal_downsample=[False, True, True],
+        ).eval()
+        # the published configs' scheduler: UniPC over flow sigmas (Wan 2.1 480p: shift 3)
+        scheduler = UniPCMultistepScheduler(
+            prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=3.0
+        )
+        two_experts = family == "wan22"  # Wan 2.2: a low-noise expert below the boundary
+        return WanPipeline(
+            tokenizer=tiny_t5_tokenizer(),
+            text_encoder=tiny_umt5(seed=seed),
+            transformer=tiny_wan_transformer(seed),
+            vae=vae,
+            scheduler=scheduler,
+            transformer_2=tiny_wan_transformer(seed + 1) if two_experts else None,
+            boundary_ratio=0.875 if two_experts else None,
+        )
     raise ValueError(f"unknown family {family!r}; choose one of {TINY_FAMILIES}")
 
 
 def tiny_inputs(family: str, size: int = 32) -> dict[str, Any]:
     """The keyword inputs a call of ``build_tiny_pipeline(family)`` needs beyond the prompt
     (img2img: a ``size`` x ``size`` image made in code and a ``strength``; ControlNet: such an
-    image as the control image; none for the others)."""
+    image as the control image; Wan: 9 frames of 16 x 16, the tiny VAE's smallest clip; none
+    for the others)."""
     if family not in TINY_FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {TINY_FAMILIES}")
     if family in ("sdxl_img2img", "sdxl_controlnet"):
@@ -289,4 +359,6 @@ def tiny_inputs(family: str, size: int = 32) -> dict[str, Any]:
         rgb = torch.cat([rgb, 255 - rgb[:1]]).permute(1, 2, 0).round().to(torch.uint8)
         image = Image.fromarray(rgb.numpy())
         return {"image": image, "strength": 0.7} if family == "sdxl_img2img" else {"image": image}
+    if family in ("wan", "wan22"):
+        return {"num_frames": 9, "height": 16, "width": 16}
     return {}

@@ -9,7 +9,7 @@ because the combination is the same arithmetic wherever the branches ran.
 A network that has branches says so here, in one place:
 [`GuidedNetwork`][driffusion.core.branches.GuidedNetwork] gives ``branches`` (how many),
 ``evaluate_branches(x, t, branch, **cond)`` (rows of any branches in one call; row ``m`` is
-evaluated under branch ``branch[m]``) and ``combine(outputs[G, M, ...])``; its ``forward`` is
+evaluated under branch ``branch[m]``) and ``combine(outputs[G, M, ...], t[M])``; its ``forward`` is
 the batched guided call. A network without branches is one branch.
 
 A round of ``K`` rows on ``D`` devices is planned by
@@ -58,7 +58,9 @@ def pick_rows(branch: Tensor, options: Sequence[Tensor]) -> Tensor:
     return stacked[branch.to(stacked.device).long(), rows]
 
 
-def classifier_free_guidance(unconditional: Tensor, conditional: Tensor, scale: float) -> Tensor:
+def classifier_free_guidance(
+    unconditional: Tensor, conditional: Tensor, scale: float | Tensor
+) -> Tensor:
     """``u + w (c - u)``: the combination every guided family uses (``w = 1``: ``c``)."""
     return unconditional + scale * (conditional - unconditional)
 
@@ -82,8 +84,10 @@ class GuidedNetwork(nn.Module):
         """
         raise NotImplementedError
 
-    def combine(self, outputs: Tensor) -> Tensor:
-        """``outputs[G, M, ...]`` (one slice per branch) -> the guided output ``[M, ...]``."""
+    def combine(self, outputs: Tensor, t: Tensor) -> Tensor:
+        """``outputs[G, M, ...]`` (one slice per branch) -> the guided output ``[M, ...]``;
+        ``t[M]`` are the rows' times (a combination may depend on them: Wan 2.2 guides each
+        expert's steps with its own scale)."""
         raise NotImplementedError
 
     def forward(self, x: Tensor, t: Tensor, **cond: Tensor) -> Tensor:
@@ -93,7 +97,7 @@ class GuidedNetwork(nn.Module):
         out = self.evaluate_branches(
             repeat(x, "m ... -> (g m) ...", g=g), repeat(t, "m -> (g m)", g=g), branch, **tiled
         )
-        return self.combine(rearrange(out, "(g m) ... -> g m ...", g=g))
+        return self.combine(rearrange(out, "(g m) ... -> g m ...", g=g), t)
 
 
 @dataclass(frozen=True)

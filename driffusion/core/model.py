@@ -268,11 +268,13 @@ class RowwiseModel:
         )
         return rearrange(out, "(u b) ... -> u b ...", u=u)
 
-    def combine(self, outputs: Tensor) -> Tensor:
-        """``outputs[G, K, B, ...]`` raw branch outputs -> the guided ``[K, B, ...]``."""
-        k = outputs.shape[1]
+    def combine(self, outputs: Tensor, t: Tensor) -> Tensor:
+        """``outputs[G, K, B, ...]`` raw branch outputs of the states at times ``t[K]`` -> the
+        guided ``[K, B, ...]``."""
+        k, b = outputs.shape[1:3]
         rows = rearrange(outputs, "g k b ... -> g (k b) ...")
-        return rearrange(self.network.combine(rows), "(k b) ... -> k b ...", k=k)  # type: ignore[attr-defined]
+        times = repeat(t, "k -> (k b)", b=b)
+        return rearrange(self.network.combine(rows, times), "(k b) ... -> k b ...", k=k)  # type: ignore[attr-defined]
 
     def _tiled(self, k: int) -> dict[str, Tensor]:
         return {name: repeat(v, "b ... -> (k b) ...", k=k) for name, v in self.cond.items()}

@@ -1,6 +1,7 @@
 """Outputs on disk: PNGs with their settings in text metadata, labelled grids, atomic writes,
-markdown tables, strict JSON reports, and run folders that resume (lock, manifest, finished
-images with their records)."""
+markdown tables, strict JSON reports, run folders that resume (lock, manifest, finished
+images and videos with their records), MP4s with their settings and contact sheets
+([`driffusion.io.video`][driffusion.io.video])."""
 
 from driffusion.io.images import atomic_write, labelled_grid, save_png, to_pil
 from driffusion.io.runs import (
@@ -9,6 +10,7 @@ from driffusion.io.runs import (
     finished_record,
     readable_png,
     write_finished_image,
+    write_finished_video,
 )
 from driffusion.io.tables import format_cell, markdown_table, strict, write_json
 
@@ -25,5 +27,6 @@ __all__ = [
     "strict",
     "to_pil",
     "write_finished_image",
+    "write_finished_video",
     "write_json",
 ]

@@ -224,11 +224,31 @@ def write_finished_image(
     save_png(png, image, metadata)
 
 
+def write_finished_video(
+    png: Path,
+    frames: Tensor,
+    fps: int,
+    metadata: Mapping[str, object],
+    record: Mapping[str, Any],
+) -> None:
+    """Write one finished video ``frames[F, 3, H, W]`` in ``[0, 1]`` of a resumable folder: its
+    record ``<stem>.json`` (naming the video), the MP4 with ``metadata``, then the contact
+    sheet ``png`` of its frames (with ``metadata`` as text chunks) last, each atomically: a
+    contact sheet on disk always has its video and record."""
+    from driffusion.io.video import contact_sheet, save_mp4
+
+    video = png.with_suffix(".mp4")
+    write_json(png.with_suffix(".json"), {**record, "video": video.name})
+    save_mp4(video, frames, fps, metadata)
+    save_png(png, contact_sheet(frames), metadata)
+
+
 def finished_record(png: Path) -> dict[str, Any] | None:
     """The record of the finished image ``png``, or ``None`` when there is none to keep.
 
-    A PNG that does not decode, or whose record ``<stem>.json`` is missing or unreadable, is
-    deleted (with its record), so that a resume generates it again.
+    A PNG that does not decode, or whose record ``<stem>.json`` is missing or unreadable, or
+    whose record names a video (``"video"``) that does not read back, is deleted (with its
+    record and video), so that a resume generates it again.
     """
     if not png.is_file():
         return None
@@ -239,9 +259,18 @@ def finished_record(png: Path) -> dict[str, Any] | None:
             record = json.loads(sidecar.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
             record = None
+    video = (
+        png.with_name(record["video"]) if isinstance(record, dict) and "video" in record else None
+    )
+    if video is not None:
+        from driffusion.io.video import mp4_metadata
+
+        if not video.is_file() or mp4_metadata(video) is None:
+            record = None
     if not isinstance(record, dict):
         png.unlink()
         sidecar.unlink(missing_ok=True)
+        png.with_suffix(".mp4").unlink(missing_ok=True)
         return None
     return record
 

@@ -85,15 +85,19 @@ class ParallelPipelineOutput:
 
     Attributes:
         images: as the pipeline returns them for ``output_type`` (PIL images, a numpy array, a
-            tensor, or latents).
+            tensor, or latents); ``None`` for a video pipeline.
         stats: rounds, evaluations, rows (the most rows of a round: drafts, window, cores or
             blocks, as run), the sampler's label, steps, devices, guidance devices, bytes per
             round and image, and ``options``: the family's own keywords as the call applied
             them (FLUX: ``true_cfg_scale``, ``max_sequence_length``).
+        frames: a video pipeline's videos, as it returns them for ``output_type`` (Wan: a
+            ``[B, F, H, W, 3]`` array for ``"np"``, lists of PIL frames for ``"pil"``, ...);
+            ``None`` for an image pipeline.
     """
 
-    images: Any
+    images: Any = None
     stats: dict[str, Any] = field(default_factory=dict)
+    frames: Any = None
 
 
 class ParallelPipeline:
@@ -180,7 +184,7 @@ class ParallelPipeline:
         num_images_per_prompt: int = 1,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: Tensor | None = None,
-        output_type: str = "pil",
+        output_type: str | None = None,
         callback: Any = None,
         **options: Any,
     ) -> ParallelPipelineOutput:
@@ -196,7 +200,8 @@ class ParallelPipeline:
             num_images_per_prompt: images per prompt.
             generator: the initial latents are drawn from it exactly as ``pipe`` draws them.
             latents: initial latents (instead of drawing them).
-            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"``.
+            output_type: ``"pil"``, ``"np"``, ``"pt"`` or ``"latent"`` (default: the
+                pipeline's, ``"pil"`` for images, ``"np"`` for Wan's videos).
             callback: called with the samplers' payload after each new state (a progress bar
                 shows the step reached and the rounds spent, on the leader).
             **options: the family's own keywords of the pipeline's ``__call__``
@@ -211,6 +216,8 @@ class ParallelPipeline:
                 pipeline cannot take (a ``TypeError``; raised before any compute, naming it).
             driffusion.adapters.diffusers.NonFiniteImageError: a decoded image is NaN or inf.
         """
+        if output_type is None:
+            output_type = self.defaults.get("output_type") or "pil"
         if output_type not in OUTPUT_TYPES:
             raise PipelineInputError(
                 f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}"
@@ -347,10 +354,10 @@ class ParallelPipeline:
             "options": dict(adapter.options),  # the family's own keywords, as applied
         }
         if output_type == "latent":
-            return ParallelPipelineOutput(adapter.latents_from_state(result.x), stats)
-        images = adapter.decode(result.x)
-        processed = self.pipe.image_processor.postprocess(images, output_type=output_type)
-        return ParallelPipelineOutput(processed, stats)
+            output = adapter.latents_from_state(result.x)
+        else:
+            output = self.family.postprocess(self.pipe, adapter.decode(result.x), output_type)
+        return ParallelPipelineOutput(stats=stats, **{self.family.output: output})
 
     def _sampler_for(self, steps: int, solver: Solver) -> tuple[SamplerFn, str | None]:
         """The sampler of a call over ``steps`` steps, and why it takes fewer drafts than

@@ -119,7 +119,7 @@ class GuidedDigitsDenoiser(GuidedNetwork):
             label = pick_rows(branch, [label, torch.full_like(label, NULL_LABEL)])
         return self.unet(x, t, class_labels=label).sample
 
-    def combine(self, outputs: Tensor) -> Tensor:
+    def combine(self, outputs: Tensor, t: Tensor) -> Tensor:
         if self.branches == 1:
             return outputs[0]
         return classifier_free_guidance(outputs[1], outputs[0], self.guidance)

@@ -1,4 +1,5 @@
-"""The text-to-image job behind the recipes ``sd21.py``, ``sdxl.py`` and ``sd3.py``.
+"""The text-to-image (and text-to-video) job behind the recipes ``sd21.py``, ``sdxl.py``,
+``sd3.py``, ``flux.py`` and ``wan.py``.
 
 It is what a diffusers user writes, plus the files: load the pipeline (``--tiny`` builds a small
 random one), optionally swap its scheduler (``--scheduler``), ``parallelize`` it with the
@@ -22,7 +23,9 @@ each image is written as soon as its batch is done, by the leader of the replica
 ``<id>.json`` (its report row) first and then ``<id>.png`` (its settings in PNG text metadata),
 each atomically; ``report.json`` (every image of the folder with ``"complete"``, per-image wall
 time, rounds, evaluations, memory) is rewritten by the global leader every few seconds and at
-the end; ``grid.png`` (the first 64 images) at the end. ``manifest.json`` holds the settings
+the end; ``grid.png`` (the first 64 images) at the end. A video family (Wan) writes
+``<id>.mp4`` (H.264 at ``--fps``, the settings in its metadata) before ``<id>.png``, the contact
+sheet of its frames, and takes ``--frames``. ``manifest.json`` holds the settings
 that determine the images (see ``settings``): a rerun under the same settings resumes, keeping
 every finished image and generating the rest (whole batches, so every image is computed in the
 batch it would have had uninterrupted); a rerun under other settings is refused naming the
@@ -74,6 +77,7 @@ from driffusion.io import (
     labelled_grid,
     save_png,
     write_finished_image,
+    write_finished_video,
     write_json,
 )
 from driffusion.lightning import Session, cli
@@ -85,13 +89,18 @@ GRID_IMAGES = 64
 REPORT_EVERY_S = 5.0
 """The leader rewrites ``report.json`` at most this often while the run goes (and at most 5% of
 the time: a 10,000-image report takes a while to write)."""
+SHORT_FLAGS = {"num_frames": ("--frames",)}
+"""Shorter flags of a family's call options (``--frames`` for ``num_frames``)."""
 EXTENDABLE = ("prompts",)
 """Settings a resume may extend: prompts appended to the folder's (see ``settings``)."""
 
 
 def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namespace:
     """The recipes' shared command line, with ``family``'s defaults."""
-    parser = argparse.ArgumentParser(description=f"{family.name}: text to image with driffusion")
+    video = family.output == "frames"
+    parser = argparse.ArgumentParser(
+        description=f"{family.name}: text to {'video' if video else 'image'} with driffusion"
+    )
     parser.add_argument("--model", default=family.model, help="hub id or local folder")
     parser.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     parser.add_argument("--prompts-file", type=Path, help="one prompt per line")
@@ -135,11 +144,17 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
     )
     parser.add_argument("--no-t5", action="store_true", help="SD3 without its T5 encoder")
     for name, default in family.call_options.items():  # the family's own keywords of a call
+        flags = [f"--{name.replace('_', '-')}", *SHORT_FLAGS.get(name, ())]
         parser.add_argument(
-            f"--{name.replace('_', '-')}",
+            *flags,
+            dest=name,
             type=cli.positive_int if isinstance(default, int) else cli.nonnegative_float,
             default=default,
             help=f"the pipeline's {name} (default {default})",
+        )
+    if video:
+        parser.add_argument(
+            "--fps", type=cli.positive_int, default=16, help="frames per second of the MP4s"
         )
     cli.add_sampler_args(parser, default=("aggressive",))
     cli.add_session_args(parser, precision=False)
@@ -286,6 +301,7 @@ def settings(args: argparse.Namespace, family: Family, devices: int) -> dict[str
         "precision": args.precision,
         "batch_size": args.batch_size,
         **call_options(args, family),
+        **({"fps": args.fps} if family.output == "frames" else {}),  # the MP4s' rate
     }
 
 
@@ -390,7 +406,7 @@ def generate(
             )
             wall = time.perf_counter() - start
             if session.layout.is_group_leader:
-                for item, image in zip(batch, out.images, strict=True):
+                for item, image in zip(batch, getattr(out, family.output), strict=True):
                     if item["id"] not in kept:  # a finished image is never written again
                         made.append(write_image(args, item, image, out.stats, wall))
             if report is not None:
@@ -513,8 +529,10 @@ def find_finished(out: Path, items: list[dict]) -> dict[str, dict]:
 def write_image(
     args: argparse.Namespace, item: dict, image: torch.Tensor, stats: dict, wall: float
 ) -> dict:
-    """Write one finished image (``image`` in ``[0, 1]``): its report row as ``<id>.json``,
-    then ``<id>.png`` with its settings as text metadata. Returns the row."""
+    """Write one finished image (``image[3, H, W]`` in ``[0, 1]``): its report row as
+    ``<id>.json``, then ``<id>.png`` with its settings as text metadata; a video
+    (``image[F, 3, H, W]``) as ``<id>.mp4`` with them, then its contact sheet ``<id>.png``.
+    Returns the row."""
     meta = {
         "prompt": item["prompt"],
         "negative_prompt": item["negative_prompt"] or "",
@@ -538,7 +556,13 @@ def write_image(
         "evaluations": stats["evaluations"],
         "bytes_per_image": stats["bytes_per_image"],
     }
-    write_finished_image(args.out / f"{item['id']}.png", image * 2 - 1, meta, row)
+    png = args.out / f"{item['id']}.png"
+    if image.ndim == 4:
+        meta["fps"] = args.fps
+        row = {**row, "fps": args.fps, "video": png.with_suffix(".mp4").name}
+        write_finished_video(png, image, args.fps, meta, row)
+    else:
+        write_finished_image(png, image * 2 - 1, meta, row)
     return row
 
 

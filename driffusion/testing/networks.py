@@ -79,7 +79,7 @@ class GuidedOracleNetwork(GuidedNetwork):
                 out[rows] = self.oracle.rows(x[rows], t[rows], picked)
         return out
 
-    def combine(self, outputs: Tensor) -> Tensor:
+    def combine(self, outputs: Tensor, t: Tensor) -> Tensor:
         if self.branches == 1:
             return outputs[0]
         return classifier_free_guidance(outputs[0], outputs[1], self.guidance)
@@ -165,7 +165,7 @@ class BranchedConvStack(GuidedNetwork):
     def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
         return self.stack.evaluate(x, t, self.shifts[branch.to(self.shifts.device).long()])
 
-    def combine(self, outputs: Tensor) -> Tensor:
+    def combine(self, outputs: Tensor, t: Tensor) -> Tensor:
         base = outputs[0]
         return base + self.guidance * (outputs[1:] - base).sum(dim=0)
 

@@ -96,7 +96,7 @@ def test_the_batched_call_is_its_branches_apart_and_combined() -> None:
     units = model.evaluate_units(
         torch.cat([xs, xs]), torch.cat([t, t]), torch.tensor([0, 0, 0, 1, 1, 1])
     )
-    combined = model.combine(units.reshape(2, 3, *x.shape))
+    combined = model.combine(units.reshape(2, 3, *x.shape), t)
     assert torch.equal(model(xs, t), combined)
     unconditional = oracle.rows(xs.flatten(0, 1), t.repeat_interleave(2))
     conditional = oracle.rows(xs.flatten(0, 1), t.repeat_interleave(2), torch.tensor([2, 5] * 3))

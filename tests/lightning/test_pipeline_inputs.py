@@ -59,7 +59,7 @@ def compute(pipe: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 def latent_shape(pipe: Any, batch: int = 2, size: int = 32) -> tuple[int, ...]:
     """``(batch, *state)``: ``(C, h, w)``, FLUX's packed ``(tokens, 4C)``."""
-    return (batch, *pipeline_family(pipe).latent_shape(pipe, size, size))
+    return (batch, *pipeline_family(pipe).latent_shape(pipe, size, size, {}))
 
 
 def latents_of(change: Callable[[tuple[int, ...]], tuple[int, ...]]) -> Callable[[Any], Any]:

@@ -526,3 +526,34 @@ def test_flux_recipe_with_drafts_gives_the_same_image_on_one_and_two_processes(
     assert rows[0]["rounds"] == rows[1]["rounds"] == 1 + math.ceil((8 - 1) / 2)
     assert rows[0]["sampler"] == rows[1]["sampler"]
     assert Image.open(tmp_path / "one" / "00000.png").text["max_sequence_length"] == "16"
+
+
+@pytest.mark.processes
+def test_wan_recipe_writes_an_mp4_and_its_contact_sheet_alike_on_one_and_two_processes(
+    tmp_path: Path,
+) -> None:
+    """`recipes/wan.py --tiny --frames 9` writes `<id>.mp4` (9 frames, the settings in its
+    metadata) and the contact sheet `<id>.png`; under `fabric run --devices 2` with the same
+    drafts the frames are the one process's."""
+    from driffusion.io.video import mp4_frames, mp4_metadata
+
+    cmd = [str(ROOT / "recipes" / "wan.py"), "--tiny", "--prompt", "a cat surfing"]
+    cmd += ["--frames", "9", "--fps", "8", "--steps", "8", "--max-sequence-length", "16"]
+    cmd += ["--sampler", "aggressive(drafts=2)", "--negative-prompt", "blurry"]
+    one = run_script([sys.executable, *cmd, "--out", str(tmp_path / "one")], timeout=300)
+    assert one.returncode == 0, one.stdout[-4000:]
+    two = run_script([*fabric_run(2), *cmd, "--out", str(tmp_path / "two")], timeout=300)
+    assert two.returncode == 0, two.stdout[-4000:]
+    videos = [mp4_frames(tmp_path / run / "00000.mp4") for run in ("one", "two")]
+    assert videos[0].shape == (9, 3, 32, 32)
+    assert float((videos[0] - videos[1]).abs().max()) <= 2 / 255
+    meta = mp4_metadata(tmp_path / "one" / "00000.mp4")
+    assert meta is not None and meta["prompt"] == "a cat surfing" and meta["num_frames"] == 9
+    assert meta["fps"] == 8 and meta["sampler"].startswith("Aggressive(drafts=2")
+    sheet = Image.open(tmp_path / "one" / "00000.png")
+    assert sheet.text["num_frames"] == "9" and sheet.width > 8 * 32  # 8 frames a row
+    rows = [
+        json.loads((tmp_path / r / "report.json").read_text())["images"][0] for r in ("one", "two")
+    ]
+    assert [row["devices"] for row in rows] == [1, 2] and rows[0]["video"] == "00000.mp4"
+    assert rows[0]["rounds"] == rows[1]["rounds"] == 1 + math.ceil((8 - 1) / 2)

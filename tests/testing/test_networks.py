@@ -38,7 +38,7 @@ def test_forward_is_the_guidance_combination_of_its_two_branches() -> None:
     expected = classifier_free_guidance(unconditional, conditional, 2.5)
     torch.testing.assert_close(guided, expected)
     assert not torch.allclose(unconditional, conditional)  # the branches differ
-    assert network.combine(torch.stack([unconditional, conditional])).equal(expected)
+    assert network.combine(torch.stack([unconditional, conditional]), t).equal(expected)
 
 
 def test_mixed_branch_rows_are_each_rows_own_branch() -> None:
@@ -88,7 +88,7 @@ def test_rowwise_units_split_and_combined_equal_the_batched_round() -> None:
         outputs = torch.stack(
             [model.evaluate_units(xs, t, torch.full((ROWS,), b)) for b in range(network.branches)]
         )
-        torch.testing.assert_close(model.combine(outputs), model(xs, t))
+        torch.testing.assert_close(model.combine(outputs, t), model(xs, t))
 
 
 @pytest.mark.parametrize("branches", [1, 0, True, 2.0])

@@ -1,5 +1,6 @@
 """A diffusers user's script splitting the guidance branches (`guidance_devices=2`); run under
-`fabric run --devices 2`: tiny SDXL, SD3 and FLUX with true CFG (two branches), `pipe()` itself
+`fabric run --devices 2`: tiny SDXL, SD3, FLUX with true CFG (two branches), Wan 2.2 (two
+experts, each with its scale), SDXL img2img and SDXL ControlNet, `pipe()` itself
 and `parallelize(pipe, Serial(), guidance_devices=2)` with the same generator; and
 guidance-distilled FLUX (one branch: drafts are its only axis) with 2 drafts over the two
 processes; saved for tests/lightning/test_pipeline.py."""
@@ -10,17 +11,26 @@ import numpy as np
 import torch
 
 import driffusion
-from driffusion.adapters.tiny import build_tiny_pipeline
+from driffusion.adapters.families import pipeline_family
+from driffusion.adapters.tiny import build_tiny_pipeline, tiny_inputs
 from driffusion.core import Aggressive, Serial
 
 CALL = {"num_inference_steps": 6, "guidance_scale": 3.0, "height": 32, "width": 32}
 PROMPTS = ["a lighthouse", "a red cat"]
 TRUE_CFG = {"negative_prompt": "blurry", "true_cfg_scale": 2.0, "max_sequence_length": 16}
-EXTRA = {"sdxl": {}, "sd3": {}, "flux": TRUE_CFG}
+EXTRA = {
+    "sdxl": {},
+    "sd3": {},
+    "flux": TRUE_CFG,
+    "wan22": {**tiny_inputs("wan22"), "guidance_scale_2": 1.5, "max_sequence_length": 16},
+    "sdxl_img2img": tiny_inputs("sdxl_img2img"),  # the 32 x 32 image: the call's size
+    "sdxl_controlnet": tiny_inputs("sdxl_controlnet"),
+}
 
 results = {}
 for family, extra in EXTRA.items():
     pipe = build_tiny_pipeline(family)
+    field = pipeline_family(pipe).output  # images, or a video pipeline's frames
     call = {**CALL, **extra}
     reference = pipe(PROMPTS, generator=torch.Generator().manual_seed(3), output_type="np", **call)
     outputs = {}
@@ -30,8 +40,8 @@ for family, extra in EXTRA.items():
             out = ppipe(
                 PROMPTS, generator=torch.Generator().manual_seed(3), output_type="np", **call
             )
-            outputs[name, devices] = {"images": np.asarray(out.images), "stats": out.stats}
-    results[family] = {"pipe": np.asarray(reference.images), "parallel": outputs}
+            outputs[name, devices] = {"images": np.asarray(getattr(out, field)), "stats": out.stats}
+    results[family] = {"pipe": np.asarray(getattr(reference, field)), "parallel": outputs}
     session = ppipe.session
 distilled = driffusion.parallelize(
     build_tiny_pipeline("flux"), Aggressive(drafts=2), progress=False

@@ -439,13 +439,7 @@ class StableDiffusionXLImg2Img(StableDiffusionXL):
     def effective_options(
         self, pipe: Any, options: dict[str, Any], negative: bool
     ) -> dict[str, Any]:
-        if options["image"] is None:
-            raise ValueError("image is required: the image to start from")
-        strength = options["strength"]
-        if isinstance(strength, bool) or not isinstance(strength, (int, float)):
-            raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
-        if not 0 < float(strength) <= 1:
-            raise ValueError(f"strength must be in (0, 1], got {strength}")
+        strength = _image_and_strength(options)
         image = options["image"]
         if not isinstance(image, Tensor) or image.ndim != 4 or image.shape[1] != 3:
             image = pipe.image_processor.preprocess(image)  # PIL, arrays: [B, 3, H, W] in [-1, 1]
@@ -462,12 +456,7 @@ class StableDiffusionXLImg2Img(StableDiffusionXL):
 
     def first_step(self, steps: int, options: dict[str, Any]) -> int:
         kept = min(int(steps * options["strength"]), steps)  # the pipeline's get_timesteps
-        if kept < 1:
-            raise ValueError(
-                f"strength {options['strength']} keeps no step of {steps}: "
-                "raise strength or num_inference_steps"
-            )
-        return steps - kept
+        return _first_kept(steps, steps - kept, options["strength"])
 
     def initial_latents(
         self,
@@ -992,6 +981,81 @@ class Wan22(Wan):
     steps, guidance, size = 40, 4.0, 720
 
 
+class FluxImg2Img(Flux):
+    """FLUX.1 image to image (``FluxImg2ImgPipeline``): the image resized to the call's size
+    (the model's default where not given), VAE-encoded and noised by the pipeline's own
+    ``prepare_latents`` (``scale_noise``) at the first kept step of FLUX's grid,
+    ``t_start = int(N - N strength)``; the sampler runs the grid from there."""
+
+    name = "flux_img2img"
+    pipeline_classes = ("FluxImg2ImgPipeline",)
+    takes_latents = False
+    call_options: ClassVar[dict[str, Any]] = {**Flux.call_options, "image": None, "strength": 0.6}
+
+    def effective_options(
+        self, pipe: Any, options: dict[str, Any], negative: bool
+    ) -> dict[str, Any]:
+        strength = _image_and_strength(options)
+        return super().effective_options(pipe, {**options, "strength": strength}, negative)
+
+    def first_step(self, steps: int, options: dict[str, Any]) -> int:
+        start = int(max(steps - min(steps * options["strength"], steps), 0))  # get_timesteps
+        return _first_kept(steps, start, options["strength"])
+
+    def initial_latents(
+        self,
+        pipe: Any,
+        batch: int,
+        size: tuple[int, int],
+        dtype: torch.dtype,
+        generator: Any,
+        latents: Tensor | None,
+        steps: int,
+        options: dict[str, Any],
+    ) -> Tensor:
+        height, width = size
+        image = pipe.image_processor.preprocess(options["image"], height=height, width=width)
+        timesteps, _ = pipe.get_timesteps(steps, options["strength"], pipe.device)
+        channels = int(pipe.transformer.config.in_channels) // 4
+        packed, _ = pipe.prepare_latents(
+            image.to(torch.float32),
+            timesteps[:1].repeat(batch),
+            batch,
+            channels,
+            height,
+            width,
+            dtype,
+            pipe.device,
+            generator,
+        )
+        return packed
+
+
+def _image_and_strength(options: dict[str, Any]) -> float:
+    """An img2img call's ``strength``, checked with its ``image``.
+
+    Raises:
+        ValueError: no image, or a strength that is not a number in ``(0, 1]``.
+    """
+    if options["image"] is None:
+        raise ValueError("image is required: the image to start from")
+    strength = options["strength"]
+    if isinstance(strength, bool) or not isinstance(strength, (int, float)):
+        raise ValueError(f"strength must be a number in (0, 1], got {strength!r}")
+    if not 0 < float(strength) <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength}")
+    return float(strength)
+
+
+def _first_kept(steps: int, start: int, strength: float) -> int:
+    """``start``, the first kept step of an img2img grid, when it keeps at least one step."""
+    if start >= steps:
+        raise ValueError(
+            f"strength {strength} keeps no step of {steps}: raise strength or num_inference_steps"
+        )
+    return start
+
+
 def _shift(scheduler: Any, tokens: int, max_shift: float) -> float:
     """The pipelines' ``calculate_shift`` of ``mu`` from the image's token count, read from the
     scheduler's config (``max_shift`` where the config has none: the pipelines' defaults differ)."""
@@ -1019,6 +1083,7 @@ FAMILIES: dict[str, Family] = {
         StableDiffusion3(),
         Flux(),
         FluxSchnell(),
+        FluxImg2Img(),
         Wan(),
         Wan22(),
     )

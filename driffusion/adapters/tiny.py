@@ -23,6 +23,7 @@ TINY_FAMILIES = (
     "sd35",
     "flux",
     "flux_schnell",
+    "flux_img2img",
     "wan",
     "wan22",
 )
@@ -153,7 +154,7 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
     ``sdxl_controlnet`` (a ControlNet made from the UNet, random weights), ``sd3``,
     ``sd35`` (SD3.5's
     transformer: dual attention layers, qk norm), ``flux`` (FLUX.1-dev: guidance embedding,
-    dynamic shift), ``flux_schnell``, ``wan`` (Wan 2.1: UniPC over flow sigmas) or ``wan22``
+    dynamic shift), ``flux_schnell``, ``flux_img2img``, ``wan`` (Wan 2.1: UniPC over flow sigmas) or ``wan22``
     (two experts split at ``boundary_ratio``))."""
     from diffusers import (
         DDIMScheduler,
@@ -316,6 +317,10 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
             tokenizer_2=tiny_t5_tokenizer(),
             transformer=transformer,
         )
+    if family == "flux_img2img":
+        from diffusers import FluxImg2ImgPipeline
+
+        return FluxImg2ImgPipeline(**build_tiny_pipeline("flux", prediction_type, seed).components)
     if family in ("wan", "wan22"):
         from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
 
@@ -351,14 +356,16 @@ def tiny_inputs(family: str, size: int = 32) -> dict[str, Any]:
     for the others)."""
     if family not in TINY_FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {TINY_FAMILIES}")
-    if family in ("sdxl_img2img", "sdxl_controlnet"):
+    if family in ("sdxl_img2img", "sdxl_controlnet", "flux_img2img"):
         from PIL import Image
 
         ramp = torch.linspace(0, 255, size, dtype=torch.float64)
         rgb = torch.stack([ramp[None, :].expand(size, size), ramp[:, None].expand(size, size)])
         rgb = torch.cat([rgb, 255 - rgb[:1]]).permute(1, 2, 0).round().to(torch.uint8)
         image = Image.fromarray(rgb.numpy())
-        return {"image": image, "strength": 0.7} if family == "sdxl_img2img" else {"image": image}
+        if family == "sdxl_controlnet":
+            return {"image": image}
+        return {"image": image, "strength": 0.7}
     if family in ("wan", "wan22"):
         return {"num_frames": 9, "height": 16, "width": 16}
     return {}

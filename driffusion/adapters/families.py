@@ -617,33 +617,30 @@ class StableDiffusion3(Family):
         return {"text_encoder_3": None, "tokenizer_3": None} if no_t5 else {}
 
 
-class GuidedFluxTransformer(GuidedNetwork):
-    """FLUX.1's transformer behind the per-row contract.
-
-    Guidance-distilled: one call per state, the guidance scale an input of the network (dev;
-    schnell has none). "True CFG" (``true_cfg_scale > 1`` with a negative prompt) adds a
-    branch: branch 0 the negative prompt, branch 1 the prompt,
-    ``neg + s (pos - neg)``. ``t`` is ``1000 sigma``; the position ids travel in the conditioning
-    (``txt_ids``, ``img_ids``: the same for every row).
-    """
+class _GuidanceDistilled(_ClassifierFreeGuidance):
+    """A guidance-distilled transformer: one call per state with the guidance scale an input
+    of the network (``distilled_guidance``); "true CFG" (``true_cfg_scale > 1`` with a negative
+    prompt) adds the negative prompt's branch, combined ``neg + s (pos - neg)`` as
+    classifier-free guidance is."""
 
     def __init__(self, transformer: nn.Module, guidance: float, true_cfg_scale: float) -> None:
-        super().__init__()
+        super().__init__(true_cfg_scale)  # the branches and their combination: true CFG
         self.transformer = transformer
-        self.guidance = guidance
-        self.true_cfg_scale = true_cfg_scale
-        self.branches = 2 if true_cfg_scale > 1.0 else 1
+        self.distilled_guidance = guidance
+
+
+class GuidedFluxTransformer(_GuidanceDistilled):
+    """FLUX.1's transformer behind the per-row contract (guidance-distilled; schnell has no
+    guidance input). ``t`` is ``1000 sigma``; the position ids travel in the conditioning
+    (``txt_ids``, ``img_ids``: the same for every row)."""
 
     def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
         dtype = weight_dtype(self.transformer)
-        names = ("prompt_embeds", "pooled")
-        if self.branches == 2:
-            embeds, pooled = (pick_rows(branch, [cond[f"negative_{n}"], cond[n]]) for n in names)
-        else:
-            embeds, pooled = (cond[n] for n in names)
+        embeds = self._pick(branch, cond, "prompt_embeds", "negative_prompt_embeds")
+        pooled = self._pick(branch, cond, "pooled", "negative_pooled")
         guidance = None
         if self.transformer.config.guidance_embeds:  # type: ignore[union-attr]
-            guidance = torch.full((x.shape[0],), self.guidance, device=x.device)
+            guidance = torch.full((x.shape[0],), self.distilled_guidance, device=x.device)
         return self.transformer(
             hidden_states=x.to(dtype),
             timestep=(t / 1000).to(dtype),
@@ -655,10 +652,27 @@ class GuidedFluxTransformer(GuidedNetwork):
             return_dict=False,
         )[0].float()
 
-    def combine(self, outputs: Tensor, t: Tensor) -> Tensor:
-        if self.branches == 1:
-            return outputs[0]
-        return classifier_free_guidance(outputs[0], outputs[1], self.true_cfg_scale)
+
+class GuidedHunyuanVideoTransformer(_GuidanceDistilled):
+    """HunyuanVideo's transformer behind the per-row contract: guidance-distilled (the scale
+    times 1000 is its ``guidance`` input), the Llama embeddings with their attention mask and
+    CLIP's pooled embedding per row; ``t`` is ``1000 sigma``."""
+
+    def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
+        dtype = weight_dtype(self.transformer)
+        embeds = self._pick(branch, cond, "prompt_embeds", "negative_prompt_embeds")
+        mask = self._pick(branch, cond, "attention_mask", "negative_attention_mask")
+        pooled = self._pick(branch, cond, "pooled", "negative_pooled")
+        guidance = torch.full((x.shape[0],), self.distilled_guidance, dtype=dtype, device=x.device)
+        return self.transformer(
+            hidden_states=x.to(dtype),
+            timestep=t.float(),
+            encoder_hidden_states=embeds.to(dtype),
+            encoder_attention_mask=mask.to(dtype),
+            pooled_projections=pooled.to(dtype),
+            guidance=guidance * 1000.0,
+            return_dict=False,
+        )[0].float()
 
 
 class Flux(Family):
@@ -848,35 +862,25 @@ class GuidedWanTransformer(_ClassifierFreeGuidance):
         )
 
 
-class Wan(Family):
-    """Wan 2.1 text to video (``WanPipeline``): 5-D latents ``(16, (F - 1) / 4 + 1, H / 8,
-    W / 8)``, a UMT5 text encoder, classifier-free guidance, UniPC over flow sigmas (the
-    published configs; FlowMatchEuler with shift works too); decoded per channel
-    (``latents_mean``, ``latents_std``) by the causal 3-D VAE into ``frames``."""
+class _Video(Family):
+    """What the text-to-video families share: 5-D latents ``(C, (F - 1) / 4 + 1, H / 8, W / 8)``
+    drawn in float32 by ``prepare_latents``, ``num_frames`` with ``F - 1`` a multiple of the
+    VAE's temporal factor, the call's own default size, ``frames`` out of the video processor."""
 
-    name = "wan"
-    pipeline_classes = ("WanPipeline",)
-    model = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
-    steps, guidance, size = 50, 5.0, 480
-    pixel_multiple = 16
     vp_grid = False
     output = "frames"
-    call_options: ClassVar[dict[str, Any]] = {
-        "num_frames": 81,
-        "guidance_scale_2": None,
-        "max_sequence_length": 512,
-    }
 
     def denoiser(self, pipe: Any) -> nn.Module:
-        return pipe.transformer if pipe.transformer is not None else pipe.transformer_2
+        return pipe.transformer
 
     def default_size(self, pipe: Any) -> tuple[int, int]:
-        defaults = inspect.signature(type(pipe).__call__).parameters  # the call's 480 x 832
+        defaults = inspect.signature(type(pipe).__call__).parameters  # e.g. Wan's 480 x 832
         return int(defaults["height"].default), int(defaults["width"].default)
 
     def size_multiple(self, pipe: Any) -> int:
         patch: Any = self.denoiser(pipe).config.patch_size  # type: ignore[union-attr]
-        return int(pipe.vae_scale_factor_spatial * patch[1])
+        side = patch[1] if isinstance(patch, (tuple, list)) else patch  # Wan: (t, h, w)
+        return int(pipe.vae_scale_factor_spatial * side)
 
     def latent_shape(
         self, pipe: Any, height: int, width: int, options: dict[str, Any]
@@ -896,12 +900,7 @@ class Wan(Family):
             below = (frames - 1) // temporal * temporal + 1
             raise ValueError(
                 f"num_frames - 1 must be divisible by {temporal} (the VAE's temporal factor), "
-                f"got {frames}: {below} or {below + temporal} (the pipeline rounds down)"
-            )
-        if options["guidance_scale_2"] is not None and pipe.config.boundary_ratio is None:
-            raise ValueError(
-                "guidance_scale_2 is only supported when the pipeline's boundary_ratio is set "
-                "(Wan 2.2's two experts)"
+                f"got {frames}: {below} or {below + temporal}"
             )
         return options
 
@@ -923,15 +922,45 @@ class Wan(Family):
             batch, channels, height, width, frames, torch.float32, pipe.device, generator, latents
         )
 
+    def postprocess(self, pipe: Any, decoded: Tensor, output_type: str) -> Any:
+        return pipe.video_processor.postprocess_video(decoded, output_type=output_type)
+
+
+class Wan(_Video):
+    """Wan 2.1 text to video (``WanPipeline``): a UMT5 text encoder, classifier-free guidance,
+    UniPC over flow sigmas (the published configs; FlowMatchEuler with shift works too);
+    decoded per channel (``latents_mean``, ``latents_std``) by the causal 3-D VAE."""
+
+    name = "wan"
+    pipeline_classes = ("WanPipeline",)
+    model = "Wan-AI/Wan2.1-T2V-1.3B-Diffusers"
+    steps, guidance, size = 50, 5.0, 480
+    pixel_multiple = 16
+    call_options: ClassVar[dict[str, Any]] = {
+        "num_frames": 81,
+        "guidance_scale_2": None,
+        "max_sequence_length": 512,
+    }
+
+    def denoiser(self, pipe: Any) -> nn.Module:
+        return pipe.transformer if pipe.transformer is not None else pipe.transformer_2
+
+    def effective_options(
+        self, pipe: Any, options: dict[str, Any], negative: bool
+    ) -> dict[str, Any]:
+        if options["guidance_scale_2"] is not None and pipe.config.boundary_ratio is None:
+            raise ValueError(
+                "guidance_scale_2 is only supported when the pipeline's boundary_ratio is set "
+                "(Wan 2.2's two experts)"
+            )
+        return super().effective_options(pipe, options, negative)
+
     def vae_input(self, pipe: Any, latents: Tensor, size: tuple[int, int]) -> Tensor:
         config = pipe.vae.config
         shape = (1, config.z_dim, 1, 1, 1)
         mean = torch.tensor(config.latents_mean).view(shape).to(latents)
         std = torch.tensor(config.latents_std).view(shape).to(latents)
         return latents * std + mean
-
-    def postprocess(self, pipe: Any, decoded: Tensor, output_type: str) -> Any:
-        return pipe.video_processor.postprocess_video(decoded, output_type=output_type)
 
     def network(
         self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
@@ -979,6 +1008,66 @@ class Wan22(Wan):
     # boundary); this name gives Wan 2.2's defaults and hub id
     model = "Wan-AI/Wan2.2-T2V-A14B-Diffusers"
     steps, guidance, size = 40, 4.0, 720
+
+
+class HunyuanVideo(_Video):
+    """HunyuanVideo text to video (``HunyuanVideoPipeline``): guidance-distilled (the scale is
+    an input of the network; true CFG with a negative prompt adds a branch), Llama embeddings
+    through the pipeline's prompt template with their attention mask plus CLIP's pooled one,
+    FlowMatchEuler over the pipeline's sigmas ``linspace(1, 0, N + 1)[:-1]`` shifted by the
+    scheduler, decoded by the 3-D VAE (``latents / scaling_factor``)."""
+
+    name = "hunyuan_video"
+    pipeline_classes = ("HunyuanVideoPipeline",)
+    model = "hunyuanvideo-community/HunyuanVideo"
+    steps, guidance, size = 50, 6.0, 720
+    pixel_multiple = 16
+    call_options: ClassVar[dict[str, Any]] = {
+        "num_frames": 129,
+        "true_cfg_scale": 1.0,
+        "max_sequence_length": 256,
+    }
+
+    def timestep_options(self, pipe: Any, steps: int, height: int, width: int) -> dict[str, Any]:
+        import numpy as np
+
+        return {"sigmas": np.linspace(1.0, 0.0, steps + 1)[:-1]}
+
+    def effective_options(
+        self, pipe: Any, options: dict[str, Any], negative: bool
+    ) -> dict[str, Any]:
+        options = super().effective_options(pipe, options, negative)
+        # true CFG needs a negative prompt (the pipeline's do_true_cfg)
+        return options if negative else {**options, "true_cfg_scale": 1.0}
+
+    def network(
+        self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
+    ) -> GuidedNetwork:
+        true_cfg = float(options["true_cfg_scale"])
+        return GuidedHunyuanVideoTransformer(pipe.transformer, guidance, true_cfg)
+
+    def encode(
+        self,
+        pipe: Any,
+        prompts: list[str],
+        negative: list[str] | None,
+        guided: bool,
+        size: tuple[int, int],
+        options: dict[str, Any],
+    ) -> dict[str, Tensor]:
+        def one(texts: list[str]) -> dict[str, Tensor]:
+            embeds, pooled, mask = pipe.encode_prompt(
+                prompt=texts,
+                device=pipe.device,
+                max_sequence_length=options["max_sequence_length"],
+            )
+            return {"prompt_embeds": embeds, "pooled": pooled, "attention_mask": mask}
+
+        cond = one(prompts)
+        if guided:
+            assert negative is not None  # true CFG needs the negative prompt
+            cond.update({f"negative_{name}": value for name, value in one(negative).items()})
+        return cond
 
 
 class FluxImg2Img(Flux):
@@ -1086,6 +1175,7 @@ FAMILIES: dict[str, Family] = {
         FluxImg2Img(),
         Wan(),
         Wan22(),
+        HunyuanVideo(),
     )
 }
 """Every supported family by name."""

@@ -26,6 +26,7 @@ TINY_FAMILIES = (
     "flux_img2img",
     "wan",
     "wan22",
+    "hunyuan_video",
 )
 
 
@@ -39,8 +40,11 @@ def tiny_tokenizer() -> Any:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=16)
 
 
-def tiny_clip(projection_dim: int | None = None, hidden: int = 32, seed: int = 0) -> Any:
-    """A 2-layer CLIP text encoder (with projection when ``projection_dim`` is given)."""
+def tiny_clip(
+    projection_dim: int | None = None, hidden: int = 32, seed: int = 0, positions: int = 16
+) -> Any:
+    """A 2-layer CLIP text encoder (with projection when ``projection_dim`` is given) over
+    ``positions`` tokens."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
@@ -50,7 +54,7 @@ def tiny_clip(projection_dim: int | None = None, hidden: int = 32, seed: int = 0
         intermediate_size=2 * hidden,
         num_hidden_layers=2,
         num_attention_heads=2,
-        max_position_embeddings=16,
+        max_position_embeddings=positions,
         projection_dim=projection_dim or hidden,
         bos_token_id=0,
         eos_token_id=1,
@@ -87,6 +91,43 @@ def tiny_t5(d_model: int = 32, seed: int = 0) -> Any:
         eos_token_id=1,
     )
     return T5EncoderModel(config).eval()
+
+
+def tiny_llama_tokenizer() -> Any:
+    """A byte-level tokenizer (no merges: one token per byte) with Llama's special tokens, as
+    a fast tokenizer built in code: HunyuanVideo's prompt template tokenizes like any text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate(alphabet)}}
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def tiny_llama(hidden: int = 16, seed: int = 0) -> Any:
+    """A 2-layer ``LlamaModel`` over
+    [`tiny_llama_tokenizer`][driffusion.adapters.tiny.tiny_llama_tokenizer]'s vocabulary
+    (diffusers' HunyuanVideo test configuration)."""
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tiny_llama_tokenizer()),
+        hidden_size=hidden,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        num_hidden_layers=2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    return LlamaModel(config).eval()
 
 
 def tiny_umt5(d_model: int = 32, seed: int = 0) -> Any:
@@ -150,12 +191,12 @@ def tiny_vae(latent_channels: int = 4, seed: int = 0, **config: Any) -> Any:
 
 
 def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int = 0) -> Any:
-    """A random-weight pipeline of ``family`` (``sd21``, ``sdxl``, ``sdxl_img2img``,
-    ``sdxl_controlnet`` (a ControlNet made from the UNet, random weights), ``sd3``,
-    ``sd35`` (SD3.5's
-    transformer: dual attention layers, qk norm), ``flux`` (FLUX.1-dev: guidance embedding,
-    dynamic shift), ``flux_schnell``, ``flux_img2img``, ``wan`` (Wan 2.1: UniPC over flow sigmas) or ``wan22``
-    (two experts split at ``boundary_ratio``))."""
+    """A random-weight pipeline of ``family``: ``sd21``, ``sdxl``, ``sdxl_img2img``,
+    ``sdxl_controlnet`` (a ControlNet made from the UNet, random weights), ``sd3``, ``sd35``
+    (SD3.5's transformer: dual attention layers, qk norm), ``flux`` (FLUX.1-dev: guidance
+    embedding, dynamic shift), ``flux_schnell``, ``flux_img2img``, ``wan`` (Wan 2.1: UniPC over
+    flow sigmas), ``wan22`` (two experts split at ``boundary_ratio``) or ``hunyuan_video``
+    (guidance-distilled; a byte-level Llama tokenizer built in code)."""
     from diffusers import (
         DDIMScheduler,
         EulerDiscreteScheduler,
@@ -346,13 +387,58 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
             transformer_2=tiny_wan_transformer(seed + 1) if two_experts else None,
             boundary_ratio=0.875 if two_experts else None,
         )
+    if family == "hunyuan_video":
+        from diffusers import (
+            AutoencoderKLHunyuanVideo,
+            HunyuanVideoPipeline,
+            HunyuanVideoTransformer3DModel,
+        )
+
+        torch.manual_seed(seed)
+        transformer = HunyuanVideoTransformer3DModel(
+            in_channels=4,
+            out_channels=4,
+            num_attention_heads=2,
+            attention_head_dim=10,
+            num_layers=1,
+            num_single_layers=1,
+            num_refiner_layers=1,
+            patch_size=1,
+            patch_size_t=1,
+            guidance_embeds=True,  # guidance-distilled
+            text_embed_dim=16,  # the Llama's hidden size
+            pooled_projection_dim=8,  # CLIP's
+            rope_axes_dim=(2, 4, 4),
+        ).eval()
+        torch.manual_seed(seed)
+        vae = AutoencoderKLHunyuanVideo(
+            latent_channels=4,
+            down_block_types=("HunyuanVideoDownBlock3D",) * 4,
+            up_block_types=("HunyuanVideoUpBlock3D",) * 4,
+            block_out_channels=(8, 8, 8, 8),
+            layers_per_block=1,
+            norm_num_groups=4,
+            scaling_factor=0.476986,
+            spatial_compression_ratio=8,
+            temporal_compression_ratio=4,
+            mid_block_add_attention=True,
+        ).eval()
+        return HunyuanVideoPipeline(
+            text_encoder=tiny_llama(seed=seed),
+            tokenizer=tiny_llama_tokenizer(),
+            transformer=transformer,
+            vae=vae,
+            scheduler=FlowMatchEulerDiscreteScheduler(shift=7.0),
+            text_encoder_2=tiny_clip(hidden=8, seed=seed + 1, positions=77),  # 77: as called
+            tokenizer_2=tiny_tokenizer(),
+        )
     raise ValueError(f"unknown family {family!r}; choose one of {TINY_FAMILIES}")
 
 
 def tiny_inputs(family: str, size: int = 32) -> dict[str, Any]:
     """The keyword inputs a call of ``build_tiny_pipeline(family)`` needs beyond the prompt
     (img2img: a ``size`` x ``size`` image made in code and a ``strength``; ControlNet: such an
-    image as the control image; Wan: 9 frames of 16 x 16, the tiny VAE's smallest clip; none
+    image as the control image; Wan, HunyuanVideo: 9 frames of 16 x 16; none
     for the others)."""
     if family not in TINY_FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose one of {TINY_FAMILIES}")
@@ -366,6 +452,6 @@ def tiny_inputs(family: str, size: int = 32) -> dict[str, Any]:
         if family == "sdxl_controlnet":
             return {"image": image}
         return {"image": image, "strength": 0.7}
-    if family in ("wan", "wan22"):
+    if family in ("wan", "wan22", "hunyuan_video"):
         return {"num_frames": 9, "height": 16, "width": 16}
     return {}

@@ -83,6 +83,8 @@ PIPELINES = {
     "wan-unipc-flow": lambda: build_tiny_pipeline("wan"),
     "wan-flow-euler": wan_flow_euler,
     "wan22-experts": lambda: build_tiny_pipeline("wan22"),
+    "hunyuan-video": lambda: build_tiny_pipeline("hunyuan_video"),
+    "hunyuan-video-true-cfg": lambda: build_tiny_pipeline("hunyuan_video"),
 }
 CALL = {"num_inference_steps": 6, "guidance_scale": 3.0, "height": 32, "width": 32}
 EXTRA = {  # a family's own keywords of the call, honoured as the pipeline honours them
@@ -108,6 +110,13 @@ EXTRA = {  # a family's own keywords of the call, honoured as the pipeline honou
     "wan-unipc-flow": {**tiny_inputs("wan"), "negative_prompt": "blurry"},
     "wan-flow-euler": tiny_inputs("wan"),
     "wan22-experts": {**tiny_inputs("wan22"), "guidance_scale_2": 1.5},
+    "hunyuan-video": {**tiny_inputs("hunyuan_video"), "max_sequence_length": 16},
+    "hunyuan-video-true-cfg": {
+        **tiny_inputs("hunyuan_video"),
+        "max_sequence_length": 16,
+        "negative_prompt": "blurry",
+        "true_cfg_scale": 2.0,
+    },
 }
 UNIPC = {"wan-unipc-flow", "wan22-experts"}  # CHORDS refuses UniPC's corrector, by name
 CASE: dict[int, str] = {}  # id(pipe) -> its PIPELINES name

@@ -59,6 +59,7 @@ from driffusion.core.samplers.chords import (  # isort: split
     sample_chords,
 )
 
+from driffusion.core.samplers.parastep import ParaStep, sample_parastep  # isort: split
 from driffusion.core.samplers.registry import (  # isort: split
     builtin_samplers,
     parse_sampler,
@@ -75,6 +76,7 @@ __all__ = [
     "Chords",
     "Conservative",
     "ParaDiGMS",
+    "ParaStep",
     "PicardDRiffusion",
     "Sampler",
     "SamplerFn",
@@ -102,6 +104,7 @@ __all__ = [
     "sample_chords",
     "sample_driffusion",
     "sample_paradigms",
+    "sample_parastep",
     "sample_picard_driffusion",
     "sample_serial",
     "sample_serial_reduced",

@@ -31,6 +31,7 @@ from driffusion.core import (
     sample_srds,
     sampler_name,
     unique_names,
+    unregister,
 )
 from driffusion.core.samplers.registry import builtin_samplers
 from driffusion.testing import toy_problem
@@ -175,6 +176,7 @@ def test_samplers_by_import_path(tmp_path: Path) -> None:
         )
     )
     fast = parse_sampler(f"{path}:FAST")
+    unregister("twice")  # defining it registered it: leave the registry as it was
     assert repr(fast) == "Twice(steps=3)" and isinstance(fast, Sampler)
     assert repr(parse_sampler(f"{path}:Twice(steps=5)")) == "Twice(steps=5)"  # a class
     assert repr(parse_sampler(f"{path}:FAST(steps=7)")) == "Twice(steps=7)"  # a value, replaced

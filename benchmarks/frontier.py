@@ -2,10 +2,15 @@
 serial curve and every registered parallel sampler (its own configurations at 2, 4 and 8 rows a
 round, over DDIM and DPM-Solver++(2M)), on the exact Gaussian-mixture oracle, on the same oracle
 under classifier-free guidance (``oracle-guided``: two exact branches, so guided sampling has a
-reference solve too) and on the embedded digits network.
+reference solve too), on the embedded digits network, and on the oracle in rectified-flow form
+on the grids of the flow models people run (``oracle-flux``: FLUX.1's 28-step grid with the
+dynamic shift of a 1024^2 image; ``oracle-wan``: Wan's UniPC over flow sigmas, shift 5, 50
+steps), where ParaStep runs beside DRiffusion at 10 and 28 steps.
 
     python benchmarks/frontier.py --json outputs/frontier.json --plot outputs/frontier.png
     python benchmarks/frontier.py --models oracle --quick --json f.json --plot f.png  # smoke
+    python benchmarks/frontier.py --models oracle-flux oracle-wan --ref-points 2000 \
+        --json outputs/frontier_flow.json --plot outputs/frontier_flow.png
 
 **The target.** Every sampler here solves the probability-flow ODE from ``sigma_max`` (training
 timestep 999) down to ``sigma_min`` (timestep 0) and returns the clean estimate there. The
@@ -42,6 +47,7 @@ from driffusion.core import (
     Aggressive,
     BatchedExecutor,
     Model,
+    ParaStep,
     RowwiseModel,
     Schedule,
     Serial,
@@ -59,9 +65,15 @@ from driffusion.core import (
     vp_timesteps,
 )
 from driffusion.core.branches import network_branches
+from driffusion.core.schedule import flow_schedule
 from driffusion.io import format_cell, markdown_table, write_json
 from driffusion.lightning import cli
-from driffusion.testing import GaussianMixtureDenoiser, GuidedOracleNetwork, VPNoiseLevels
+from driffusion.testing import (
+    FlowNoiseLevels,
+    GaussianMixtureDenoiser,
+    GuidedOracleNetwork,
+    VPNoiseLevels,
+)
 
 if not __package__:  # run as `python benchmarks/frontier.py`: the repo root holds `benchmarks`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -91,21 +103,63 @@ EXTRA_SOLVERS = ("unipc", "plms")
 
 @dataclass
 class Problem:
-    """A model, its start states, its grids and the branches of one of its evaluations."""
+    """A model, its start states, its grids and the branches of one of its evaluations; the
+    grids of its parallel rows and the solvers they run over."""
 
     name: str
     model: Model
     x: torch.Tensor
-    alphas_cumprod: torch.Tensor
+    alphas_cumprod: torch.Tensor | None
     branches: int = 1
+    parallel_steps: tuple[int, ...] = PARALLEL_STEPS
+    parallel_solvers: tuple[str, ...] = PARALLEL_SOLVERS
 
     def grid(self, steps: int) -> Schedule:
         """The trailing grid of ``steps`` steps, ending at ``sigma = 0``."""
+        assert self.alphas_cumprod is not None
         return vp_schedule(self.alphas_cumprod, vp_timesteps(steps, spacing="trailing"))
 
     def reference_grid(self, points: int) -> Schedule:
         """``points`` log-uniform sigmas from ``sigma(999)`` to ``sigma(0)``, then 0."""
+        assert self.alphas_cumprod is not None
         return reference_schedule(self.alphas_cumprod, points)
+
+    def reference_solve(self, points: int) -> torch.Tensor:
+        """DPM-Solver++(3M) over ``points`` reference points, then the final denoise."""
+        assert self.alphas_cumprod is not None
+        return reference_solution(self.model, self.x, self.alphas_cumprod, points)
+
+    @property
+    def reference_grid_text(self) -> str:
+        return "log-uniform sigma, sigma(999) -> sigma(0), then the final denoise"
+
+    check_order: int = 3
+    """The order of the UniPC check of the reference on the same grid."""
+
+
+@dataclass
+class FlowProblem(Problem):
+    """A problem on a rectified-flow grid as a pipeline's scheduler builds it: ``sigmas(N)``
+    gives its ``N + 1`` sigmas (the last 0); the reference solve runs on the same map with
+    many points."""
+
+    sigmas: Callable[[int], torch.Tensor] | None = None
+    grid_text: str = ""
+    check_order: int = 2  # UniPC-3 cannot start at sigma = 1 (alpha = 0: lambda = -inf)
+
+    def grid(self, steps: int) -> Schedule:
+        assert self.sigmas is not None
+        return flow_schedule(self.sigmas(steps))
+
+    def reference_grid(self, points: int) -> Schedule:
+        return self.grid(points)
+
+    def reference_solve(self, points: int) -> torch.Tensor:
+        return Serial(solver="dpmpp_3m")(self.model, self.x, self.reference_grid(points)).x
+
+    @property
+    def reference_grid_text(self) -> str:
+        return f"{self.grid_text} with the reference's points, down to sigma = 0"
 
 
 ORACLE_SAMPLES = 8
@@ -152,24 +206,86 @@ def digits_problem(quick: bool) -> Problem:
     return Problem("digits", model, x, digits.alphas_cumprod, network_branches(network))
 
 
+FLUX_MU = 1.15
+"""FLUX.1's dynamic shift at 1024^2: 4096 tokens, ``calculate_shift``'s ``max_shift``."""
+
+
+def flux_sigmas(steps: int) -> torch.Tensor:
+    """FLUX.1-dev's grid as its pipeline builds it: ``sigmas = linspace(1, 1/N, N)`` given to
+    its FlowMatchEuler scheduler with ``mu`` (dynamic shift), then 0."""
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+        base_shift=0.5,
+        max_shift=1.15,
+    )
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps), mu=FLUX_MU)
+    return torch.as_tensor(scheduler.sigmas)
+
+
+def wan_sigmas(steps: int) -> torch.Tensor:
+    """Wan's grid as its documented scheduler builds it: UniPC over flow sigmas, shift 5 (720p),
+    ending at 0."""
+    from diffusers import UniPCMultistepScheduler
+
+    scheduler = UniPCMultistepScheduler(
+        prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=5.0
+    )
+    scheduler.set_timesteps(steps)
+    return torch.as_tensor(scheduler.sigmas)
+
+
+def flow_oracle_problem(name: str, sigmas: Callable[[int], torch.Tensor], text: str) -> Problem:
+    """The oracles' mixture in rectified-flow form (velocity outputs ``eps - x0``), the same
+    start states, on a flow model's grid."""
+    mixture = GaussianMixtureDenoiser.random(
+        (4, 8, 8), components=8, noise_levels=FlowNoiseLevels(), prediction_type="flow", seed=0
+    )
+    steps = {"oracle-flux": (10, 28), "oracle-wan": (50,)}[name]
+    return FlowProblem(
+        name,
+        mixture,
+        oracle_start(),
+        None,
+        parallel_steps=steps,
+        parallel_solvers=("ddim", "dpmpp_2m"),  # ddim on a flow grid: FLUX's FlowMatchEuler
+        sigmas=sigmas,
+        grid_text=text,
+    )
+
+
 PROBLEMS: dict[str, Callable[[bool], Problem]] = {
     "oracle": oracle_problem,
     "oracle-guided": guided_oracle_problem,
     "digits": digits_problem,
+    "oracle-flux": lambda quick: flow_oracle_problem(
+        "oracle-flux", flux_sigmas, f"FLUX.1's sigmas (linspace(1, 1/N, N), mu = {FLUX_MU})"
+    ),
+    "oracle-wan": lambda quick: flow_oracle_problem(
+        "oracle-wan", wan_sigmas, "Wan's UniPC flow sigmas (shift 5)"
+    ),
 }
+FLOW_OWN_SOLVER = {"oracle-flux": "ddim", "oracle-wan": "unipc"}
+"""The solver each flow grid's pipeline steps with (FLUX: flow Euler, i.e. DDIM on a flow
+grid; Wan: UniPC), whose drafting rows join the sweep where it is not a parallel solver."""
 
 
 def reference(problem: Problem, points: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """The reference solution and its two independent checks."""
-    abar = problem.alphas_cumprod
-    x_ref = reference_solution(problem.model, problem.x, abar, points)
-    unipc = Serial(solver=UniPC(3))(problem.model, problem.x, problem.reference_grid(points)).x
-    half = reference_solution(problem.model, problem.x, abar, points // 2)
+    x_ref = problem.reference_solve(points)
+    check = UniPC(problem.check_order)
+    unipc = Serial(solver=check)(problem.model, problem.x, problem.reference_grid(points)).x
+    half = problem.reference_solve(points // 2)
     checks = {
         "solver": "dpmpp_3m",
         "points": points,
-        "grid": "log-uniform sigma, sigma(999) -> sigma(0), then the final denoise",
-        "diff_unipc3_same_grid": relative_error(unipc, x_ref),
+        "grid": problem.reference_grid_text,
+        f"diff_unipc{problem.check_order}_same_grid": relative_error(unipc, x_ref),
         "diff_dpmpp_3m_half_points": relative_error(half, x_ref),
     }
     return x_ref, checks
@@ -178,19 +294,32 @@ def reference(problem: Problem, points: int) -> tuple[torch.Tensor, dict[str, An
 Task = tuple[str, int]  # a sampler's label (it parses back) and the grid's steps
 
 
-def configurations(quick: bool, tol: float) -> list[Task]:
+def configurations(quick: bool, tol: float, problem: Problem | None = None) -> list[Task]:
     """Every row beyond the serial curves: each registered parallel sampler's configurations
-    (at ``k`` rows a round, over each of ``PARALLEL_SOLVERS``, on each grid), then the DRiffusion
-    studies (the other multistep solvers, the solver's own drafts, spans fitted to a budget)."""
-    steps = (25, 50) if quick else PARALLEL_STEPS
+    (at ``k`` rows a round, over each of the problem's parallel solvers, on each of its grids),
+    then the DRiffusion studies (VP: the other multistep solvers, the solver's own drafts, spans
+    fitted to a budget; flow: drafting over the pipeline's own solver)."""
+    parallel_steps = PARALLEL_STEPS if problem is None else problem.parallel_steps
+    solvers = PARALLEL_SOLVERS if problem is None else problem.parallel_solvers
+    steps = parallel_steps[:2] if quick and problem is not None else parallel_steps
+    steps = (25, 50) if quick and problem is None else steps
     drafts = (2, 4) if quick else DRAFTS
+    flow = isinstance(problem, FlowProblem)
     out: list[Task] = []
-    for solver in PARALLEL_SOLVERS:
+    for solver in solvers:
         for n in steps:
             for k in drafts:
                 for sampler in parallel_configurations(k, n, solver=solver, tol=tol):
+                    if flow and getattr(sampler, "rule", None) == "paper":
+                        continue  # ParaDiGMS's paper rule measures against a VP posterior
                     out.append((repr(sampler), n))
-    if not quick:
+    own = FLOW_OWN_SOLVER.get(problem.name, "") if flow and problem is not None else ""
+    if own and own not in solvers:  # the pipeline's own solver under the step-parallel samplers
+        for n in steps:
+            for k in drafts:
+                out.append((repr(Aggressive(drafts=k, solver=own)), n))
+                out += [(repr(s), n) for s in ParaStep.configurations(k, n, solver=own)]
+    if not quick and not flow:
         for solver in EXTRA_SOLVERS:  # the other multistep solvers under aggressive drafting
             for n in (50, 100):
                 out += [(repr(Aggressive(drafts=k, solver=solver)), n) for k in (4, 8)]
@@ -292,12 +421,13 @@ def run_model(
     with torch.inference_mode():
         x_ref, checks = reference(problem, ref_points)
     print(
-        f"{name}: reference {checks['solver']} on {ref_points} points; UniPC-3 differs by "
-        f"{checks['diff_unipc3_same_grid']:.1e}, half the points by "
+        f"{name}: reference {checks['solver']} on {ref_points} points; UniPC-"
+        f"{problem.check_order} differs by "
+        f"{checks[f'diff_unipc{problem.check_order}_same_grid']:.1e}, half the points by "
         f"{checks['diff_dpmpp_3m_half_points']:.1e}",
         flush=True,
     )
-    configs = configurations(quick, tol)
+    configs = configurations(quick, tol, problem)
     serial_steps = (8, 14, 26, 50) if quick else SERIAL_STEPS
     curves = [(repr(Serial(solver=s)), n) for s in SERIAL_SOLVERS for n in serial_steps]
     # the serial runs the parallel rows deviate from, beyond the curves' step counts

@@ -158,16 +158,69 @@ def frontier_section(results: dict[str, dict[str, Any]]) -> str:
                 }
             )
         table = markdown_table(summary, FRONTIER_COLUMNS)
+        check = next(key for key in checks if key.startswith("diff_unipc"))
+        order = check.removeprefix("diff_unipc").split("_")[0]
         parts.append(
             f"### {model}\n\n"
             f"{len(rows)} configurations in {duration(result['wall_s'])}. Reference: "
-            f"{checks['solver']} on {checks['points']} points ({checks['grid']}); UniPC-3 on "
-            f"the same grid differs from it by {format_cell(checks['diff_unipc3_same_grid'])}, "
+            f"{checks['solver']} on {checks['points']} points ({checks['grid']}); UniPC-{order} "
+            f"on the same grid differs from it by {format_cell(checks[check])}, "
             f"{checks['solver']} on {checks['points'] // 2} points by "
             f"{format_cell(checks['diff_dpmpp_3m_half_points'])}."
             f"\n\n{table}"
         )
     return "\n\n".join(parts)
+
+
+def drafts_verdict(model: str, result: dict[str, Any]) -> str:
+    """One sentence from a model's summary: at which round budgets the best drafting
+    configuration (DRiffusion, ParaStep) beats the best serial solver, and where it does not."""
+    wins, losses = [], []
+    for s in result["summary"]:
+        within = [
+            r for r in result["rows"] if r["sampler"] in DRAFTING and r["rounds"] <= s["rounds"]
+        ]
+        if not within:
+            continue
+        best = min(within, key=lambda r: r["err_ref"])
+        ratio = best["err_ref"] / s["best_serial_err_ref"]
+        entry = f"{s['rounds']} rounds ({format_cell(ratio)}x, {best['setting']})"
+        (wins if ratio < 1 else losses).append(entry)
+    text = f"On `{model}` drafts beat the best serial solver within "
+    text += _listed(wins) if wins else "no budget"
+    if losses:
+        text += f", and do not within {_listed(losses)}"
+    return text + " (the best drafting configuration's error over the best serial one's)."
+
+
+DRAFTING = ("aggressive", "conservative", "parastep")
+"""The samplers that draft states (DRiffusion's modes and ParaStep), for the flow verdicts."""
+
+
+def flow_frontier_section(results: dict[str, dict[str, Any]]) -> str:
+    """The frontier on the flow grids, the sentence of where drafts win on each, and ParaStep
+    beside aggressive DRiffusion at equal devices on FLUX's grid (10 and 28 steps)."""
+    verdicts = [drafts_verdict(model, result) for model, result in results.items()]
+    rows = results.get("oracle-flux", {}).get("rows", [])
+    beside = sorted(
+        (
+            r
+            for r in rows
+            if r["sampler"] in ("aggressive", "parastep")
+            and r["solver"] == "ddim"
+            and r["rows"] in (2, 4)
+        ),
+        key=lambda r: (r["steps"], r["rows"], r["sampler"], r["rounds"]),
+    )
+    table = markdown_table(beside, ("setting", "rows", "rounds", "err_ref", "rel_dev"))
+    return (
+        frontier_section(results)
+        + "\n\n### Where drafts win on flow models\n\n"
+        + "\n\n".join(verdicts)
+        + "\n\n### ParaStep beside DRiffusion on FLUX's grid\n\n"
+        "Over FLUX's own solver (flow Euler: `ddim` on a flow grid), at 2 and 4 devices "
+        "(`rows`); `rel_dev` is the distance to the serial sample on the same grid.\n\n" + table
+    )
 
 
 SOURCES = (
@@ -205,6 +258,20 @@ SOURCES = (
         "Two worker processes of one thread each; the plot is the figure below.\n\n"
         "![The frontier, measured on a 2-core CPU](img/frontier.png)",
         frontier_section,
+    ),
+    Source(
+        "frontier_flow.json",
+        "The frontier on flow models' grids",
+        "OMP_NUM_THREADS=1 python benchmarks/frontier.py --models oracle-flux oracle-wan "
+        "--ref-points 2000 --json docs/results/frontier_flow.json "
+        "--plot docs/img/frontier_flow.png",
+        "The oracle's mixture in rectified-flow form (velocity outputs), the same start states, on "
+        "FLUX.1's grid (`linspace(1, 1/N, N)` shifted with the `mu` of a 1024^2 image, as its "
+        "pipeline passes them) and on Wan's (UniPC over flow sigmas, shift 5); the parallel rows "
+        "at FLUX's 10 and 28 steps and Wan's 50, over `ddim` (FLUX's flow Euler) and `dpmpp_2m`, "
+        "plus DRiffusion and ParaStep over Wan's UniPC. Two worker processes of one thread "
+        "each.\n\n![The frontier on flow grids](img/frontier_flow.png)",
+        flow_frontier_section,
     ),
 )
 

@@ -60,6 +60,7 @@ from driffusion.core.samplers.chords import (  # isort: split
 )
 
 from driffusion.core.samplers.parastep import ParaStep, sample_parastep  # isort: split
+
 from driffusion.core.samplers.registry import (  # isort: split
     builtin_samplers,
     parse_sampler,

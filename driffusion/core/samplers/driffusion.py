@@ -55,6 +55,9 @@ class _DRiffusion(Sampler):
         exclusive=True,
         optional=True,
     )
+    warmup: int = setting(
+        0, "int", "serial steps before drafting (short grids with many drafts)", minimum=0
+    )
 
     def validate(self) -> None:
         check_draft_rule(self.draft_rule, self.solver)
@@ -63,10 +66,15 @@ class _DRiffusion(Sampler):
         return {**super().keywords(), "mode": self.mode}
 
     def rounds(self, num_steps: int) -> int:
-        """Serial rounds over ``num_steps`` steps (fixed drafts)."""
+        """Serial rounds over ``num_steps`` steps (fixed drafts): the warm-up's, then the
+        mode's over the rest."""
+        warm = min(self.warmup, num_steps)
+        rest = num_steps - warm
+        if rest == 0:
+            return warm
         if self.mode == "aggressive":
-            return aggressive_rounds(num_steps, self.drafts)
-        return conservative_rounds(num_steps, self.drafts)
+            return warm + aggressive_rounds(rest, self.drafts)
+        return warm + conservative_rounds(rest, self.drafts)
 
     @classmethod
     def default_rows(cls, devices: int, num_steps: int) -> int:
@@ -124,6 +132,10 @@ class Aggressive(_DRiffusion):
         draft_rule: ``"skip"``, ``"solver"`` or ``"second_order"`` (see
             [`draft`][driffusion.core.drafting.draft]).
         adaptive_tol: adaptive drafting target (``None``: fixed ``k``).
+        warmup: serial steps before drafting (0: none). Drafts are worst from the first, noisiest
+            states: on FLUX's 10-step grid with 4 drafts two serial steps cut the error to the
+            reference from 0.44 to 0.11 for one more round (the flow frontier's oracle); on 28
+            steps they do not help.
 
     Examples:
         >>> from driffusion.testing import toy_problem
@@ -348,6 +360,7 @@ def sample_driffusion(
     solver: Solver | str | None = _DRiffusion.solver,
     draft_rule: DraftRule = "skip",
     adaptive_tol: float | None = _DRiffusion.adaptive_tol,
+    warmup: int = _DRiffusion.warmup,
     noise: Tensor | None = None,
     callback: Callback | None = None,
     check_finite: bool = True,
@@ -363,7 +376,9 @@ def sample_driffusion(
     refined anchor, then ``k' = min(k, N - 1 - i)`` drafts in one round, refining ``k' + 1``
     steps. Rounds: ``2 * (N // (k+1)) + min(N % (k+1), 2)``.
 
-    Both modes spend exactly ``N`` evaluations.
+    Both modes spend exactly ``N`` evaluations. With ``warmup = W`` the first ``W`` steps are
+    serial (a round each) and the mode runs from point ``W``: ``W`` rounds plus the mode's over
+    ``N - W`` steps.
 
     **Any solver.** The refine walks the block in order through the solver
     ([`refine`][driffusion.core.drafting.refine]): each draft's output is converted at the
@@ -393,6 +408,8 @@ def sample_driffusion(
         solver: the solver or its name (default: DDIM / flow Euler, or DDPM with ``noise``).
         draft_rule: ``"skip"``, ``"solver"`` or ``"second_order"``.
         adaptive_tol: target draft error of adaptive drafting (``None``: fixed ``k``).
+        warmup: ``W`` serial steps first (one round each); the mode then runs from point
+            ``W``. ``W = 0``: plain DRiffusion.
         noise: pre-drawn noise ``[N, B, *shape]`` of a stochastic solver, else ``None``.
         callback: called with [`payload`][driffusion.core.samplers.base.payload] for each
             refined state.
@@ -413,7 +430,11 @@ def sample_driffusion(
     if mode not in ("aggressive", "conservative"):
         raise ValueError(f"mode must be 'aggressive' or 'conservative', got {mode!r}")
     _DRiffusion.check(
-        drafts=drafts, solver=solver, draft_rule=draft_rule, adaptive_tol=adaptive_tol
+        drafts=drafts,
+        solver=solver,
+        draft_rule=draft_rule,
+        adaptive_tol=adaptive_tol,
+        warmup=warmup,
     )
     solver, schedule, state = setup_solver(solver, x, schedule, noise)
     k_max = drafts
@@ -431,8 +452,14 @@ def sample_driffusion(
             before = state
 
     i, k = 0, k_max
+    while i < min(warmup, n):  # serial warm-up: drafts from the noisiest states are the worst
+        out = evaluate(counter, [x], [i], schedule)[0]
+        stepped, state = solver.step(x, out, schedule, i, state)
+        emit(x, out[None], stepped[None], i)
+        x, i = stepped, i + 1
     previous: tuple[Tensor, int] | None = None  # clean estimate of the step into the anchor
-    anchor_out = evaluate(counter, [x], [0], schedule)[0] if mode == "aggressive" else None
+    first = mode == "aggressive" and i < n
+    anchor_out = evaluate(counter, [x], [i], schedule)[0] if first else None
     while i < n:
         if mode == "conservative":
             anchor_out = evaluate(counter, [x], [i], schedule)[0]

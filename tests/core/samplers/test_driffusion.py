@@ -201,3 +201,28 @@ def test_bad_arguments(call, message: str) -> None:  # type: ignore[no-untyped-d
     sched = make_family(10, "epsilon")
     with pytest.raises(ValueError, match=message):
         call(sched, make_oracle(sched), make_noise())
+
+
+@pytest.mark.parametrize("mode", ["aggressive", "conservative"])
+@pytest.mark.parametrize("warmup", [1, 2, 12])
+def test_a_serial_warmup_is_serial_steps_then_the_mode_from_there(mode: str, warmup: int) -> None:
+    """`warmup=W` is W serial steps (a round each) and then the mode on the rest of the grid
+    (first-order: the same arithmetic as running the two apart); W >= N is the serial sampler."""
+    from driffusion.core import Aggressive, Conservative, Serial
+    from driffusion.testing import toy_problem
+
+    cls = Aggressive if mode == "aggressive" else Conservative
+    model, x, schedule = toy_problem(steps=12)
+    warmed = cls(drafts=3, warmup=warmup)
+    result = warmed(model, x, schedule)
+    w = min(warmup, 12)
+    head = Serial()(model, x, schedule.slice(0, w))
+    if w < 12:
+        tail = cls(drafts=3)(model, head.x, schedule.slice(w, 12))
+        assert torch.equal(result.x, tail.x)
+        assert result.stats.rounds == w + tail.stats.rounds == warmed.rounds(12)
+    else:
+        assert torch.equal(result.x, Serial()(model, x, schedule).x)
+        assert result.stats.rounds == 12 == warmed.rounds(12)
+    assert result.stats.evaluations == 12
+    assert repr(warmed) == f"{cls.__name__}(drafts=3, warmup={warmup})"

@@ -111,7 +111,7 @@ class PipelineAdapter:
     ) -> dict[str, Tensor]:
         """Conditioning tensors ``[B, ...]`` for the network, one row per prompt."""
         negative = list(negative_prompts) if negative_prompts is not None else None
-        size, guided = (self.height, self.width), network_branches(self.network) == 2
+        size, guided = (self.height, self.width), network_branches(self.network) > 1
         return self.family.encode(self.pipe, list(prompts), negative, guided, size, self.options)
 
     @torch.no_grad()

@@ -34,6 +34,20 @@ def weight_dtype(module: nn.Module) -> torch.dtype:
     return next(module.parameters()).dtype
 
 
+def grid_points(t: Tensor, times: Tensor) -> Tensor:
+    """The grid point of each row's time ``t[M]`` among the grid's network ``times``: what a
+    per-step switch of a pipeline (a ControlNet's keep, skip-layer guidance's window) reads.
+
+    Raises:
+        ValueError: a row's time is no point of the grid (a sampler evaluating between grid
+            points would get this, never a silent switch).
+    """
+    match = torch.isclose(t.to(torch.float64)[:, None], times.to(t.device, torch.float64)[None])
+    if not bool(match.any(dim=1).all()):
+        raise ValueError(f"a row's time {t.tolist()} is not a step of the pipeline's grid")
+    return match.to(torch.long).argmax(dim=1).to(times.device)
+
+
 class _ClassifierFreeGuidance(GuidedNetwork):
     """Diffusers' classifier-free guidance: branch 0 the negative prompt (unconditional),
     branch 1 the prompt, batched ``[uncond; cond]`` as the pipelines do; one branch (the prompt)
@@ -134,10 +148,7 @@ class GuidedControlNetUNet(GuidedUNet):
         added: dict[str, Tensor] | None,
         cond: dict[str, Tensor],
     ) -> dict[str, Any]:
-        match = torch.isclose(t.to(torch.float64)[:, None], self.times[None, :])
-        if not bool(match.any(dim=1).all()):
-            raise ValueError(f"a row's time {t.tolist()} is not a step of the pipeline's grid")
-        factor = self.scale * self.keep[match.to(torch.long).argmax(dim=1)]
+        factor = self.scale * self.keep[grid_points(t, self.times)]
         down, mid = self.controlnet(
             x,
             t,
@@ -163,23 +174,73 @@ class GuidedSD3Transformer(_ClassifierFreeGuidance):
 
     ``forward(x, t, prompt_embeds, negative_prompt_embeds, pooled, negative_pooled)``; ``t`` is
     the network time ``1000 * sigma``.
+
+    Skip-layer guidance (SD3.5, ``skip_guidance_layers`` under classifier-free guidance) is a
+    third branch, the prompt with those layers skipped: a row at grid point ``i`` with
+    ``N start < i < N stop`` adds ``(c - s) scale`` to its guided output, as the pipeline does
+    (its branch is evaluated for every row; outside the window it is not used).
     """
 
-    def __init__(self, transformer: nn.Module, guidance: float) -> None:
+    times: Tensor  # the grid's network times (a buffer; skip-layer guidance's window reads it)
+
+    def __init__(
+        self,
+        transformer: nn.Module,
+        guidance: float,
+        skip_layers: list[int] | None = None,
+        skip_scale: float = 0.0,
+        window: tuple[float, float] = (0.0, 0.0),
+        times: Tensor | None = None,
+    ) -> None:
         super().__init__(guidance)
         self.transformer = transformer
+        self.skip_layers = list(skip_layers) if skip_layers and self.branches == 2 else None
+        self.skip_scale = skip_scale
+        self.window = window
+        if self.skip_layers is not None:
+            self.branches = 3
+        self.register_buffer(
+            "times", torch.zeros(0) if times is None else times.to(torch.float64), persistent=False
+        )
 
     def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
+        skipped = branch == 2  # the prompt's conditioning, with the layers skipped
+        picked = torch.where(skipped, torch.ones_like(branch), branch)
+        embeds = self._pick(picked, cond, "prompt_embeds", "negative_prompt_embeds")
+        pooled = self._pick(picked, cond, "pooled", "negative_pooled")
+        if not bool(skipped.any()):
+            return self._call(x, t, embeds, pooled, None)
+        out = torch.empty_like(x, dtype=torch.float32)
+        for rows, layers in ((skipped, self.skip_layers), (~skipped, None)):
+            index = rows.nonzero().flatten()
+            if len(index):
+                out[index] = self._call(x[index], t[index], embeds[index], pooled[index], layers)
+        return out
+
+    def _call(
+        self, x: Tensor, t: Tensor, embeds: Tensor, pooled: Tensor, skip: list[int] | None
+    ) -> Tensor:
         dtype = weight_dtype(self.transformer)
-        embeds = self._pick(branch, cond, "prompt_embeds", "negative_prompt_embeds")
-        pooled = self._pick(branch, cond, "pooled", "negative_pooled")
+        extra = {} if skip is None else {"skip_layers": skip}
         return self.transformer(
             hidden_states=x.to(dtype),
             timestep=t,
             encoder_hidden_states=embeds.to(dtype),
             pooled_projections=pooled.to(dtype),
             return_dict=False,
+            **extra,
         )[0].float()
+
+    def combine(self, outputs: Tensor, t: Tensor) -> Tensor:
+        guided = super().combine(outputs[:2], t)
+        if self.branches < 3:
+            return guided
+        n = self.times.numel()
+        points = grid_points(t, self.times).to(outputs.device)
+        start, stop = self.window
+        inside = (points > n * start) & (points < n * stop)  # the pipeline's should_skip_layers
+        factor = (inside.to(outputs.dtype) * self.skip_scale).view(-1, *[1] * (outputs.ndim - 2))
+        return guided + (outputs[1] - outputs[2]) * factor
 
 
 class Family:
@@ -568,6 +629,12 @@ class StableDiffusion3(Family):
     steps, guidance, size = 28, 7.0, 1024
     pixel_multiple = 16
     vp_grid = False
+    call_options: ClassVar[dict[str, Any]] = {
+        "skip_guidance_layers": None,  # SD3.5's skip-layer guidance: a third branch
+        "skip_layer_guidance_scale": 2.8,
+        "skip_layer_guidance_stop": 0.2,
+        "skip_layer_guidance_start": 0.01,
+    }
 
     def denoiser(self, pipe: Any) -> nn.Module:
         return pipe.transformer
@@ -585,10 +652,36 @@ class StableDiffusion3(Family):
         patch = self.size_multiple(pipe)
         return {"mu": _shift(pipe.scheduler, (height // patch) * (width // patch), 1.16)}
 
+    def effective_options(
+        self, pipe: Any, options: dict[str, Any], negative: bool
+    ) -> dict[str, Any]:
+        layers = options["skip_guidance_layers"]
+        if layers is None:
+            return options
+        if not isinstance(layers, (list, tuple)) or not all(
+            isinstance(layer, int) and not isinstance(layer, bool) for layer in layers
+        ):
+            raise ValueError(f"skip_guidance_layers must be a list of integers, got {layers!r}")
+        count = int(pipe.transformer.config.num_layers)
+        if not layers or not all(0 <= layer < count for layer in layers):
+            raise ValueError(
+                f"skip_guidance_layers must name layers of the transformer (0..{count - 1}), "
+                f"got {list(layers)}"
+            )
+        return {**options, "skip_guidance_layers": list(layers)}
+
     def network(
         self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
     ) -> GuidedNetwork:
-        return GuidedSD3Transformer(self.denoiser(pipe), guidance)
+        window = (options["skip_layer_guidance_start"], options["skip_layer_guidance_stop"])
+        return GuidedSD3Transformer(
+            self.denoiser(pipe),
+            guidance,
+            options["skip_guidance_layers"],
+            float(options["skip_layer_guidance_scale"]),
+            (float(window[0]), float(window[1])),
+            schedule.timesteps[: schedule.num_steps],
+        )
 
     def encode(
         self,

@@ -90,6 +90,8 @@ REPORT_EVERY_S = 5.0
 """The leader rewrites ``report.json`` at most this often while the run goes (and at most 5% of
 the time: a 10,000-image report takes a while to write)."""
 SHORT_FLAGS = {"num_frames": ("--frames",)}
+LIST_OPTIONS = ("skip_guidance_layers",)
+"""Call options that take a list of integers on the command line (``--skip-guidance-layers 7 8``)."""
 """Shorter flags of a family's call options (``--frames`` for ``num_frames``)."""
 EXTENDABLE = ("prompts",)
 """Settings a resume may extend: prompts appended to the folder's (see ``settings``)."""
@@ -145,10 +147,12 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
     parser.add_argument("--no-t5", action="store_true", help="SD3 without its T5 encoder")
     for name, default in family.call_options.items():  # the family's own keywords of a call
         flags = [f"--{name.replace('_', '-')}", *SHORT_FLAGS.get(name, ())]
+        kind: Any = cli.positive_int if isinstance(default, int) else cli.nonnegative_float
         parser.add_argument(
             *flags,
             dest=name,
-            type=cli.positive_int if isinstance(default, int) else cli.nonnegative_float,
+            type=cli.nonnegative_int if name in LIST_OPTIONS else kind,
+            nargs="+" if name in LIST_OPTIONS else None,
             default=default,
             help=f"the pipeline's {name} (default {default})",
         )

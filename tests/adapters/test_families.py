@@ -82,3 +82,26 @@ def test_wan_frames_come_as_the_pipeline_returns_them() -> None:
         "a", num_inference_steps=2, output_type="pil", **tiny_inputs("wan")
     ).frames
     assert len(pil) == 1 and len(pil[0]) == 9 and pil[0][0].size == (16, 16)
+
+
+def test_skip_layer_guidance_is_a_third_branch_inside_its_window() -> None:
+    """SD3.5's skip-layer guidance changes the sample (it is in it: the serial equality with
+    `pipe()` is in tests/lightning), only under classifier-free guidance, and its layers are
+    checked by name before any compute."""
+    pipe = build_tiny_pipeline("sd35")
+    ppipe = parallelize(pipe, Serial(), progress=False)
+    call = {"num_inference_steps": 6, "height": 32, "width": 32, "output_type": "latent"}
+
+    def run(**extra):  # type: ignore[no-untyped-def]
+        generator = torch.Generator().manual_seed(0)
+        return ppipe(["a red cat"], generator=generator, **call, **extra)
+
+    plain = run(guidance_scale=3.0).images
+    slg = run(guidance_scale=3.0, skip_guidance_layers=[1], skip_layer_guidance_stop=0.6)
+    assert slg.stats["options"]["skip_guidance_layers"] == [1]
+    assert float((slg.images - plain).abs().max()) > 1e-3 * float(plain.abs().max())
+    unguided = run(guidance_scale=1.0, skip_guidance_layers=[1]).images  # no CFG: no SLG
+    assert torch.equal(unguided, run(guidance_scale=1.0).images)
+    for layers, text in (([5], r"layers of the transformer \(0..1\)"), ("1", "list of integers")):
+        with pytest.raises(PipelineInputError, match=text):
+            run(guidance_scale=3.0, skip_guidance_layers=layers)

@@ -71,6 +71,7 @@ PIPELINES = {
     "sdxl-dpmpp-karras": sdxl_dpmpp_karras,
     "sd3-flow": lambda: build_tiny_pipeline("sd3"),
     "sd35-flow": lambda: build_tiny_pipeline("sd35"),
+    "sd35-skip-layer-guidance": lambda: build_tiny_pipeline("sd35"),
     "sd3-dpmpp-flow-sigmas": sd3_dpmpp_flow_sigmas,
     "flux-dev": lambda: build_tiny_pipeline("flux"),
     "flux-schnell": lambda: build_tiny_pipeline("flux_schnell"),
@@ -88,6 +89,7 @@ PIPELINES = {
 }
 CALL = {"num_inference_steps": 6, "guidance_scale": 3.0, "height": 32, "width": 32}
 EXTRA = {  # a family's own keywords of the call, honoured as the pipeline honours them
+    "sd35-skip-layer-guidance": {"skip_guidance_layers": [1], "skip_layer_guidance_stop": 0.6},
     "flux-dev": {"max_sequence_length": 16},
     "flux-schnell": {"max_sequence_length": 16},
     "flux-true-cfg": {"max_sequence_length": 16, "negative_prompt": "blurry", "true_cfg_scale": 2},

@@ -90,9 +90,9 @@ REPORT_EVERY_S = 5.0
 """The leader rewrites ``report.json`` at most this often while the run goes (and at most 5% of
 the time: a 10,000-image report takes a while to write)."""
 SHORT_FLAGS = {"num_frames": ("--frames",)}
-LIST_OPTIONS = ("skip_guidance_layers",)
-"""Call options that take a list of integers on the command line (``--skip-guidance-layers 7 8``)."""
 """Shorter flags of a family's call options (``--frames`` for ``num_frames``)."""
+LIST_OPTIONS = ("skip_guidance_layers",)
+"""Call options that take integers on the command line (``--skip-guidance-layers 7 8``)."""
 EXTENDABLE = ("prompts",)
 """Settings a resume may extend: prompts appended to the folder's (see ``settings``)."""
 

@@ -126,7 +126,7 @@ class PipelineAdapter:
             NonFiniteImageError: the decoded images hold NaN or inf (nothing should be saved).
         """
         vae = self.pipe.vae
-        latents = self.family.vae_input(self.pipe, latents, (self.height, self.width))
+        latents = self.family.vae_input(self.pipe, latents, (self.height, self.width), self.options)
         dtype = weight_dtype(vae)
         upcast = dtype in (torch.float16, torch.bfloat16) and vae.config.get("force_upcast", False)
         if upcast:

@@ -20,6 +20,7 @@ call of the network on one device or split over two
 from __future__ import annotations
 
 import inspect
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -340,7 +341,9 @@ class Family:
         """The final state as the VAE takes it (before its scaling)."""
         return latents
 
-    def vae_input(self, pipe: Any, latents: Tensor, size: tuple[int, int]) -> Tensor:
+    def vae_input(
+        self, pipe: Any, latents: Tensor, size: tuple[int, int], options: dict[str, Any]
+    ) -> Tensor:
         """What ``vae.decode`` takes for the final state: ``latents / scaling_factor +
         shift_factor`` of the unpacked latents."""
         config = pipe.vae.config
@@ -1048,7 +1051,9 @@ class Wan(_Video):
             )
         return super().effective_options(pipe, options, negative)
 
-    def vae_input(self, pipe: Any, latents: Tensor, size: tuple[int, int]) -> Tensor:
+    def vae_input(
+        self, pipe: Any, latents: Tensor, size: tuple[int, int], options: dict[str, Any]
+    ) -> Tensor:
         config = pipe.vae.config
         shape = (1, config.z_dim, 1, 1, 1)
         mean = torch.tensor(config.latents_mean).view(shape).to(latents)
@@ -1163,6 +1168,150 @@ class HunyuanVideo(_Video):
         return cond
 
 
+class GuidedCogVideoXTransformer(_ClassifierFreeGuidance):
+    """CogVideoX's transformer behind the per-row contract: frames-first latents, batched
+    classifier-free guidance, rotary embeddings (5B) travelling in the conditioning
+    (``rotary_cos``, ``rotary_sin``: the same for every row). With ``dynamic`` (the pipeline's
+    ``use_dynamic_cfg``) each row is guided with the scale of its own time,
+    ``1 + w (1 - cos(pi ((N - t) / N)^5)) / 2``, as the pipeline computes it."""
+
+    def __init__(self, transformer: nn.Module, guidance: float, dynamic: bool, steps: int):
+        super().__init__(guidance)
+        self.transformer = transformer
+        self.dynamic = dynamic
+        self.steps = steps
+
+    def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
+        dtype = weight_dtype(self.transformer)
+        embeds = self._pick(branch, cond, "prompt_embeds", "negative_prompt_embeds")
+        rotary = None
+        if "rotary_cos" in cond:
+            rotary = (cond["rotary_cos"][0], cond["rotary_sin"][0])
+        return self.transformer(
+            hidden_states=x.to(dtype),
+            encoder_hidden_states=embeds.to(dtype),
+            timestep=t,
+            image_rotary_emb=rotary,
+            return_dict=False,
+        )[0].float()
+
+    def combine(self, outputs: Tensor, t: Tensor) -> Tensor:
+        if self.branches == 1 or not self.dynamic:
+            return super().combine(outputs, t)
+        n = self.steps
+        phase = ((n - t.to(torch.float64)) / n) ** 5.0
+        scale = 1 + self.guidance * (1 - torch.cos(math.pi * phase)) / 2
+        view = scale.to(outputs.device, outputs.dtype).view(-1, *[1] * (outputs.ndim - 2))
+        return classifier_free_guidance(outputs[0], outputs[1], view)
+
+
+class CogVideoX(_Video):
+    """CogVideoX text to video (``CogVideoXPipeline``): frames-first latents
+    ``(F', C, H / 8, W / 8)`` (frames padded to the temporal patch where the transformer has
+    one, dropped before decoding), a T5 text encoder, batched classifier-free guidance
+    (``use_dynamic_cfg`` per row), ``CogVideoXDDIMScheduler`` (DDIM over its shifted alphas);
+    the default size and frames are the transformer's sample size."""
+
+    name = "cogvideox"
+    pipeline_classes = ("CogVideoXPipeline",)
+    model = "THUDM/CogVideoX-2b"
+    steps, guidance, size = 50, 6.0, 480
+    pixel_multiple = 16
+    call_options: ClassVar[dict[str, Any]] = {
+        "num_frames": None,  # the transformer's sample_frames
+        "use_dynamic_cfg": False,
+        "max_sequence_length": 226,
+    }
+
+    def default_size(self, pipe: Any) -> tuple[int, int]:
+        config, factor = pipe.transformer.config, pipe.vae_scale_factor_spatial
+        return int(config.sample_height * factor), int(config.sample_width * factor)
+
+    def effective_options(
+        self, pipe: Any, options: dict[str, Any], negative: bool
+    ) -> dict[str, Any]:
+        if not isinstance(options["use_dynamic_cfg"], bool):
+            raise ValueError(
+                f"use_dynamic_cfg must be True or False, got {options['use_dynamic_cfg']!r}"
+            )
+        frames = options["num_frames"]
+        options = {
+            **options,
+            "num_frames": pipe.transformer.config.sample_frames if frames is None else frames,
+        }
+        return super().effective_options(pipe, options, negative)
+
+    def _padding(self, pipe: Any, options: dict[str, Any]) -> int:
+        """Latent frames the pipeline adds to fill the transformer's temporal patch."""
+        frames = (options["num_frames"] - 1) // pipe.vae_scale_factor_temporal + 1
+        patch = pipe.transformer.config.patch_size_t
+        return 0 if patch is None or frames % patch == 0 else patch - frames % patch
+
+    def latent_shape(
+        self, pipe: Any, height: int, width: int, options: dict[str, Any]
+    ) -> tuple[int, ...]:
+        channels, frames, h, w = super().latent_shape(pipe, height, width, options)
+        return (frames + self._padding(pipe, options), channels, h, w)
+
+    def initial_latents(
+        self,
+        pipe: Any,
+        batch: int,
+        size: tuple[int, int],
+        dtype: torch.dtype,
+        generator: Any,
+        latents: Tensor | None,
+        steps: int,
+        options: dict[str, Any],
+    ) -> Tensor:
+        channels = int(pipe.transformer.config.in_channels)
+        frames = (
+            options["num_frames"] + self._padding(pipe, options) * pipe.vae_scale_factor_temporal
+        )
+        height, width = size
+        return pipe.prepare_latents(
+            batch, channels, frames, height, width, dtype, pipe.device, generator, latents
+        )
+
+    def vae_input(
+        self, pipe: Any, latents: Tensor, size: tuple[int, int], options: dict[str, Any]
+    ) -> Tensor:
+        latents = latents[:, self._padding(pipe, options) :]  # the frames the pipeline added
+        return latents.permute(0, 2, 1, 3, 4) / pipe.vae_scaling_factor_image
+
+    def network(
+        self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
+    ) -> GuidedNetwork:
+        dynamic = bool(options["use_dynamic_cfg"])
+        return GuidedCogVideoXTransformer(pipe.transformer, guidance, dynamic, schedule.num_steps)
+
+    def encode(
+        self,
+        pipe: Any,
+        prompts: list[str],
+        negative: list[str] | None,
+        guided: bool,
+        size: tuple[int, int],
+        options: dict[str, Any],
+    ) -> dict[str, Tensor]:
+        embeds, negative_embeds = pipe.encode_prompt(
+            prompts,
+            negative,
+            guided,
+            max_sequence_length=options["max_sequence_length"],
+            device=pipe.device,
+        )
+        cond = {"prompt_embeds": embeds}
+        if guided:
+            cond["negative_prompt_embeds"] = negative_embeds
+        if pipe.transformer.config.use_rotary_positional_embeddings:
+            frames = self.latent_shape(pipe, *size, options)[0]
+            cos, sin = pipe._prepare_rotary_positional_embeddings(*size, frames, pipe.device)
+            b = len(prompts)
+            cond["rotary_cos"], cond["rotary_sin"] = (r.expand(b, *r.shape) for r in (cos, sin))
+        return cond
+
+
 class FluxImg2Img(Flux):
     """FLUX.1 image to image (``FluxImg2ImgPipeline``): the image resized to the call's size
     (the model's default where not given), VAE-encoded and noised by the pipeline's own
@@ -1269,6 +1418,7 @@ FAMILIES: dict[str, Family] = {
         Wan(),
         Wan22(),
         HunyuanVideo(),
+        CogVideoX(),
     )
 }
 """Every supported family by name."""

@@ -30,6 +30,7 @@ from driffusion.core.solvers import (
 
 SUPPORTED_SCHEDULERS: dict[str, str] = {
     "DDIMScheduler": "ddim (eta=0, no clipping or thresholding)",
+    "CogVideoXDDIMScheduler": "ddim (CogVideoX's: SNR shift, zero terminal SNR; never clips)",
     "DDPMScheduler": "ddpm (fixed_small variance, no clipping)",
     "EulerDiscreteScheduler": "euler",
     "EulerAncestralDiscreteScheduler": "euler_ancestral",
@@ -74,6 +75,8 @@ def solver_from_scheduler(scheduler: Any) -> Solver:
     _require(scheduler, "thresholding", (False,))
     if name == "DDIMScheduler":
         _require(scheduler, "clip_sample", (False,))
+        return DDIM()
+    if name == "CogVideoXDDIMScheduler":  # DDIM's step written through x0 (a_t x + b_t x0)
         return DDIM()
     if name == "DDPMScheduler":
         _require(scheduler, "clip_sample", (False,))
@@ -163,15 +166,24 @@ def schedule_from_scheduler(scheduler: Any, steps: int, **options: Any) -> Sched
     timesteps = sched.timesteps.cpu()
     if name == "PNDMScheduler":
         timesteps = torch.as_tensor(sched._timesteps).flip(0)  # the N distinct timesteps
-    if name in ("DDIMScheduler", "DDPMScheduler", "PNDMScheduler"):
+    if name in STEP_BACK_SCHEDULERS:
         _check_steps_land_on_grid(scheduler, timesteps.long(), sched.config.num_train_timesteps)
     sigmas = getattr(sched, "sigmas", None)
-    if name in ("DDIMScheduler", "DDPMScheduler", "PNDMScheduler") or sigmas is None:
+    if name in STEP_BACK_SCHEDULERS or sigmas is None:
         final = float(getattr(sched, "final_alpha_cumprod", torch.tensor(1.0)))
         if name == "DDPMScheduler":  # DDPM's last step goes to abar = 1
             final = 1.0
         return vp_schedule(sched.alphas_cumprod.cpu(), timesteps.long(), final, prediction)
     return sigma_schedule(sigmas.cpu(), timesteps.to(torch.float64), prediction)
+
+
+STEP_BACK_SCHEDULERS = (
+    "DDIMScheduler",
+    "CogVideoXDDIMScheduler",
+    "DDPMScheduler",
+    "PNDMScheduler",
+)
+"""Schedulers that step from ``t`` to ``t - T // N`` over their ``alphas_cumprod``."""
 
 
 def _check_steps_land_on_grid(scheduler: Any, timesteps: torch.Tensor, train: int) -> None:

@@ -27,6 +27,7 @@ TINY_FAMILIES = (
     "wan",
     "wan22",
     "hunyuan_video",
+    "cogvideox",
 )
 
 
@@ -195,8 +196,9 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
     ``sdxl_controlnet`` (a ControlNet made from the UNet, random weights), ``sd3``, ``sd35``
     (SD3.5's transformer: dual attention layers, qk norm), ``flux`` (FLUX.1-dev: guidance
     embedding, dynamic shift), ``flux_schnell``, ``flux_img2img``, ``wan`` (Wan 2.1: UniPC over
-    flow sigmas), ``wan22`` (two experts split at ``boundary_ratio``) or ``hunyuan_video``
-    (guidance-distilled; a byte-level Llama tokenizer built in code)."""
+    flow sigmas), ``wan22`` (two experts split at ``boundary_ratio``), ``hunyuan_video``
+    (guidance-distilled; a byte-level Llama tokenizer built in code) or ``cogvideox``
+    (CogVideoX-2b's DDIM: v-prediction, zero terminal SNR)."""
     from diffusers import (
         DDIMScheduler,
         EulerDiscreteScheduler,
@@ -387,6 +389,59 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
             transformer_2=tiny_wan_transformer(seed + 1) if two_experts else None,
             boundary_ratio=0.875 if two_experts else None,
         )
+    if family == "cogvideox":
+        from diffusers import (
+            AutoencoderKLCogVideoX,
+            CogVideoXDDIMScheduler,
+            CogVideoXPipeline,
+            CogVideoXTransformer3DModel,
+        )
+
+        torch.manual_seed(seed)
+        transformer = CogVideoXTransformer3DModel(
+            num_attention_heads=4,
+            attention_head_dim=8,
+            in_channels=4,
+            out_channels=4,
+            time_embed_dim=2,
+            text_embed_dim=32,  # T5's d_model
+            num_layers=1,
+            sample_width=2,
+            sample_height=2,
+            sample_frames=9,
+            patch_size=2,
+            temporal_compression_ratio=4,
+            max_text_seq_length=16,
+        ).eval()
+        torch.manual_seed(seed)
+        vae = AutoencoderKLCogVideoX(
+            down_block_types=("CogVideoXDownBlock3D",) * 4,
+            up_block_types=("CogVideoXUpBlock3D",) * 4,
+            block_out_channels=(8, 8, 8, 8),
+            latent_channels=4,
+            layers_per_block=1,
+            norm_num_groups=2,
+            temporal_compression_ratio=4,
+        ).eval()
+        # CogVideoX-2b's published scheduler: v-prediction, SNR shift 3, zero terminal SNR
+        scheduler = CogVideoXDDIMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            prediction_type="v_prediction",
+            rescale_betas_zero_snr=True,
+            timestep_spacing="trailing",
+            snr_shift_scale=3.0,
+            set_alpha_to_one=True,
+            clip_sample=False,
+        )
+        return CogVideoXPipeline(
+            tokenizer=tiny_t5_tokenizer(),
+            text_encoder=tiny_t5(seed=seed),
+            vae=vae,
+            transformer=transformer,
+            scheduler=scheduler,
+        )
     if family == "hunyuan_video":
         from diffusers import (
             AutoencoderKLHunyuanVideo,
@@ -454,4 +509,6 @@ def tiny_inputs(family: str, size: int = 32) -> dict[str, Any]:
         return {"image": image, "strength": 0.7}
     if family in ("wan", "wan22", "hunyuan_video"):
         return {"num_frames": 9, "height": 16, "width": 16}
+    if family == "cogvideox":  # its positional embedding holds 16 text tokens
+        return {"num_frames": 9, "height": 16, "width": 16, "max_sequence_length": 16}
     return {}

@@ -248,3 +248,33 @@ def test_flow_euler_on_the_pipelines_explicit_sigmas_and_dynamic_shift() -> None
     latents = flow_match_loop(sched, model, x)
     ours = sample_serial(model, x, schedule, solver=solver).x
     assert float((ours - latents).norm() / latents.norm()) <= 1e-6
+
+
+@pytest.mark.parametrize("zero_snr", [True, False])
+@pytest.mark.parametrize("steps", [10, 50])
+def test_cogvideox_ddim_equals_its_step_loop(zero_snr: bool, steps: int) -> None:
+    """CogVideoX's DDIM (its alphas shifted by `snr_shift_scale`, zero terminal SNR in the
+    published config, v-prediction, trailing spacing) is the core DDIM on its own grid."""
+    from diffusers import CogVideoXDDIMScheduler
+
+    from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
+
+    scheduler = CogVideoXDDIMScheduler(
+        **BETAS,
+        prediction_type="v_prediction",
+        rescale_betas_zero_snr=zero_snr,
+        timestep_spacing="trailing",
+        snr_shift_scale=3.0,
+        set_alpha_to_one=True,
+        clip_sample=False,
+    )
+    solver, schedule = from_scheduler(scheduler, steps)
+    assert solver.name == "ddim" and schedule.alpha(0) == (0.0 if zero_snr else schedule.alpha(0))
+    levels = VPNoiseLevels(scheduler.alphas_cumprod.to(torch.float64))
+    model = GaussianMixtureDenoiser.random(
+        tuple(start64().shape[1:]), noise_levels=levels, prediction_type="v_prediction", seed=0
+    )
+    x = start64()
+    ours = sample_serial(model, x, schedule, solver=solver).x
+    theirs = diffusers_loop(scheduler, steps, model, x, False)
+    assert float((ours - theirs).norm() / theirs.norm()) <= 1e-6

@@ -86,6 +86,8 @@ PIPELINES = {
     "wan22-experts": lambda: build_tiny_pipeline("wan22"),
     "hunyuan-video": lambda: build_tiny_pipeline("hunyuan_video"),
     "hunyuan-video-true-cfg": lambda: build_tiny_pipeline("hunyuan_video"),
+    "cogvideox": lambda: build_tiny_pipeline("cogvideox"),
+    "cogvideox-dynamic-cfg": lambda: build_tiny_pipeline("cogvideox"),
 }
 CALL = {"num_inference_steps": 6, "guidance_scale": 3.0, "height": 32, "width": 32}
 EXTRA = {  # a family's own keywords of the call, honoured as the pipeline honours them
@@ -118,6 +120,17 @@ EXTRA = {  # a family's own keywords of the call, honoured as the pipeline honou
         "max_sequence_length": 16,
         "negative_prompt": "blurry",
         "true_cfg_scale": 2.0,
+    },
+    # CogVideoX's trailing DDIM grid needs a step count dividing 1000 (6 is a clear error)
+    "cogvideox": {
+        **tiny_inputs("cogvideox"),
+        "negative_prompt": "blurry",
+        "num_inference_steps": 10,
+    },
+    "cogvideox-dynamic-cfg": {
+        **tiny_inputs("cogvideox"),
+        "use_dynamic_cfg": True,
+        "num_inference_steps": 10,
     },
 }
 UNIPC = {"wan-unipc-flow", "wan22-experts"}  # CHORDS refuses UniPC's corrector, by name

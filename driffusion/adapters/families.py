@@ -7,14 +7,16 @@ the options of loading. Everything else (the scheduler read into a core solver, 
 from the pipeline's own ``prepare_latents``, VAE decoding) is shared and lives in
 [`driffusion.adapters.diffusers`][driffusion.adapters.diffusers].
 
-Supported: ``StableDiffusionPipeline`` (SD 2.1; epsilon or v-prediction, read from the
-scheduler config), ``StableDiffusionXLPipeline`` (two text encoders, pooled embeddings,
-``add_time_ids``) and ``StableDiffusion3Pipeline`` (MMDiT transformer, flow matching with shift,
-three text encoders, T5 optional).
+Supported (see [`FAMILIES`][driffusion.adapters.families.FAMILIES]): SD 1.5 / 2.x, SDXL with
+img2img and one ControlNet, SD3 / SD3.5 (skip-layer guidance a third branch), FLUX.1 dev and
+schnell with img2img (guidance-distilled; true CFG a second branch), Wan 2.1 and 2.2 (an expert
+per row), HunyuanVideo (guidance-distilled video) and CogVideoX (frames-first latents).
 
 Classifier-free guidance has two branches (the negative prompt and the prompt), batched in one
 call of the network on one device or split over two
-([`GuidedNetwork`][driffusion.core.branches.GuidedNetwork]).
+([`GuidedNetwork`][driffusion.core.branches.GuidedNetwork]); a per-step switch of the
+pipeline (a ControlNet's keep, skip-layer guidance's window, Wan 2.2's expert, CogVideoX's
+dynamic scale) is read from each row's own time, so drafted rows at other steps get theirs.
 """
 
 from __future__ import annotations

@@ -30,7 +30,6 @@ from driffusion.core.solvers import (
 
 SUPPORTED_SCHEDULERS: dict[str, str] = {
     "DDIMScheduler": "ddim (eta=0, no clipping or thresholding)",
-    "CogVideoXDDIMScheduler": "ddim (CogVideoX's: SNR shift, zero terminal SNR; never clips)",
     "DDPMScheduler": "ddpm (fixed_small variance, no clipping)",
     "EulerDiscreteScheduler": "euler",
     "EulerAncestralDiscreteScheduler": "euler_ancestral",
@@ -40,6 +39,7 @@ SUPPORTED_SCHEDULERS: dict[str, str] = {
     "UniPCMultistepScheduler": "unipc (bh2, predict_x0, no solver_p; also over flow sigmas with "
     "flow_prediction, Wan's set-up)",
     "PNDMScheduler": "plms (skip_prk_steps=True)",
+    "CogVideoXDDIMScheduler": "ddim (CogVideoX's: SNR shift, zero terminal SNR; never clips)",
 }
 """The diffusers schedulers that map to a core solver, with the settings each supports."""
 

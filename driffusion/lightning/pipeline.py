@@ -431,10 +431,12 @@ def parallelize(
 ) -> ParallelPipeline:
     """Wrap a diffusers pipeline so that a driffusion sampler samples it.
 
-    Supported: ``StableDiffusionPipeline`` (SD 1.5, SD 2.x; epsilon and v-prediction),
-    ``StableDiffusionXLPipeline`` and ``StableDiffusion3Pipeline``; anything else is a
-    ``ValueError``. The pipeline's scheduler maps to the core solver of the same method and grid
-    (an unsupported scheduler configuration is an
+    Supported: every pipeline of a [`Family`][driffusion.adapters.families.Family] in
+    [`FAMILIES`][driffusion.adapters.families.FAMILIES] (SD 1.5 / 2.x, SDXL with img2img and
+    ControlNet, SD3 / SD3.5, FLUX.1 with img2img, Wan 2.1 / 2.2, HunyuanVideo, CogVideoX);
+    anything else is a ``ValueError`` listing them. Video pipelines return ``out.frames``.
+    The pipeline's scheduler maps to the core solver of the same method and grid (an
+    unsupported scheduler configuration is an
     [`UnsupportedSchedulerError`][driffusion.adapters.schedulers.UnsupportedSchedulerError]
     naming the supported ones).
 

@@ -93,6 +93,10 @@ SHORT_FLAGS = {"num_frames": ("--frames",)}
 """Shorter flags of a family's call options (``--frames`` for ``num_frames``)."""
 LIST_OPTIONS = ("skip_guidance_layers",)
 """Call options that take integers on the command line (``--skip-guidance-layers 7 8``)."""
+INT_OPTIONS = ("num_frames",)
+"""Call options that are integers where their default is ``None`` (CogVideoX's frames)."""
+IMAGE_OPTIONS = ("image",)
+"""Call options a text-to-image job does not take."""
 EXTENDABLE = ("prompts",)
 """Settings a resume may extend: prompts appended to the folder's (see ``settings``)."""
 
@@ -146,15 +150,22 @@ def parse_args(family: Family, argv: list[str] | None = None) -> argparse.Namesp
     )
     parser.add_argument("--no-t5", action="store_true", help="SD3 without its T5 encoder")
     for name, default in family.call_options.items():  # the family's own keywords of a call
+        if name in IMAGE_OPTIONS:
+            continue  # a text-to-image job takes no image (img2img, ControlNet: parallelize)
         flags = [f"--{name.replace('_', '-')}", *SHORT_FLAGS.get(name, ())]
-        kind: Any = cli.positive_int if isinstance(default, int) else cli.nonnegative_float
+        help = f"the pipeline's {name} (default {default})"
+        if isinstance(default, bool):
+            parser.add_argument(*flags, dest=name, action="store_true", help=help)
+            continue
+        whole = name in INT_OPTIONS or isinstance(default, int)
+        kind: Any = cli.positive_int if whole else cli.nonnegative_float
         parser.add_argument(
             *flags,
             dest=name,
             type=cli.nonnegative_int if name in LIST_OPTIONS else kind,
             nargs="+" if name in LIST_OPTIONS else None,
             default=default,
-            help=f"the pipeline's {name} (default {default})",
+            help=help,
         )
     if video:
         parser.add_argument(
@@ -311,7 +322,7 @@ def settings(args: argparse.Namespace, family: Family, devices: int) -> dict[str
 
 def call_options(args: argparse.Namespace, family: Family) -> dict[str, Any]:
     """The family's own keywords of a pipeline call, as given on the command line."""
-    return {name: getattr(args, name) for name in family.call_options}
+    return {name: getattr(args, name) for name in family.call_options if hasattr(args, name)}
 
 
 @contextlib.contextmanager

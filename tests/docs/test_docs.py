@@ -134,3 +134,16 @@ def test_the_bytes_on_the_wire_table_is_the_examples_output() -> None:
     computes from the configurations (no number typed by hand)."""
     example = runpy.run_path(str(DOCS / "examples" / "bytes_on_the_wire.py"))
     assert example["table"]() in (DOCS / "diffusers.md").read_text()
+
+
+def test_the_recipes_page_lists_every_family_with_its_defaults() -> None:
+    from driffusion.adapters.families import FAMILIES
+
+    page = (ROOT / "docs" / "recipes.md").read_text(encoding="utf-8")
+    for family in FAMILIES.values():
+        own = ", ".join(f"`{name}`" for name in family.call_options) or "-"
+        row = (
+            f"| `{family.name}` | `{family.pipeline_class}` | `{family.model}` | {family.steps} "
+            f"| {family.guidance} | {own} |"
+        )
+        assert row in page, f"docs/recipes.md lacks the row of {family.name}: {row}"

@@ -261,14 +261,17 @@ def test_the_guidance_branches_split_over_fabric_run_reproduce_the_pipeline(
 ) -> None:
     """`parallelize(pipe, Serial(), guidance_devices=2)` under `fabric run --devices 2` is
     `pipe()` (2/255 in pixels), for tiny SDXL, SD3, FLUX with true CFG, Wan 2.2 (frames; two
-    experts), SDXL img2img and SDXL ControlNet; drafts give the same
+    experts), SDXL img2img, SDXL ControlNet, FLUX img2img, SD3.5 with skip-layer guidance (three
+    branches over two devices), HunyuanVideo with true CFG and CogVideoX; drafts give the same
     images with the branches split as together, and the split gathers raw branches (more bytes
     per round). Guidance-distilled FLUX with 2 drafts over 2 processes is the 1-process run."""
     script = [str(SCRIPTS / "guidance_pipeline.py"), str(tmp_path / "out.pt")]
     result = run_script([*fabric_run(2), *script], timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
     saved = torch.load(tmp_path / "out.pt", weights_only=False)
-    for family in ("sdxl", "sd3", "flux", "wan22", "sdxl_img2img", "sdxl_controlnet"):
+    families = ("sdxl", "sd3", "flux", "wan22", "sdxl_img2img", "sdxl_controlnet")
+    families += ("flux_img2img", "sd35", "hunyuan_video", "cogvideox")
+    for family in families:
         reference, runs = saved[family]["pipe"], saved[family]["parallel"]
         for devices in (1, 2):
             serial = runs["serial", devices]

@@ -1,6 +1,8 @@
 """A diffusers user's script splitting the guidance branches (`guidance_devices=2`); run under
 `fabric run --devices 2`: tiny SDXL, SD3, FLUX with true CFG (two branches), Wan 2.2 (two
-experts, each with its scale), SDXL img2img and SDXL ControlNet, `pipe()` itself
+experts, each with its scale), SDXL img2img, SDXL ControlNet, FLUX img2img with true CFG,
+SD3.5 with skip-layer guidance (three branches), HunyuanVideo with true CFG and CogVideoX,
+`pipe()` itself
 and `parallelize(pipe, Serial(), guidance_devices=2)` with the same generator; and
 guidance-distilled FLUX (one branch: drafts are its only axis) with 2 drafts over the two
 processes; saved for tests/lightning/test_pipeline.py."""
@@ -25,6 +27,10 @@ EXTRA = {
     "wan22": {**tiny_inputs("wan22"), "guidance_scale_2": 1.5, "max_sequence_length": 16},
     "sdxl_img2img": tiny_inputs("sdxl_img2img"),  # the 32 x 32 image: the call's size
     "sdxl_controlnet": tiny_inputs("sdxl_controlnet"),
+    "flux_img2img": {**tiny_inputs("flux_img2img"), **TRUE_CFG},
+    "sd35": {"skip_guidance_layers": [1], "skip_layer_guidance_stop": 0.6},  # three branches
+    "hunyuan_video": {**tiny_inputs("hunyuan_video"), **TRUE_CFG},
+    "cogvideox": {**tiny_inputs("cogvideox"), "num_inference_steps": 10},
 }
 
 results = {}

@@ -31,6 +31,21 @@ TINY_FAMILIES = (
 )
 
 
+COGVIDEOX_SCHEDULER: dict[str, Any] = {
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True,
+    "timestep_spacing": "trailing",
+    "snr_shift_scale": 3.0,
+    "set_alpha_to_one": True,
+    "clip_sample": False,
+}
+"""CogVideoX-2b's published ``CogVideoXDDIMScheduler`` configuration: v-prediction, SNR shift 3,
+zero terminal SNR, trailing spacing."""
+
+
 def tiny_tokenizer() -> Any:
     """A CLIP BPE tokenizer over lowercase letters and digits, built from an in-code vocab."""
     from transformers import CLIPTokenizer
@@ -74,13 +89,13 @@ def tiny_t5_tokenizer() -> Any:
     return T5Tokenizer(vocab=pieces, extra_ids=0)
 
 
-def tiny_t5(d_model: int = 32, seed: int = 0) -> Any:
-    """A 2-layer T5 encoder over
+def tiny_t5(d_model: int = 32, seed: int = 0, umt5: bool = False) -> Any:
+    """A 2-layer T5 encoder (``umt5``: UMT5, Wan's text encoder class) over
     [`tiny_t5_tokenizer`][driffusion.adapters.tiny.tiny_t5_tokenizer]'s vocabulary."""
-    from transformers import T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
 
     torch.manual_seed(seed)
-    config = T5Config(
+    config = (UMT5Config if umt5 else T5Config)(
         vocab_size=len(tiny_t5_tokenizer()),
         d_model=d_model,
         d_ff=2 * d_model,
@@ -91,7 +106,7 @@ def tiny_t5(d_model: int = 32, seed: int = 0) -> Any:
         pad_token_id=0,
         eos_token_id=1,
     )
-    return T5EncoderModel(config).eval()
+    return (UMT5EncoderModel if umt5 else T5EncoderModel)(config).eval()
 
 
 def tiny_llama_tokenizer() -> Any:
@@ -129,26 +144,6 @@ def tiny_llama(hidden: int = 16, seed: int = 0) -> Any:
         eos_token_id=2,
     )
     return LlamaModel(config).eval()
-
-
-def tiny_umt5(d_model: int = 32, seed: int = 0) -> Any:
-    """A 2-layer UMT5 encoder (Wan's text encoder class) over
-    [`tiny_t5_tokenizer`][driffusion.adapters.tiny.tiny_t5_tokenizer]'s vocabulary."""
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    torch.manual_seed(seed)
-    config = UMT5Config(
-        vocab_size=len(tiny_t5_tokenizer()),
-        d_model=d_model,
-        d_ff=2 * d_model,
-        d_kv=8,
-        num_layers=2,
-        num_heads=2,
-        relative_attention_num_buckets=8,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    return UMT5EncoderModel(config).eval()
 
 
 def tiny_wan_transformer(seed: int = 0) -> Any:
@@ -382,7 +377,7 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
         two_experts = family == "wan22"  # Wan 2.2: a low-noise expert below the boundary
         return WanPipeline(
             tokenizer=tiny_t5_tokenizer(),
-            text_encoder=tiny_umt5(seed=seed),
+            text_encoder=tiny_t5(seed=seed, umt5=True),
             transformer=tiny_wan_transformer(seed),
             vae=vae,
             scheduler=scheduler,
@@ -423,18 +418,7 @@ def build_tiny_pipeline(family: str, prediction_type: str = "epsilon", seed: int
             norm_num_groups=2,
             temporal_compression_ratio=4,
         ).eval()
-        # CogVideoX-2b's published scheduler: v-prediction, SNR shift 3, zero terminal SNR
-        scheduler = CogVideoXDDIMScheduler(
-            beta_start=0.00085,
-            beta_end=0.012,
-            beta_schedule="scaled_linear",
-            prediction_type="v_prediction",
-            rescale_betas_zero_snr=True,
-            timestep_spacing="trailing",
-            snr_shift_scale=3.0,
-            set_alpha_to_one=True,
-            clip_sample=False,
-        )
+        scheduler = CogVideoXDDIMScheduler(**COGVIDEOX_SCHEDULER)
         return CogVideoXPipeline(
             tokenizer=tiny_t5_tokenizer(),
             text_encoder=tiny_t5(seed=seed),

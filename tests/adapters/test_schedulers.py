@@ -257,16 +257,11 @@ def test_cogvideox_ddim_equals_its_step_loop(zero_snr: bool, steps: int) -> None
     published config, v-prediction, trailing spacing) is the core DDIM on its own grid."""
     from diffusers import CogVideoXDDIMScheduler
 
+    from driffusion.adapters.tiny import COGVIDEOX_SCHEDULER
     from driffusion.testing import GaussianMixtureDenoiser, VPNoiseLevels
 
     scheduler = CogVideoXDDIMScheduler(
-        **BETAS,
-        prediction_type="v_prediction",
-        rescale_betas_zero_snr=zero_snr,
-        timestep_spacing="trailing",
-        snr_shift_scale=3.0,
-        set_alpha_to_one=True,
-        clip_sample=False,
+        **{**COGVIDEOX_SCHEDULER, "rescale_betas_zero_snr": zero_snr}
     )
     solver, schedule = from_scheduler(scheduler, steps)
     assert solver.name == "ddim" and schedule.alpha(0) == (0.0 if zero_snr else schedule.alpha(0))

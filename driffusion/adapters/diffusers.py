@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from driffusion.adapters.families import FAMILIES, Family, pipeline_family, weight_dtype
+from driffusion.adapters.families import FAMILIES, Call, Family, pipeline_family, weight_dtype
 from driffusion.adapters.schedulers import from_scheduler
 from driffusion.core.branches import network_branches
 from driffusion.core.errors import UsageError
@@ -101,6 +101,11 @@ class PipelineAdapter:
         return self.start + self.schedule.num_steps
 
     @property
+    def call(self) -> Call:
+        """The call as the family's hooks see it."""
+        return Call(self.pipe, self.height, self.width, self.steps, self.options)
+
+    @property
     def network_dtype(self) -> torch.dtype:
         """The denoiser's weight dtype (prompt embeddings and initial latents are drawn in it)."""
         return weight_dtype(self.network)
@@ -111,8 +116,8 @@ class PipelineAdapter:
     ) -> dict[str, Tensor]:
         """Conditioning tensors ``[B, ...]`` for the network, one row per prompt."""
         negative = list(negative_prompts) if negative_prompts is not None else None
-        size, guided = (self.height, self.width), network_branches(self.network) > 1
-        return self.family.encode(self.pipe, list(prompts), negative, guided, size, self.options)
+        guided = network_branches(self.network) > 1
+        return self.family.encode(self.call, list(prompts), negative, guided)
 
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
@@ -126,7 +131,7 @@ class PipelineAdapter:
             NonFiniteImageError: the decoded images hold NaN or inf (nothing should be saved).
         """
         vae = self.pipe.vae
-        latents = self.family.vae_input(self.pipe, latents, (self.height, self.width), self.options)
+        latents = self.family.vae_input(self.call, latents)
         dtype = weight_dtype(vae)
         upcast = dtype in (torch.float16, torch.bfloat16) and vae.config.get("force_upcast", False)
         if upcast:
@@ -218,12 +223,13 @@ def adapt_pipeline(
     except ValueError as error:
         raise PipelineInputError(str(error)) from None
     height, width = image_size(pipe, *size)
-    timestep_options = family.timestep_options(pipe, steps, height, width)
+    call = Call(pipe, height, width, steps, options)
+    timestep_options = family.timestep_options(call)
     solver, schedule = from_scheduler(pipe.scheduler, steps, **timestep_options)
     if start:  # the sampler's trajectory is the kept part of the pipeline's grid
         schedule = schedule.slice(start, steps)
-    network = family.network(pipe, guidance, options, schedule)
-    shape = family.latent_shape(pipe, height, width, options)
+    network = family.network(call, guidance, schedule)
+    shape = family.latent_shape(call)
     return PipelineAdapter(
         pipe,
         family,

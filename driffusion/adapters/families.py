@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -246,6 +247,32 @@ class GuidedSD3Transformer(_ClassifierFreeGuidance):
         return guided + (outputs[1] - outputs[2]) * factor
 
 
+@dataclass(frozen=True)
+class Call:
+    """One call of a pipeline as a family's hooks see it: the pipeline, the image size, the
+    grid's steps (``num_inference_steps``) and the family's call options as applied.
+
+    Attributes:
+        pipe: the diffusers pipeline.
+        height: image height in pixels.
+        width: image width in pixels.
+        steps: the pipeline's grid steps.
+        options: the family's [`call_options`][driffusion.adapters.families.Family.call_options],
+            as the call applies them.
+    """
+
+    pipe: Any
+    height: int
+    width: int
+    steps: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(height, width)``."""
+        return self.height, self.width
+
+
 class Family:
     """A pipeline family: the pipelines it accepts, the recipes' defaults, and what differs.
 
@@ -304,65 +331,58 @@ class Family:
         """What this model's height and width must be a multiple of, in pixels."""
         return int(pipe.vae_scale_factor)
 
-    def timestep_options(self, pipe: Any, steps: int, height: int, width: int) -> dict[str, Any]:
+    def timestep_options(self, call: Call) -> dict[str, Any]:
         """The keyword arguments the pipeline gives ``scheduler.set_timesteps`` besides the steps
         (a dynamic shift ``mu``, explicit ``sigmas``): the grid is the pipeline's only with
         them."""
         return {}
 
-    def latent_shape(
-        self, pipe: Any, height: int, width: int, options: dict[str, Any]
-    ) -> tuple[int, ...]:
-        """The shape of one sample's state, as ``prepare_latents`` makes it for a call with
-        ``options`` (video: ``num_frames``)."""
+    def latent_shape(self, call: Call) -> tuple[int, ...]:
+        """The shape of one sample's state, as ``prepare_latents`` makes it for the call (its
+        size; video: the options' ``num_frames``)."""
+        pipe, height, width = call.pipe, call.height, call.width
         factor = pipe.vae_scale_factor
         channels = int(self.denoiser(pipe).config.in_channels)  # type: ignore[union-attr,arg-type]
         return (channels, height // factor, width // factor)
 
     def initial_latents(
         self,
-        pipe: Any,
+        call: Call,
         batch: int,
-        size: tuple[int, int],
         dtype: torch.dtype,
         generator: Any,
         latents: Tensor | None,
-        steps: int,
-        options: dict[str, Any],
     ) -> Tensor:
         """The pipeline's own initial latents (``prepare_latents``; call it with the pipeline's
         scheduler set to the call's grid: Euler-family schedulers scale the noise by their first
         sigma)."""
-        channels = self.latent_shape(pipe, *size, options)[0]
+        pipe, size = call.pipe, call.size
+        channels = self.latent_shape(call)[0]
         height, width = size
         return pipe.prepare_latents(
             batch, channels, height, width, dtype, pipe.device, generator, latents
         )
 
-    def vae_latents(self, pipe: Any, latents: Tensor, size: tuple[int, int]) -> Tensor:
+    def vae_latents(self, call: Call, latents: Tensor) -> Tensor:
         """The final state as the VAE takes it (before its scaling)."""
         return latents
 
-    def vae_input(
-        self, pipe: Any, latents: Tensor, size: tuple[int, int], options: dict[str, Any]
-    ) -> Tensor:
+    def vae_input(self, call: Call, latents: Tensor) -> Tensor:
         """What ``vae.decode`` takes for the final state: ``latents / scaling_factor +
         shift_factor`` of the unpacked latents."""
-        config = pipe.vae.config
+        config = call.pipe.vae.config
         shift = getattr(config, "shift_factor", None) or 0.0
-        return self.vae_latents(pipe, latents, size) / config.scaling_factor + shift
+        return self.vae_latents(call, latents) / config.scaling_factor + shift
 
     def postprocess(self, pipe: Any, decoded: Tensor, output_type: str) -> Any:
         """Decoded pixels in ``[-1, 1]`` as the pipeline returns them for ``output_type``."""
         return pipe.image_processor.postprocess(decoded, output_type=output_type)
 
-    def network(
-        self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
-    ) -> GuidedNetwork:
-        """The guided per-row network over the pipeline's denoiser for a call with ``options``
-        (the family's [`call_options`][driffusion.adapters.families.Family.call_options], as
+    def network(self, call: Call, guidance: float, schedule: Schedule) -> GuidedNetwork:
+        """The guided per-row network over the pipeline's denoiser for the call (its options:
+        the family's [`call_options`][driffusion.adapters.families.Family.call_options], as
         applied) on the sampler's grid ``schedule``."""
-        return GuidedUNet(self.denoiser(pipe), guidance)
+        return GuidedUNet(self.denoiser(call.pipe), guidance)
 
     def effective_options(
         self, pipe: Any, options: dict[str, Any], negative: bool
@@ -387,12 +407,10 @@ class Family:
 
     def encode(
         self,
-        pipe: Any,
+        call: Call,
         prompts: list[str],
         negative: list[str] | None,
         guided: bool,
-        size: tuple[int, int],
-        options: dict[str, Any],
     ) -> dict[str, Tensor]:
         """The network's conditioning ``[B, ...]``, one row per prompt (the negative branch's
         too when ``guided``), with the pipeline's own ``encode_prompt``."""
@@ -415,13 +433,12 @@ class StableDiffusion(Family):
 
     def encode(
         self,
-        pipe: Any,
+        call: Call,
         prompts: list[str],
         negative: list[str] | None,
         guided: bool,
-        size: tuple[int, int],
-        options: dict[str, Any],
     ) -> dict[str, Tensor]:
+        pipe = call.pipe
         embeds, negative_embeds = pipe.encode_prompt(
             prompts, pipe.device, 1, guided, negative_prompt=negative
         )
@@ -446,13 +463,12 @@ class StableDiffusionXL(Family):
 
     def encode(
         self,
-        pipe: Any,
+        call: Call,
         prompts: list[str],
         negative: list[str] | None,
         guided: bool,
-        size: tuple[int, int],
-        options: dict[str, Any],
     ) -> dict[str, Tensor]:
+        pipe, size = call.pipe, call.size
         embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
             prompts,
             device=pipe.device,
@@ -526,15 +542,13 @@ class StableDiffusionXLImg2Img(StableDiffusionXL):
 
     def initial_latents(
         self,
-        pipe: Any,
+        call: Call,
         batch: int,
-        size: tuple[int, int],
         dtype: torch.dtype,
         generator: Any,
         latents: Tensor | None,
-        steps: int,
-        options: dict[str, Any],
     ) -> Tensor:
+        pipe, steps, options = call.pipe, call.steps, call.options
         timesteps, _ = pipe.get_timesteps(steps, options["strength"], pipe.device)
         first = timesteps[:1].repeat(batch)
         image = options["image"].to(pipe.device)
@@ -583,9 +597,8 @@ class StableDiffusionXLControlNet(StableDiffusionXL):
             )
         return options
 
-    def network(
-        self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
-    ) -> GuidedNetwork:
+    def network(self, call: Call, guidance: float, schedule: Schedule) -> GuidedNetwork:
+        pipe, options = call.pipe, call.options
         n = schedule.num_steps
         start, end = options["control_guidance_start"], options["control_guidance_end"]
         keep = torch.tensor([1.0 - float(i / n < start or (i + 1) / n > end) for i in range(n)])
@@ -595,14 +608,13 @@ class StableDiffusionXLControlNet(StableDiffusionXL):
 
     def encode(
         self,
-        pipe: Any,
+        call: Call,
         prompts: list[str],
         negative: list[str] | None,
         guided: bool,
-        size: tuple[int, int],
-        options: dict[str, Any],
     ) -> dict[str, Tensor]:
-        cond = super().encode(pipe, prompts, negative, guided, size, options)
+        pipe, size, options = call.pipe, call.size, call.options
+        cond = super().encode(call, prompts, negative, guided)
         height, width = size
         image = pipe.prepare_image(
             image=options["image"],
@@ -651,7 +663,8 @@ class StableDiffusion3(Family):
     def size_multiple(self, pipe: Any) -> int:
         return int(pipe.vae_scale_factor * pipe.transformer.config.patch_size)
 
-    def timestep_options(self, pipe: Any, steps: int, height: int, width: int) -> dict[str, Any]:
+    def timestep_options(self, call: Call) -> dict[str, Any]:
+        pipe, height, width = call.pipe, call.height, call.width
         if not pipe.scheduler.config.get("use_dynamic_shifting", False):
             return {}
         patch = self.size_multiple(pipe)
@@ -675,9 +688,8 @@ class StableDiffusion3(Family):
             )
         return {**options, "skip_guidance_layers": list(layers)}
 
-    def network(
-        self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
-    ) -> GuidedNetwork:
+    def network(self, call: Call, guidance: float, schedule: Schedule) -> GuidedNetwork:
+        pipe, options = call.pipe, call.options
         window = (options["skip_layer_guidance_start"], options["skip_layer_guidance_stop"])
         return GuidedSD3Transformer(
             self.denoiser(pipe),
@@ -690,13 +702,12 @@ class StableDiffusion3(Family):
 
     def encode(
         self,
-        pipe: Any,
+        call: Call,
         prompts: list[str],
         negative: list[str] | None,
         guided: bool,
-        size: tuple[int, int],
-        options: dict[str, Any],
     ) -> dict[str, Tensor]:
+        pipe = call.pipe
         embeds, negative_embeds, pooled, negative_pooled = pipe.encode_prompt(
             prompts,
             None,
@@ -797,16 +808,16 @@ class Flux(Family):
     def size_multiple(self, pipe: Any) -> int:
         return int(pipe.vae_scale_factor * 2)  # the VAE's factor, then 2x2 packing
 
-    def latent_shape(
-        self, pipe: Any, height: int, width: int, options: dict[str, Any]
-    ) -> tuple[int, ...]:
+    def latent_shape(self, call: Call) -> tuple[int, ...]:
+        pipe, height, width = call.pipe, call.height, call.width
         tokens = (height // self.size_multiple(pipe)) * (width // self.size_multiple(pipe))
         return (tokens, int(pipe.transformer.config.in_channels))
 
-    def timestep_options(self, pipe: Any, steps: int, height: int, width: int) -> dict[str, Any]:
+    def timestep_options(self, call: Call) -> dict[str, Any]:
+        pipe, steps = call.pipe, call.steps
         import numpy as np
 
-        tokens = self.latent_shape(pipe, height, width, {})[0]
+        tokens = self.latent_shape(call)[0]
         options: dict[str, Any] = {"mu": _shift(pipe.scheduler, tokens, 1.15)}
         if not pipe.scheduler.config.get("use_flow_sigmas", False):
             options["sigmas"] = np.linspace(1.0, 1 / steps, steps)
@@ -814,15 +825,13 @@ class Flux(Family):
 
     def initial_latents(
         self,
-        pipe: Any,
+        call: Call,
         batch: int,
-        size: tuple[int, int],
         dtype: torch.dtype,
         generator: Any,
         latents: Tensor | None,
-        steps: int,
-        options: dict[str, Any],
     ) -> Tensor:
+        pipe, size = call.pipe, call.size
         channels = int(pipe.transformer.config.in_channels) // 4
         height, width = size
         packed, _ = pipe.prepare_latents(
@@ -830,7 +839,8 @@ class Flux(Family):
         )
         return packed
 
-    def vae_latents(self, pipe: Any, latents: Tensor, size: tuple[int, int]) -> Tensor:
+    def vae_latents(self, call: Call, latents: Tensor) -> Tensor:
+        pipe, size = call.pipe, call.size
         return pipe._unpack_latents(latents, *size, pipe.vae_scale_factor)
 
     def effective_options(
@@ -839,21 +849,20 @@ class Flux(Family):
         # true CFG needs a negative prompt (the pipeline's do_true_cfg)
         return options if negative else {**options, "true_cfg_scale": 1.0}
 
-    def network(
-        self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
-    ) -> GuidedNetwork:
+    def network(self, call: Call, guidance: float, schedule: Schedule) -> GuidedNetwork:
+        pipe, options = call.pipe, call.options
         true_cfg = float(options["true_cfg_scale"])
         return GuidedFluxTransformer(self.denoiser(pipe), guidance, true_cfg)
 
     def encode(
         self,
-        pipe: Any,
+        call: Call,
         prompts: list[str],
         negative: list[str] | None,
         guided: bool,
-        size: tuple[int, int],
-        options: dict[str, Any],
     ) -> dict[str, Tensor]:
+        pipe, size, options = call.pipe, call.size, call.options
+
         def one(texts: list[str]) -> tuple[Tensor, Tensor, Tensor]:
             embeds, pooled, text_ids = pipe.encode_prompt(
                 texts, device=pipe.device, max_sequence_length=options["max_sequence_length"]
@@ -980,9 +989,8 @@ class _Video(Family):
         side = patch[1] if isinstance(patch, (tuple, list)) else patch  # Wan: (t, h, w)
         return int(pipe.vae_scale_factor_spatial * side)
 
-    def latent_shape(
-        self, pipe: Any, height: int, width: int, options: dict[str, Any]
-    ) -> tuple[int, ...]:
+    def latent_shape(self, call: Call) -> tuple[int, ...]:
+        pipe, height, width, options = call.pipe, call.height, call.width, call.options
         frames = (options["num_frames"] - 1) // pipe.vae_scale_factor_temporal + 1
         factor = pipe.vae_scale_factor_spatial
         channels = int(self.denoiser(pipe).config.in_channels)  # type: ignore[union-attr,arg-type]
@@ -1004,16 +1012,14 @@ class _Video(Family):
 
     def initial_latents(
         self,
-        pipe: Any,
+        call: Call,
         batch: int,
-        size: tuple[int, int],
         dtype: torch.dtype,
         generator: Any,
         latents: Tensor | None,
-        steps: int,
-        options: dict[str, Any],
     ) -> Tensor:
-        channels = self.latent_shape(pipe, *size, options)[0]
+        pipe, size, options = call.pipe, call.size, call.options
+        channels = self.latent_shape(call)[0]
         height, width = size
         frames = options["num_frames"]
         return pipe.prepare_latents(  # float32, as the pipeline draws them
@@ -1053,18 +1059,16 @@ class Wan(_Video):
             )
         return super().effective_options(pipe, options, negative)
 
-    def vae_input(
-        self, pipe: Any, latents: Tensor, size: tuple[int, int], options: dict[str, Any]
-    ) -> Tensor:
+    def vae_input(self, call: Call, latents: Tensor) -> Tensor:
+        pipe = call.pipe
         config = pipe.vae.config
         shape = (1, config.z_dim, 1, 1, 1)
         mean = torch.tensor(config.latents_mean).view(shape).to(latents)
         std = torch.tensor(config.latents_std).view(shape).to(latents)
         return latents * std + mean
 
-    def network(
-        self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
-    ) -> GuidedNetwork:
+    def network(self, call: Call, guidance: float, schedule: Schedule) -> GuidedNetwork:
+        pipe, options = call.pipe, call.options
         ratio = pipe.config.boundary_ratio
         boundary = None if ratio is None else ratio * pipe.scheduler.config.num_train_timesteps
         return GuidedWanTransformer(
@@ -1078,13 +1082,12 @@ class Wan(_Video):
 
     def encode(
         self,
-        pipe: Any,
+        call: Call,
         prompts: list[str],
         negative: list[str] | None,
         guided: bool,
-        size: tuple[int, int],
-        options: dict[str, Any],
     ) -> dict[str, Tensor]:
+        pipe, options = call.pipe, call.options
         embeds, negative_embeds = pipe.encode_prompt(
             prompts,
             negative,
@@ -1128,7 +1131,8 @@ class HunyuanVideo(_Video):
         "max_sequence_length": 256,
     }
 
-    def timestep_options(self, pipe: Any, steps: int, height: int, width: int) -> dict[str, Any]:
+    def timestep_options(self, call: Call) -> dict[str, Any]:
+        steps = call.steps
         import numpy as np
 
         return {"sigmas": np.linspace(1.0, 0.0, steps + 1)[:-1]}
@@ -1140,21 +1144,20 @@ class HunyuanVideo(_Video):
         # true CFG needs a negative prompt (the pipeline's do_true_cfg)
         return options if negative else {**options, "true_cfg_scale": 1.0}
 
-    def network(
-        self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
-    ) -> GuidedNetwork:
+    def network(self, call: Call, guidance: float, schedule: Schedule) -> GuidedNetwork:
+        pipe, options = call.pipe, call.options
         true_cfg = float(options["true_cfg_scale"])
         return GuidedHunyuanVideoTransformer(pipe.transformer, guidance, true_cfg)
 
     def encode(
         self,
-        pipe: Any,
+        call: Call,
         prompts: list[str],
         negative: list[str] | None,
         guided: bool,
-        size: tuple[int, int],
-        options: dict[str, Any],
     ) -> dict[str, Tensor]:
+        pipe, options = call.pipe, call.options
+
         def one(texts: list[str]) -> dict[str, Tensor]:
             embeds, pooled, mask = pipe.encode_prompt(
                 prompt=texts,
@@ -1249,23 +1252,20 @@ class CogVideoX(_Video):
         patch = pipe.transformer.config.patch_size_t
         return 0 if patch is None or frames % patch == 0 else patch - frames % patch
 
-    def latent_shape(
-        self, pipe: Any, height: int, width: int, options: dict[str, Any]
-    ) -> tuple[int, ...]:
-        channels, frames, h, w = super().latent_shape(pipe, height, width, options)
+    def latent_shape(self, call: Call) -> tuple[int, ...]:
+        pipe, options = call.pipe, call.options
+        channels, frames, h, w = super().latent_shape(call)
         return (frames + self._padding(pipe, options), channels, h, w)
 
     def initial_latents(
         self,
-        pipe: Any,
+        call: Call,
         batch: int,
-        size: tuple[int, int],
         dtype: torch.dtype,
         generator: Any,
         latents: Tensor | None,
-        steps: int,
-        options: dict[str, Any],
     ) -> Tensor:
+        pipe, size, options = call.pipe, call.size, call.options
         channels = int(pipe.transformer.config.in_channels)
         frames = (
             options["num_frames"] + self._padding(pipe, options) * pipe.vae_scale_factor_temporal
@@ -1275,27 +1275,24 @@ class CogVideoX(_Video):
             batch, channels, frames, height, width, dtype, pipe.device, generator, latents
         )
 
-    def vae_input(
-        self, pipe: Any, latents: Tensor, size: tuple[int, int], options: dict[str, Any]
-    ) -> Tensor:
+    def vae_input(self, call: Call, latents: Tensor) -> Tensor:
+        pipe, options = call.pipe, call.options
         latents = latents[:, self._padding(pipe, options) :]  # the frames the pipeline added
         return latents.permute(0, 2, 1, 3, 4) / pipe.vae_scaling_factor_image
 
-    def network(
-        self, pipe: Any, guidance: float, options: dict[str, Any], schedule: Schedule
-    ) -> GuidedNetwork:
+    def network(self, call: Call, guidance: float, schedule: Schedule) -> GuidedNetwork:
+        pipe, options = call.pipe, call.options
         dynamic = bool(options["use_dynamic_cfg"])
         return GuidedCogVideoXTransformer(pipe.transformer, guidance, dynamic, schedule.num_steps)
 
     def encode(
         self,
-        pipe: Any,
+        call: Call,
         prompts: list[str],
         negative: list[str] | None,
         guided: bool,
-        size: tuple[int, int],
-        options: dict[str, Any],
     ) -> dict[str, Tensor]:
+        pipe, size, options = call.pipe, call.size, call.options
         embeds, negative_embeds = pipe.encode_prompt(
             prompts,
             negative,
@@ -1307,7 +1304,7 @@ class CogVideoX(_Video):
         if guided:
             cond["negative_prompt_embeds"] = negative_embeds
         if pipe.transformer.config.use_rotary_positional_embeddings:
-            frames = self.latent_shape(pipe, *size, options)[0]
+            frames = self.latent_shape(call)[0]
             cos, sin = pipe._prepare_rotary_positional_embeddings(*size, frames, pipe.device)
             b = len(prompts)
             cond["rotary_cos"], cond["rotary_sin"] = (r.expand(b, *r.shape) for r in (cos, sin))
@@ -1337,15 +1334,13 @@ class FluxImg2Img(Flux):
 
     def initial_latents(
         self,
-        pipe: Any,
+        call: Call,
         batch: int,
-        size: tuple[int, int],
         dtype: torch.dtype,
         generator: Any,
         latents: Tensor | None,
-        steps: int,
-        options: dict[str, Any],
     ) -> Tensor:
+        pipe, size, steps, options = call.pipe, call.size, call.steps, call.options
         height, width = size
         image = pipe.image_processor.preprocess(options["image"], height=height, width=width)
         timesteps, _ = pipe.get_timesteps(steps, options["strength"], pipe.device)

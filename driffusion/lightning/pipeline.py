@@ -383,12 +383,9 @@ class ParallelPipeline:
     ) -> Tensor:
         """The pipeline's own initial latents: ``prepare_latents`` after ``set_timesteps``
         (Euler-family schedulers scale the noise by their first sigma)."""
-        pipe = self.pipe
-        size = (adapter.height, adapter.width)
-        steps, options = adapter.steps, adapter.options
-        with _scheduler_copy(pipe, steps, **adapter.timestep_options):
+        with _scheduler_copy(self.pipe, adapter.steps, **adapter.timestep_options):
             return adapter.family.initial_latents(
-                pipe, batch, size, adapter.network_dtype, generator, latents, steps, options
+                adapter.call, batch, adapter.network_dtype, generator, latents
             )
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from driffusion.adapters.families import pipeline_family
+from driffusion.adapters.families import Call, pipeline_family
 from driffusion.adapters.tiny import build_tiny_pipeline
 from driffusion.core import Aggressive, UsageError
 from driffusion.lightning.pipeline import parallelize
@@ -59,7 +59,9 @@ def compute(pipe: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 
 def latent_shape(pipe: Any, batch: int = 2, size: int = 32) -> tuple[int, ...]:
     """``(batch, *state)``: ``(C, h, w)``, FLUX's packed ``(tokens, 4C)``."""
-    return (batch, *pipeline_family(pipe).latent_shape(pipe, size, size, {}))
+    family = pipeline_family(pipe)
+    call = Call(pipe, size, size, 6, dict(family.call_options))
+    return (batch, *family.latent_shape(call))
 
 
 def latents_of(change: Callable[[tuple[int, ...]], tuple[int, ...]]) -> Callable[[Any], Any]:

@@ -56,6 +56,13 @@ def wan_flow_euler() -> object:
     return pipe
 
 
+def wan_expand_timesteps() -> object:
+    """Wan 2.2 TI2V's set-up: the transformer takes one time per latent token."""
+    pipe = build_tiny_pipeline("wan")
+    pipe.register_to_config(expand_timesteps=True)
+    return pipe
+
+
 def sdxl_dpmpp_karras() -> object:
     pipe = build_tiny_pipeline("sdxl")
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(
@@ -84,6 +91,7 @@ PIPELINES = {
     "wan-unipc-flow": lambda: build_tiny_pipeline("wan"),
     "wan-flow-euler": wan_flow_euler,
     "wan22-experts": lambda: build_tiny_pipeline("wan22"),
+    "wan-expand-timesteps": wan_expand_timesteps,
     "hunyuan-video": lambda: build_tiny_pipeline("hunyuan_video"),
     "hunyuan-video-true-cfg": lambda: build_tiny_pipeline("hunyuan_video"),
     "cogvideox": lambda: build_tiny_pipeline("cogvideox"),
@@ -114,6 +122,7 @@ EXTRA = {  # a family's own keywords of the call, honoured as the pipeline honou
     "wan-unipc-flow": {**tiny_inputs("wan"), "negative_prompt": "blurry"},
     "wan-flow-euler": tiny_inputs("wan"),
     "wan22-experts": {**tiny_inputs("wan22"), "guidance_scale_2": 1.5},
+    "wan-expand-timesteps": tiny_inputs("wan"),
     "hunyuan-video": {**tiny_inputs("hunyuan_video"), "max_sequence_length": 16},
     "hunyuan-video-true-cfg": {
         **tiny_inputs("hunyuan_video"),
@@ -133,7 +142,11 @@ EXTRA = {  # a family's own keywords of the call, honoured as the pipeline honou
         "num_inference_steps": 10,
     },
 }
-UNIPC = {"wan-unipc-flow", "wan22-experts"}  # CHORDS refuses UniPC's corrector, by name
+UNIPC = {
+    "wan-unipc-flow",
+    "wan22-experts",
+    "wan-expand-timesteps",
+}  # CHORDS refuses UniPC's corrector, by name
 CASE: dict[int, str] = {}  # id(pipe) -> its PIPELINES name
 
 

@@ -468,6 +468,17 @@ class UniPC(Solver):
         if self.order not in (1, 2, 3):
             raise ValueError(f"UniPC order must be 1, 2 or 3, got {self.order!r}")
 
+    def init(self, x: Tensor, schedule: Schedule, noise: Tensor | None = None) -> SolverState:
+        """The state before the first step; order 3 refuses a grid that starts at ``alpha = 0``
+        (``sigma = 1`` on a flow grid, FLUX's first point): its third-order weights are solved
+        with ``lambda = -inf`` in the history and would turn the state to NaN."""
+        if self.order == 3 and schedule.alpha(0) == 0 and schedule.num_steps > 2:
+            raise ValueError(
+                "UniPC of order 3 cannot start at alpha = 0 (sigma = 1, lambda = -inf: FLUX's "
+                "first grid point); use order 2 or a grid that starts below sigma = 1"
+            )
+        return super().init(x, schedule, noise)
+
     def _this_order(self, schedule: Schedule, i: int, steps: int) -> int:
         order = min(self.order, schedule.num_steps - i) if self.lower_order_final else self.order
         return min(order, steps + 1)

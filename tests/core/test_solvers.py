@@ -145,3 +145,17 @@ def test_plms_grid_repeats_the_second_point() -> None:
     assert stages.alpha(1) == stages.alpha(2) == schedule.alpha(1)
     assert torch.equal(stages.alphas[2:], schedule.alphas[1:])
     assert PLMS().prepare(make_vp(1)).num_steps == 1
+
+
+def test_unipc_of_order_3_refuses_a_grid_starting_at_alpha_zero_before_any_step() -> None:
+    """FLUX's grid starts at sigma = 1: order 2 runs there (the infinite-lambda point drops out of
+    its weights), order 3 would overflow, so it is refused when the state is set up."""
+    from driffusion.core import Serial, UniPC
+    from driffusion.core.schedule import flow_schedule
+
+    model, x = oracle64("flow", flow=True), start64()
+    schedule = flow_schedule(torch.linspace(1.0, 0.0, 11))
+    assert schedule.alpha(0) == 0
+    assert bool(torch.isfinite(Serial(solver=UniPC(2))(model, x, schedule).x).all())
+    with pytest.raises(ValueError, match="order 3 cannot start at alpha = 0"):
+        Serial(solver=UniPC(3))(model, x, schedule)

@@ -270,6 +270,8 @@ PROBLEMS: dict[str, Callable[[bool], Problem]] = {
         "oracle-wan", wan_sigmas, "Wan's UniPC flow sigmas (shift 5)"
     ),
 }
+SHORT_GRID = 10
+"""Flow grids up to this many steps also run DRiffusion with 1 and 2 serial warm-up steps."""
 FLOW_OWN_SOLVER = {"oracle-flux": "ddim", "oracle-wan": "unipc"}
 """The solver each flow grid's pipeline steps with (FLUX: flow Euler, i.e. DDIM on a flow
 grid; Wan: UniPC), whose drafting rows join the sweep where it is not a parallel solver."""
@@ -313,6 +315,9 @@ def configurations(quick: bool, tol: float, problem: Problem | None = None) -> l
                     if flow and getattr(sampler, "rule", None) == "paper":
                         continue  # ParaDiGMS's paper rule measures against a VP posterior
                     out.append((repr(sampler), n))
+    if flow:  # DRiffusion with a serial warm-up on the short grids (the drafts' worst start)
+        for n in (n for n in steps if n <= SHORT_GRID):
+            out += [(repr(Aggressive(drafts=k, warmup=w)), n) for k in drafts for w in (1, 2)]
     own = FLOW_OWN_SOLVER.get(problem.name, "") if flow and problem is not None else ""
     if own and own not in solvers:  # the pipeline's own solver under the step-parallel samplers
         for n in steps:

@@ -219,7 +219,8 @@ def flow_frontier_section(results: dict[str, dict[str, Any]]) -> str:
         + "\n\n".join(verdicts)
         + "\n\n### ParaStep beside DRiffusion on FLUX's grid\n\n"
         "Over FLUX's own solver (flow Euler: `ddim` on a flow grid), at 2 and 4 devices "
-        "(`rows`); `rel_dev` is the distance to the serial sample on the same grid.\n\n" + table
+        "(`rows`), with DRiffusion's serial warm-up (`warmup`) on the 10-step grid; `rel_dev` "
+        "is the distance to the serial sample on the same grid.\n\n" + table
     )
 
 

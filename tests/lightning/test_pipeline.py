@@ -277,7 +277,10 @@ def test_the_guidance_branches_split_over_fabric_run_reproduce_the_pipeline(
     experts), SDXL img2img, SDXL ControlNet, FLUX img2img, SD3.5 with skip-layer guidance (three
     branches over two devices), HunyuanVideo with true CFG and CogVideoX; drafts give the same
     images with the branches split as together, and the split gathers raw branches (more bytes
-    per round). Guidance-distilled FLUX with 2 drafts over 2 processes is the 1-process run."""
+    per round) and the same as one process. Guidance-distilled FLUX with 2 drafts over 2
+    processes is the 1-process run."""
+    from tests.scripts.guidance_pipeline import run
+
     script = [str(SCRIPTS / "guidance_pipeline.py"), str(tmp_path / "out.pt")]
     result = run_script([*fabric_run(2), *script], timeout=300)
     assert result.returncode == 0, result.stdout[-4000:]
@@ -293,6 +296,9 @@ def test_the_guidance_branches_split_over_fabric_run_reproduce_the_pipeline(
             assert serial["stats"]["devices"] == 2
         drafts = [runs["aggressive", devices] for devices in (1, 2)]
         assert float(np.abs(drafts[0]["images"] - drafts[1]["images"]).max()) <= 2 / 255
+        alone = run(family, Aggressive(drafts=2))  # the same drafts in one process
+        assert alone["stats"]["devices"] == 1
+        assert float(np.abs(alone["images"] - drafts[0]["images"]).max()) <= 2 / 255
         kept = runs["serial", 1]["stats"]["rounds"]  # the steps (img2img: those kept)
         assert drafts[0]["stats"]["rounds"] == drafts[1]["stats"]["rounds"]
         assert drafts[0]["stats"]["rounds"] == 1 + math.ceil((kept - 1) / 2)

@@ -5,7 +5,8 @@ SD3.5 with skip-layer guidance (three branches), HunyuanVideo with true CFG and 
 `pipe()` itself
 and `parallelize(pipe, Serial(), guidance_devices=2)` with the same generator; and
 guidance-distilled FLUX (one branch: drafts are its only axis) with 2 drafts over the two
-processes; saved for tests/lightning/test_pipeline.py."""
+processes; saved for tests/lightning/test_pipeline.py, which runs the same drafts in one
+process (``run``) to compare."""
 
 import sys
 
@@ -33,31 +34,48 @@ EXTRA = {
     "cogvideox": {**tiny_inputs("cogvideox"), "num_inference_steps": 10},
 }
 
-results = {}
-for family, extra in EXTRA.items():
+
+def run(family: str, sampler: object, guidance_devices: int = 1) -> dict:
+    """One call of the tiny ``family`` through ``parallelize``: its images (or frames) as an
+    array and its stats (on the devices of the run: 1 in a plain process)."""
     pipe = build_tiny_pipeline(family)
-    field = pipeline_family(pipe).output  # images, or a video pipeline's frames
-    call = {**CALL, **extra}
-    reference = pipe(PROMPTS, generator=torch.Generator().manual_seed(3), output_type="np", **call)
-    outputs = {}
-    for name, sampler in (("serial", Serial()), ("aggressive", Aggressive(drafts=2))):
-        for devices in (1, 2):
-            ppipe = driffusion.parallelize(pipe, sampler, guidance_devices=devices, progress=False)
-            out = ppipe(
-                PROMPTS, generator=torch.Generator().manual_seed(3), output_type="np", **call
-            )
-            outputs[name, devices] = {"images": np.asarray(getattr(out, field)), "stats": out.stats}
-    results[family] = {"pipe": np.asarray(getattr(reference, field)), "parallel": outputs}
-    session = ppipe.session
-distilled = driffusion.parallelize(
-    build_tiny_pipeline("flux"), Aggressive(drafts=2), progress=False
-)
-out = distilled(
-    PROMPTS,
-    generator=torch.Generator().manual_seed(3),
-    output_type="latent",
-    **{**CALL, "max_sequence_length": 16},
-)
-results["flux-distilled"] = {"latents": out.images, "stats": out.stats}
-if session is None or session.is_leader:
-    torch.save(results, sys.argv[1])
+    ppipe = driffusion.parallelize(pipe, sampler, guidance_devices=guidance_devices, progress=False)
+    out = ppipe(
+        PROMPTS,
+        generator=torch.Generator().manual_seed(3),
+        output_type="np",
+        **{**CALL, **EXTRA[family]},
+    )
+    return {"images": np.asarray(getattr(out, pipeline_family(pipe).output)), "stats": out.stats}
+
+
+def main(path: str) -> None:
+    results = {}
+    for family, extra in EXTRA.items():
+        pipe = build_tiny_pipeline(family)
+        field = pipeline_family(pipe).output  # images, or a video pipeline's frames
+        generator = torch.Generator().manual_seed(3)
+        reference = pipe(PROMPTS, generator=generator, output_type="np", **{**CALL, **extra})
+        outputs = {
+            (name, devices): run(family, sampler, devices)
+            for name, sampler in (("serial", Serial()), ("aggressive", Aggressive(drafts=2)))
+            for devices in (1, 2)
+        }
+        results[family] = {"pipe": np.asarray(getattr(reference, field)), "parallel": outputs}
+    distilled = driffusion.parallelize(
+        build_tiny_pipeline("flux"), Aggressive(drafts=2), progress=False
+    )
+    out = distilled(
+        PROMPTS,
+        generator=torch.Generator().manual_seed(3),
+        output_type="latent",
+        **{**CALL, "max_sequence_length": 16},
+    )
+    results["flux-distilled"] = {"latents": out.images, "stats": out.stats}
+    session = distilled.session
+    if session is None or session.is_leader:
+        torch.save(results, path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -50,6 +51,34 @@ def grid_points(t: Tensor, times: Tensor) -> Tensor:
     if not bool(match.any(dim=1).all()):
         raise ValueError(f"a row's time {t.tolist()} is not a step of the pipeline's grid")
     return match.to(torch.long).argmax(dim=1).to(times.device)
+
+
+def per_row(values: Tensor, like: Tensor) -> Tensor:
+    """``values[M]`` (one per row) shaped to broadcast over ``like[M, ...]``, in its dtype and
+    device: a row's own scale, factor or keep."""
+    return values.to(like.device, like.dtype).view(-1, *[1] * (like.ndim - 1))
+
+
+def evaluate_groups(
+    groups: list[tuple[Tensor, Any]], evaluate: Callable[[Tensor, Any], Tensor]
+) -> Tensor:
+    """Rows split by boolean masks ``[M]`` (each row in one group), each group's rows
+    evaluated in one call ``evaluate(index, key)`` with the group's key (a Wan 2.2 expert,
+    skip-layer guidance's skipped layers), the outputs in row order; a group holding every row
+    is one call."""
+    rows = len(groups[0][0])
+    out: Tensor | None = None
+    for mask, key in groups:
+        index = mask.nonzero().flatten()
+        if not len(index):
+            continue
+        part = evaluate(index, key)
+        if len(index) == rows:
+            return part
+        out = part.new_empty((rows, *part.shape[1:])) if out is None else out
+        out[index] = part
+    assert out is not None, "no group holds a row"
+    return out
 
 
 class _ClassifierFreeGuidance(GuidedNetwork):
@@ -164,12 +193,9 @@ class GuidedControlNetUNet(GuidedUNet):
             return_dict=False,
         )
 
-        def scaled(sample: Tensor) -> Tensor:
-            return sample * factor.to(sample.dtype).view(-1, *[1] * (sample.ndim - 1))
-
         return {
-            "down_block_additional_residuals": [scaled(d) for d in down],
-            "mid_block_additional_residual": scaled(mid),
+            "down_block_additional_residuals": [d * per_row(factor, d) for d in down],
+            "mid_block_additional_residual": mid * per_row(factor, mid),
         }
 
 
@@ -212,14 +238,10 @@ class GuidedSD3Transformer(_ClassifierFreeGuidance):
         picked = torch.where(skipped, torch.ones_like(branch), branch)
         embeds = self._pick(picked, cond, "prompt_embeds", "negative_prompt_embeds")
         pooled = self._pick(picked, cond, "pooled", "negative_pooled")
-        if not bool(skipped.any()):
-            return self._call(x, t, embeds, pooled, None)
-        out = torch.empty_like(x, dtype=torch.float32)
-        for rows, layers in ((skipped, self.skip_layers), (~skipped, None)):
-            index = rows.nonzero().flatten()
-            if len(index):
-                out[index] = self._call(x[index], t[index], embeds[index], pooled[index], layers)
-        return out
+        return evaluate_groups(
+            [(skipped, self.skip_layers), (~skipped, None)],
+            lambda i, layers: self._call(x[i], t[i], embeds[i], pooled[i], layers),
+        )
 
     def _call(
         self, x: Tensor, t: Tensor, embeds: Tensor, pooled: Tensor, skip: list[int] | None
@@ -243,8 +265,8 @@ class GuidedSD3Transformer(_ClassifierFreeGuidance):
         points = grid_points(t, self.times).to(outputs.device)
         start, stop = self.window
         inside = (points > n * start) & (points < n * stop)  # the pipeline's should_skip_layers
-        factor = (inside.to(outputs.dtype) * self.skip_scale).view(-1, *[1] * (outputs.ndim - 2))
-        return guided + (outputs[1] - outputs[2]) * factor
+        difference = outputs[1] - outputs[2]
+        return guided + difference * per_row(inside.to(torch.float64) * self.skip_scale, difference)
 
 
 @dataclass(frozen=True)
@@ -356,9 +378,8 @@ class Family:
         """The pipeline's own initial latents (``prepare_latents``; call it with the pipeline's
         scheduler set to the call's grid: Euler-family schedulers scale the noise by their first
         sigma)."""
-        pipe, size = call.pipe, call.size
+        pipe, (height, width) = call.pipe, call.size
         channels = self.latent_shape(call)[0]
-        height, width = size
         return pipe.prepare_latents(
             batch, channels, height, width, dtype, pipe.device, generator, latents
         )
@@ -613,9 +634,8 @@ class StableDiffusionXLControlNet(StableDiffusionXL):
         negative: list[str] | None,
         guided: bool,
     ) -> dict[str, Tensor]:
-        pipe, size, options = call.pipe, call.size, call.options
+        pipe, (height, width), options = call.pipe, call.size, call.options
         cond = super().encode(call, prompts, negative, guided)
-        height, width = size
         image = pipe.prepare_image(
             image=options["image"],
             width=width,
@@ -831,23 +851,21 @@ class Flux(Family):
         generator: Any,
         latents: Tensor | None,
     ) -> Tensor:
-        pipe, size = call.pipe, call.size
+        pipe, (height, width) = call.pipe, call.size
         channels = int(pipe.transformer.config.in_channels) // 4
-        height, width = size
         packed, _ = pipe.prepare_latents(
             batch, channels, height, width, dtype, pipe.device, generator, latents
         )
         return packed
 
     def vae_latents(self, call: Call, latents: Tensor) -> Tensor:
-        pipe, size = call.pipe, call.size
-        return pipe._unpack_latents(latents, *size, pipe.vae_scale_factor)
+        pipe = call.pipe
+        return pipe._unpack_latents(latents, *call.size, pipe.vae_scale_factor)
 
     def effective_options(
         self, pipe: Any, options: dict[str, Any], negative: bool
     ) -> dict[str, Any]:
-        # true CFG needs a negative prompt (the pipeline's do_true_cfg)
-        return options if negative else {**options, "true_cfg_scale": 1.0}
+        return _true_cfg_applied(options, negative)
 
     def network(self, call: Call, guidance: float, schedule: Schedule) -> GuidedNetwork:
         pipe, options = call.pipe, call.options
@@ -932,21 +950,13 @@ class GuidedWanTransformer(_ClassifierFreeGuidance):
     def evaluate_branches(self, x: Tensor, t: Tensor, branch: Tensor, **cond: Tensor) -> Tensor:
         embeds = self._pick(branch, cond, "prompt_embeds", "negative_prompt_embeds")
         high = self._high_noise(t)
-        out: Tensor | None = None
-        for expert, rows in ((self.transformer, high), (self.transformer_2, ~high)):
-            index = rows.nonzero().flatten()
-            if not len(index):
-                continue
-            assert expert is not None, "a row below the boundary needs transformer_2"
-            part = self._call(expert, x[index], t[index], embeds[index])
-            if len(index) == len(t):
-                return part
-            out = part.new_empty((len(t), *part.shape[1:])) if out is None else out
-            out[index] = part
-        assert out is not None
-        return out
+        return evaluate_groups(
+            [(high, self.transformer), (~high, self.transformer_2)],
+            lambda i, expert: self._call(expert, x[i], t[i], embeds[i]),
+        )
 
-    def _call(self, expert: nn.Module, x: Tensor, t: Tensor, embeds: Tensor) -> Tensor:
+    def _call(self, expert: nn.Module | None, x: Tensor, t: Tensor, embeds: Tensor) -> Tensor:
+        assert expert is not None, "a row below the boundary needs transformer_2"
         dtype = weight_dtype(expert)
         timestep = t
         if self.expand_timesteps:  # one time per token of the (1, 2, 2)-patched latents
@@ -962,11 +972,8 @@ class GuidedWanTransformer(_ClassifierFreeGuidance):
     def combine(self, outputs: Tensor, t: Tensor) -> Tensor:
         if self.branches == 1:
             return outputs[0]
-        high = self._high_noise(t).to(outputs.device)
-        scale = torch.where(high, self.guidance, self.guidance_2).to(outputs.dtype)
-        return classifier_free_guidance(
-            outputs[0], outputs[1], scale.view(-1, *[1] * (outputs.ndim - 2))
-        )
+        scale = torch.where(self._high_noise(t), self.guidance, self.guidance_2)
+        return classifier_free_guidance(outputs[0], outputs[1], per_row(scale, outputs[0]))
 
 
 class _Video(Family):
@@ -1018,10 +1025,9 @@ class _Video(Family):
         generator: Any,
         latents: Tensor | None,
     ) -> Tensor:
-        pipe, size, options = call.pipe, call.size, call.options
+        pipe, (height, width) = call.pipe, call.size
         channels = self.latent_shape(call)[0]
-        height, width = size
-        frames = options["num_frames"]
+        frames = call.options["num_frames"]
         return pipe.prepare_latents(  # float32, as the pipeline draws them
             batch, channels, height, width, frames, torch.float32, pipe.device, generator, latents
         )
@@ -1060,8 +1066,7 @@ class Wan(_Video):
         return super().effective_options(pipe, options, negative)
 
     def vae_input(self, call: Call, latents: Tensor) -> Tensor:
-        pipe = call.pipe
-        config = pipe.vae.config
+        config = call.pipe.vae.config
         shape = (1, config.z_dim, 1, 1, 1)
         mean = torch.tensor(config.latents_mean).view(shape).to(latents)
         std = torch.tensor(config.latents_std).view(shape).to(latents)
@@ -1087,18 +1092,7 @@ class Wan(_Video):
         negative: list[str] | None,
         guided: bool,
     ) -> dict[str, Tensor]:
-        pipe, options = call.pipe, call.options
-        embeds, negative_embeds = pipe.encode_prompt(
-            prompts,
-            negative,
-            do_classifier_free_guidance=guided,
-            max_sequence_length=options["max_sequence_length"],
-            device=pipe.device,
-        )
-        cond = {"prompt_embeds": embeds}
-        if guided:
-            cond["negative_prompt_embeds"] = negative_embeds
-        return cond
+        return _negative_branch_encode(call, prompts, negative, guided)
 
 
 class Wan22(Wan):
@@ -1132,17 +1126,14 @@ class HunyuanVideo(_Video):
     }
 
     def timestep_options(self, call: Call) -> dict[str, Any]:
-        steps = call.steps
         import numpy as np
 
-        return {"sigmas": np.linspace(1.0, 0.0, steps + 1)[:-1]}
+        return {"sigmas": np.linspace(1.0, 0.0, call.steps + 1)[:-1]}
 
     def effective_options(
         self, pipe: Any, options: dict[str, Any], negative: bool
     ) -> dict[str, Any]:
-        options = super().effective_options(pipe, options, negative)
-        # true CFG needs a negative prompt (the pipeline's do_true_cfg)
-        return options if negative else {**options, "true_cfg_scale": 1.0}
+        return _true_cfg_applied(super().effective_options(pipe, options, negative), negative)
 
     def network(self, call: Call, guidance: float, schedule: Schedule) -> GuidedNetwork:
         pipe, options = call.pipe, call.options
@@ -1206,8 +1197,7 @@ class GuidedCogVideoXTransformer(_ClassifierFreeGuidance):
         n = self.steps
         phase = ((n - t.to(torch.float64)) / n) ** 5.0
         scale = 1 + self.guidance * (1 - torch.cos(math.pi * phase)) / 2
-        view = scale.to(outputs.device, outputs.dtype).view(-1, *[1] * (outputs.ndim - 2))
-        return classifier_free_guidance(outputs[0], outputs[1], view)
+        return classifier_free_guidance(outputs[0], outputs[1], per_row(scale, outputs[0]))
 
 
 class CogVideoX(_Video):
@@ -1265,12 +1255,11 @@ class CogVideoX(_Video):
         generator: Any,
         latents: Tensor | None,
     ) -> Tensor:
-        pipe, size, options = call.pipe, call.size, call.options
+        pipe, (height, width), options = call.pipe, call.size, call.options
         channels = int(pipe.transformer.config.in_channels)
         frames = (
             options["num_frames"] + self._padding(pipe, options) * pipe.vae_scale_factor_temporal
         )
-        height, width = size
         return pipe.prepare_latents(
             batch, channels, frames, height, width, dtype, pipe.device, generator, latents
         )
@@ -1292,20 +1281,11 @@ class CogVideoX(_Video):
         negative: list[str] | None,
         guided: bool,
     ) -> dict[str, Tensor]:
-        pipe, size, options = call.pipe, call.size, call.options
-        embeds, negative_embeds = pipe.encode_prompt(
-            prompts,
-            negative,
-            guided,
-            max_sequence_length=options["max_sequence_length"],
-            device=pipe.device,
-        )
-        cond = {"prompt_embeds": embeds}
-        if guided:
-            cond["negative_prompt_embeds"] = negative_embeds
+        pipe = call.pipe
+        cond = _negative_branch_encode(call, prompts, negative, guided)
         if pipe.transformer.config.use_rotary_positional_embeddings:
             frames = self.latent_shape(call)[0]
-            cos, sin = pipe._prepare_rotary_positional_embeddings(*size, frames, pipe.device)
+            cos, sin = pipe._prepare_rotary_positional_embeddings(*call.size, frames, pipe.device)
             b = len(prompts)
             cond["rotary_cos"], cond["rotary_sin"] = (r.expand(b, *r.shape) for r in (cos, sin))
         return cond
@@ -1340,10 +1320,9 @@ class FluxImg2Img(Flux):
         generator: Any,
         latents: Tensor | None,
     ) -> Tensor:
-        pipe, size, steps, options = call.pipe, call.size, call.steps, call.options
-        height, width = size
+        pipe, (height, width), options = call.pipe, call.size, call.options
         image = pipe.image_processor.preprocess(options["image"], height=height, width=width)
-        timesteps, _ = pipe.get_timesteps(steps, options["strength"], pipe.device)
+        timesteps, _ = pipe.get_timesteps(call.steps, options["strength"], pipe.device)
         channels = int(pipe.transformer.config.in_channels) // 4
         packed, _ = pipe.prepare_latents(
             image.to(torch.float32),
@@ -1357,6 +1336,32 @@ class FluxImg2Img(Flux):
             generator,
         )
         return packed
+
+
+def _true_cfg_applied(options: dict[str, Any], negative: bool) -> dict[str, Any]:
+    """A guidance-distilled call's options as its pipeline applies them: true CFG only with a
+    negative prompt (the pipelines' ``do_true_cfg``)."""
+    return options if negative else {**options, "true_cfg_scale": 1.0}
+
+
+def _negative_branch_encode(
+    call: Call, prompts: list[str], negative: list[str] | None, guided: bool
+) -> dict[str, Tensor]:
+    """``prompt_embeds`` (and ``negative_prompt_embeds`` when ``guided``) from a T5-style
+    pipeline's ``encode_prompt(prompt, negative_prompt, do_classifier_free_guidance, ...,
+    max_sequence_length, device)`` (Wan, CogVideoX)."""
+    pipe = call.pipe
+    embeds, negative_embeds = pipe.encode_prompt(
+        prompts,
+        negative,
+        guided,
+        max_sequence_length=call.options["max_sequence_length"],
+        device=pipe.device,
+    )
+    cond = {"prompt_embeds": embeds}
+    if guided:
+        cond["negative_prompt_embeds"] = negative_embeds
+    return cond
 
 
 def _image_and_strength(options: dict[str, Any]) -> float:

@@ -230,17 +230,19 @@ def write_finished_video(
     fps: int,
     metadata: Mapping[str, object],
     record: Mapping[str, Any],
-) -> None:
+) -> dict[str, Any]:
     """Write one finished video ``frames[F, 3, H, W]`` in ``[0, 1]`` of a resumable folder: its
     record ``<stem>.json`` (naming the video), the MP4 with ``metadata``, then the contact
     sheet ``png`` of its frames (with ``metadata`` as text chunks) last, each atomically: a
-    contact sheet on disk always has its video and record."""
+    contact sheet on disk always has its video and record. Returns the record as written."""
     from driffusion.io.video import contact_sheet, save_mp4
 
     video = png.with_suffix(".mp4")
-    write_json(png.with_suffix(".json"), {**record, "video": video.name})
+    written = {**record, "video": video.name}
+    write_json(png.with_suffix(".json"), written)
     save_mp4(video, frames, fps, metadata)
     save_png(png, contact_sheet(frames), metadata)
+    return written
 
 
 def finished_record(png: Path) -> dict[str, Any] | None:

@@ -574,8 +574,7 @@ def write_image(
     png = args.out / f"{item['id']}.png"
     if image.ndim == 4:
         meta["fps"] = args.fps
-        row = {**row, "fps": args.fps, "video": png.with_suffix(".mp4").name}
-        write_finished_video(png, image, args.fps, meta, row)
+        row = write_finished_video(png, image, args.fps, meta, {**row, "fps": args.fps})
     else:
         write_finished_image(png, image * 2 - 1, meta, row)
     return row

@@ -90,29 +90,19 @@ def mp4_metadata(path: str | Path) -> dict[str, Any] | None:
 
 
 def mp4_frames(path: str | Path) -> Tensor:
-    """An MP4's frames as ``[F, 3, H, W]`` in ``[0, 1]``."""
-    import numpy as np
-
-    probe = subprocess.run(
-        [_ffmpeg(), "-v", "error", "-i", str(path), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"],
-        capture_output=True,
-        check=True,
-    )
-    size = _video_size(path)
-    frames = np.frombuffer(probe.stdout, dtype=np.uint8).reshape(-1, size[1], size[0], 3)
-    return torch.from_numpy(frames.copy()).permute(0, 3, 1, 2).float() / 255
-
-
-def _video_size(path: str | Path) -> tuple[int, int]:
-    """``(width, height)`` of an MP4's video stream."""
+    """An MP4's frames as ``[F, 3, H, W]`` in ``[0, 1]`` (one FFmpeg decode: its first item is
+    the stream's metadata, then one RGB frame each)."""
     import imageio_ffmpeg
+    import numpy as np
 
     reader = imageio_ffmpeg.read_frames(str(path))
     try:
-        meta = next(reader)
+        width, height = next(reader)["size"]
+        frames = [np.frombuffer(frame, dtype=np.uint8) for frame in reader]
     finally:
         reader.close()
-    return tuple(meta["size"])
+    pixels = np.stack(frames).reshape(-1, height, width, 3)
+    return torch.from_numpy(pixels.copy()).permute(0, 3, 1, 2).float() / 255
 
 
 def contact_sheet(frames: Tensor, columns: int = 8, scale: int = 1) -> Any:

@@ -303,8 +303,7 @@ def configurations(quick: bool, tol: float, problem: Problem | None = None) -> l
     fitted to a budget; flow: drafting over the pipeline's own solver)."""
     parallel_steps = PARALLEL_STEPS if problem is None else problem.parallel_steps
     solvers = PARALLEL_SOLVERS if problem is None else problem.parallel_solvers
-    steps = parallel_steps[:2] if quick and problem is not None else parallel_steps
-    steps = (25, 50) if quick and problem is None else steps
+    steps = parallel_steps[:2] if quick else parallel_steps  # quick VP: 25 and 50
     drafts = (2, 4) if quick else DRAFTS
     flow = isinstance(problem, FlowProblem)
     out: list[Task] = []

@@ -241,3 +241,78 @@ def run_script(
     if timed_out:
         pytest.fail(f"{cmd} did not finish in {timeout}s:\n{out[-4000:]}")
     return subprocess.CompletedProcess(cmd, proc.returncode, out, None)
+
+
+# -- the server -----------------------------------------------------------------------------------
+
+
+def http(
+    method: str, url: str, body: bytes | dict | None = None, timeout: float = 60
+) -> tuple[int, Any]:
+    """``(status, parsed JSON or text)`` of one request; an HTTP error status is returned, not
+    raised."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(url, data=data, method=method)
+    request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, text = response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        status, text = error.code, error.read().decode()
+    try:
+        return status, json.loads(text)
+    except ValueError:
+        return status, text
+
+
+@contextlib.contextmanager
+def in_process_server(out: Path, *flags: str) -> Iterator[tuple[Any, Any]]:
+    """``recipes/serve.py --port 0 --out out *flags`` on one device in a thread of this process
+    (no process is started): yields ``(scheduler, http)`` once it is ready; drained on exit."""
+    import threading
+
+    from driffusion.lightning import Session
+    from driffusion.serve.server import parse_args, serve
+
+    args = parse_args(["--accelerator", "cpu", "--port", "0", "--out", str(out), *flags])
+    started: list[Any] = []
+    errors: list[BaseException] = []
+    ready = threading.Event()
+
+    def run() -> None:
+        try:
+            with Session.from_args(args) as session:
+                serve(args, session, ready=lambda *pair: (started.extend(pair), ready.set()))
+        except BaseException as error:  # shown by the fixture
+            errors.append(error)
+            ready.set()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    ready.wait(120)
+    if errors or not started:
+        raise RuntimeError(f"the in-process server did not start: {errors}")
+    scheduler, server = started
+    try:
+        yield scheduler, server
+    finally:
+        scheduler.drain()
+        thread.join(60)
+        assert not thread.is_alive(), "the drained server did not stop"
+        assert not errors, errors
+
+
+def decode_png(b64: str) -> tuple[torch.Tensor, dict[str, str]]:
+    """A served image: its pixels (uint8) and PNG text chunks."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(base64.b64decode(b64)))
+    return torch.from_numpy(np.array(image)), dict(image.text)

@@ -3,7 +3,7 @@ markdown tables, strict JSON reports, run folders that resume (lock, manifest, f
 images and videos with their records), MP4s with their settings and contact sheets
 ([`driffusion.io.video`][driffusion.io.video])."""
 
-from driffusion.io.images import atomic_write, labelled_grid, save_png, to_pil
+from driffusion.io.images import atomic_write, labelled_grid, png_bytes, save_png, to_pil
 from driffusion.io.runs import (
     OutputFolderError,
     RunFolder,
@@ -22,6 +22,7 @@ __all__ = [
     "format_cell",
     "labelled_grid",
     "markdown_table",
+    "png_bytes",
     "readable_png",
     "save_png",
     "strict",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
@@ -41,13 +42,22 @@ def to_pil(image: Tensor) -> Image.Image:
     return Image.fromarray(array.permute(1, 2, 0).numpy(), mode="RGB")
 
 
-def save_png(path: str | Path, image: Tensor | Image.Image, metadata: Mapping[str, object]) -> None:
-    """Save atomically with every ``metadata`` item as a PNG text chunk."""
+def png_bytes(image: Tensor | Image.Image, metadata: Mapping[str, object]) -> bytes:
+    """The PNG of ``image`` (a PIL image, or ``[C, H, W]`` in ``[-1, 1]``) with every
+    ``metadata`` item as a text chunk."""
     pil = image if isinstance(image, Image.Image) else to_pil(image)
     info = PngImagePlugin.PngInfo()
     for key, value in metadata.items():
         info.add_text(str(key), str(value))
-    atomic_write(Path(path), lambda tmp: pil.save(tmp, format="PNG", pnginfo=info))
+    buffer = io.BytesIO()
+    pil.save(buffer, format="PNG", pnginfo=info)
+    return buffer.getvalue()
+
+
+def save_png(path: str | Path, image: Tensor | Image.Image, metadata: Mapping[str, object]) -> None:
+    """Save atomically with every ``metadata`` item as a PNG text chunk."""
+    data = png_bytes(image, metadata)
+    atomic_write(Path(path), lambda tmp: tmp.write_bytes(data))
 
 
 def labelled_grid(

@@ -316,3 +316,61 @@ def decode_png(b64: str) -> tuple[torch.Tensor, dict[str, str]]:
 
     image = Image.open(io.BytesIO(base64.b64decode(b64)))
     return torch.from_numpy(np.array(image)), dict(image.text)
+
+
+class ServerProcesses:
+    """``fabric run --devices D recipes/serve.py --port 0 --out <cwd>/out *flags``, started in a
+    new session in ``cwd``; ``url`` and ``info`` (``server.json``) once ``/health`` says ready.
+    Leaving the ``with`` kills whatever is left of the group."""
+
+    def __init__(self, cwd: Path, *flags: str, devices: int = 2, ready_s: float = 180) -> None:
+        import json
+
+        self.out = cwd / "out"
+        self.log = open(cwd.parent / f"{cwd.name}.log", "w+")  # noqa: SIM115 - closed in stop
+        cmd = [*fabric_run(devices), str(ROOT / "recipes" / "serve.py"), "--port", "0"]
+        self.proc = subprocess.Popen(
+            [*cmd, "--out", str(self.out), *flags],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
+            start_new_session=True,
+            cwd=cwd,
+        )
+        deadline = time.monotonic() + ready_s
+        while True:
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(f"the server did not become ready:\n{self.output()[-4000:]}")
+            server_json = self.out / "server.json"
+            if server_json.is_file():
+                self.info = json.loads(server_json.read_text())
+                self.url = self.info["url"]
+                with contextlib.suppress(OSError):
+                    if http("GET", f"{self.url}/health", timeout=5)[0] == 200:
+                        break
+            time.sleep(0.2)
+
+    def output(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def wait(self, timeout: float) -> int | None:
+        """The launcher's exit status, or ``None`` if it is still running after ``timeout``."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+    def __enter__(self) -> ServerProcesses:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+        self.log.close()

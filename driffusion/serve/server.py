@@ -55,7 +55,14 @@ DIGITS_SOLVER = "dpmpp_2m"  # recipes/digits.py's default: a served digit equals
 
 
 class ServerFailed(RuntimeError):
-    """The server cannot go on (a rank died or hung, a link broke): exit 1 with the reason."""
+    """The server cannot go on (a rank died or hung, a link broke): exit 1 with the reason.
+
+    The reason is printed when the error is made: a launcher that saw a rank die may end this
+    process before it unwinds."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        print(f"error: the server stopped: {message}", file=sys.stderr, flush=True)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -104,8 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with Session.from_args(args) as session:
             serve(args, session)
-    except ServerFailed as error:
-        print(f"error: the server stopped: {error}", file=sys.stderr)
+    except ServerFailed:  # its reason is printed already
         return 1
     return 0
 

@@ -2,6 +2,8 @@
 #   make demo       - create .venv if missing, install, run the main job
 #   make test       - same set-up, then lint, type check, docs build and the whole test suite (CI)
 #   make test-fast  - same set-up, then lint and every test that starts no process
+#   make serve      - same set-up, then the latency server on the embedded digits model
+#                     (one device, http://127.0.0.1:8000/; PORT=..., DEVICES=2 for a draft group)
 #                     (pytest -m "not processes"; tiers: tests/README.md)
 # Override the torch pin for another machine: make test TORCH="torch==X torchvision==Y"
 
@@ -12,7 +14,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.driffusion-installed
 OUT ?= outputs
 
-.PHONY: install demo test test-fast lint typecheck docs pytest pytest-fast clean
+.PHONY: install demo serve test test-fast lint typecheck docs pytest pytest-fast clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +29,17 @@ demo: $(STAMP)
 	$(VENV)/bin/fabric run --accelerator cpu --devices 2 --strategy ddp \
 	  --main-port $$($(PY) -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])") \
 	  recipes/digits.py --out $(OUT)/digits
+
+PORT ?= 8000
+DEVICES ?= 1
+serve: $(STAMP)
+	if [ "$(DEVICES)" = 1 ]; then \
+	  $(PY) recipes/serve.py --accelerator cpu --port $(PORT) --out $(OUT)/serve; \
+	else \
+	  $(VENV)/bin/fabric run --accelerator cpu --devices $(DEVICES) --strategy ddp \
+	    --main-port $$($(PY) -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])") \
+	    recipes/serve.py --port $(PORT) --out $(OUT)/serve; \
+	fi
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check driffusion tests benchmarks recipes docs/hooks docs/examples

@@ -224,6 +224,39 @@ def flow_frontier_section(results: dict[str, dict[str, Any]]) -> str:
     )
 
 
+def serve_section(result: dict[str, Any]) -> str:
+    """The load table, one-group and replica rows side by side, and what it says."""
+    rows = result["rows"]
+    columns = ["layout", "concurrency", "requests", "errors", "exact", "throughput_rps"]
+    columns += ["p50_s", "p95_s", "rounds", "sampler"]
+    layouts = list(dict.fromkeys(row["layout"] for row in rows))
+    lowest = min(row["concurrency"] for row in rows)
+    highest = max(row["concurrency"] for row in rows)
+
+    def at(layout: str, concurrency: int) -> dict[str, Any]:
+        return next(r for r in rows if r["layout"] == layout and r["concurrency"] == concurrency)
+
+    lines = []
+    if len(layouts) == 2:
+        group, replicas = layouts
+        first, second = at(group, lowest), at(replicas, lowest)
+        busy, busier = at(group, highest), at(replicas, highest)
+        lines.append(
+            f"At concurrency {lowest}, {group} answers in {format_cell(first['p50_s'])} s "
+            f"(p50, {format_cell(first['rounds'])} rounds) against "
+            f"{format_cell(second['p50_s'])} s for {replicas} "
+            f"({format_cell(second['rounds'])} rounds); at concurrency {highest}, {replicas} "
+            f"serve {format_cell(busier['throughput_rps'])} requests/s against "
+            f"{format_cell(busy['throughput_rps'])}."
+        )
+    answered = sum(r["exact"] for r in rows)
+    asked = sum(r["requests"] for r in rows)
+    lines.append(
+        f"{answered} of {asked} requests were answered once with the image their seed determines."
+    )
+    return " ".join(lines) + "\n\n" + markdown_table(rows, columns)
+
+
 SOURCES = (
     Source(
         "rounds.json",
@@ -273,6 +306,16 @@ SOURCES = (
         "plus DRiffusion and ParaStep over Wan's UniPC. Two worker processes of one thread "
         "each.\n\n![The frontier on flow grids](img/frontier_flow.png)",
         flow_frontier_section,
+    ),
+    Source(
+        "serve_load.json",
+        "The server under load",
+        "python benchmarks/serve_load.py --json docs/results/serve_load.json",
+        "The digits model served on 2 CPU processes of one thread each, as one draft group of 2 "
+        "(every request 2 drafts a round) and as 2 replicas (one draft each), 60 requests per "
+        "row from 1, 2 and 4 clients on loopback, 20 steps; latency from send to answer. See "
+        "[Serving](serve.md).",
+        serve_section,
     ),
 )
 

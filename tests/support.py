@@ -13,7 +13,6 @@ import multiprocessing.process
 import multiprocessing.util
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from driffusion.core import (
     vp_schedule,
     vp_timesteps,
 )
+from driffusion.serve.client import free_port  # `fabric run` binds 29400 unless told
 from driffusion.testing import FlowNoiseLevels, GaussianMixtureDenoiser, VPNoiseLevels
 
 # what Lightning and the launchers read or write: a test must leave them as it found them (the
@@ -182,14 +182,6 @@ def processes_refused(nodeid: str, attempts: list[str]) -> Iterator[None]:
             setattr(owner, name, original)
 
 
-def free_port() -> int:
-    """A port nobody listens on now: `fabric run` binds 29400 unless told otherwise, so two
-    runs on one machine (a test and the main job) would collide."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def fabric_run(devices: int = 2) -> list[str]:
     """``fabric run`` on ``devices`` CPU processes (ddp) with a free rendezvous port."""
     cmd = [str(FABRIC), "run", "--accelerator", "cpu", "--devices", str(devices)]
@@ -246,29 +238,6 @@ def run_script(
 # -- the server -----------------------------------------------------------------------------------
 
 
-def http(
-    method: str, url: str, body: bytes | dict | None = None, timeout: float = 60
-) -> tuple[int, Any]:
-    """``(status, parsed JSON or text)`` of one request; an HTTP error status is returned, not
-    raised."""
-    import json
-    import urllib.error
-    import urllib.request
-
-    data = json.dumps(body).encode() if isinstance(body, dict) else body
-    request = urllib.request.Request(url, data=data, method=method)
-    request.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, text = response.status, response.read().decode()
-    except urllib.error.HTTPError as error:
-        status, text = error.code, error.read().decode()
-    try:
-        return status, json.loads(text)
-    except ValueError:
-        return status, text
-
-
 @contextlib.contextmanager
 def in_process_server(out: Path, *flags: str) -> Iterator[tuple[Any, Any]]:
     """``recipes/serve.py --port 0 --out out *flags`` on one device in a thread of this process
@@ -316,61 +285,3 @@ def decode_png(b64: str) -> tuple[torch.Tensor, dict[str, str]]:
 
     image = Image.open(io.BytesIO(base64.b64decode(b64)))
     return torch.from_numpy(np.array(image)), dict(image.text)
-
-
-class ServerProcesses:
-    """``fabric run --devices D recipes/serve.py --port 0 --out <cwd>/out *flags``, started in a
-    new session in ``cwd``; ``url`` and ``info`` (``server.json``) once ``/health`` says ready.
-    Leaving the ``with`` kills whatever is left of the group."""
-
-    def __init__(self, cwd: Path, *flags: str, devices: int = 2, ready_s: float = 180) -> None:
-        import json
-
-        self.out = cwd / "out"
-        self.log = open(cwd.parent / f"{cwd.name}.log", "w+")  # noqa: SIM115 - closed in stop
-        cmd = [*fabric_run(devices), str(ROOT / "recipes" / "serve.py"), "--port", "0"]
-        self.proc = subprocess.Popen(
-            [*cmd, "--out", str(self.out), *flags],
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"},
-            start_new_session=True,
-            cwd=cwd,
-        )
-        deadline = time.monotonic() + ready_s
-        while True:
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.kill()
-                pytest.fail(f"the server did not become ready:\n{self.output()[-4000:]}")
-            server_json = self.out / "server.json"
-            if server_json.is_file():
-                self.info = json.loads(server_json.read_text())
-                self.url = self.info["url"]
-                with contextlib.suppress(OSError):
-                    if http("GET", f"{self.url}/health", timeout=5)[0] == 200:
-                        break
-            time.sleep(0.2)
-
-    def output(self) -> str:
-        self.log.flush()
-        self.log.seek(0)
-        return self.log.read()
-
-    def wait(self, timeout: float) -> int | None:
-        """The launcher's exit status, or ``None`` if it is still running after ``timeout``."""
-        try:
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
-
-    def __enter__(self) -> ServerProcesses:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
-        self.log.close()

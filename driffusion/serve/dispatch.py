@@ -72,6 +72,7 @@ class Ticket:
 
     @property
     def id(self) -> str:
+        """The request's id."""
         return self.generation.id
 
     def view(self) -> dict[str, Any]:
@@ -266,18 +267,28 @@ class Scheduler:
 class Source(Protocol):
     """Where a group leader gets requests and sends what becomes of them."""
 
-    def next(self, timeout: float) -> Generation | str | None: ...
+    def next(self, timeout: float) -> Generation | str | None:
+        """The next request, ``None`` (nothing within ``timeout``: a heartbeat) or ``STOP``."""
+        ...
 
-    def progress(self, generation: Generation, step: int, rounds: int) -> None: ...
+    def progress(self, generation: Generation, step: int, rounds: int) -> None:
+        """Round ``rounds`` of the request reached grid step ``step``."""
+        ...
 
-    def cancelled(self, generation: Generation) -> bool: ...
+    def cancelled(self, generation: Generation) -> bool:
+        """Has its client cancelled the request?"""
+        ...
 
-    def finish(self, generation: Generation, result: Generated) -> None: ...
+    def finish(self, generation: Generation, result: Generated) -> None:
+        """The request's images."""
+        ...
 
-    def stop(self, generation: Generation, error: ApiError | None) -> None: ...
+    def stop(self, generation: Generation, error: ApiError | None) -> None:
+        """The request ends without images: cancelled (``None``) or failed."""
+        ...
 
 
-class LocalSource:
+class LocalSource(Source):
     """Replica ``replica``'s requests straight from the scheduler (the leader is rank 0)."""
 
     def __init__(self, scheduler: Scheduler, replica: int = 0) -> None:
@@ -300,7 +311,7 @@ class LocalSource:
         self.scheduler.stop(generation.id, error)
 
 
-class RemoteSource:
+class RemoteSource(Source):
     """A remote group leader's end of its link to rank 0: requests in, progress, images and
     errors out; a cancel arrives between rounds.
 

@@ -22,7 +22,7 @@ from driffusion.io.images import png_bytes
 from driffusion.lightning.module import DiffusionSamplerModule
 from driffusion.lightning.session import Session
 from driffusion.models.digits import IMAGE_SIZE, NUM_CLASSES, load_digits
-from driffusion.serve.api import ApiError, Generation
+from driffusion.serve.api import ApiError, Generation, ServedModel
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 OnState = Callable[[dict[str, Any]], None]
@@ -37,7 +37,7 @@ class Generated:
     stats: dict[str, Any] = field(default_factory=dict)
 
 
-class DigitsServed:
+class DigitsServed(ServedModel):
     """The embedded class-conditional digits model (16 x 16): the prompt is the digit, ``"3"``
     or ``"three"``; defaults as ``recipes/digits.py`` (50 steps, guidance 2).
 
@@ -103,7 +103,7 @@ class DigitsServed:
         )
 
 
-class PipelineServed:
+class PipelineServed(ServedModel):
     """A diffusers image pipeline of a supported family, sampled through
     [`parallelize`][driffusion.lightning.pipeline.parallelize] on the session's draft group:
     image ``i`` from ``torch.Generator().manual_seed(seed + i)``, as the recipes draw it.
@@ -147,6 +147,7 @@ class PipelineServed:
             raise ApiError(400, "size", f"size: {error}") from None
 
     def generate(self, generation: Generation, session: Session, on_state: OnState) -> Generated:
+        """Sample the generation's images through the pipeline, as the recipes call it."""
         from driffusion.lightning.pipeline import parallelize
 
         pipe = parallelize(self.pipe, generation.sampler, session=session, progress=False)

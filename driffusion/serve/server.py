@@ -66,6 +66,7 @@ class ServerFailed(RuntimeError):
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The server's flags (the session's too), checked before any process starts."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     cli.add_session_args(parser)
     parser.add_argument(
@@ -347,9 +348,11 @@ class HttpThread:
 
     @property
     def url(self) -> str:
+        """Where it listens."""
         return f"http://{self.host}:{self.port}"
 
     def start(self) -> None:
+        """Serve from the thread; return once it listens."""
         self.thread.start()
         deadline = time.monotonic() + 30
         while not self.server.started and self.thread.is_alive() and time.monotonic() < deadline:
@@ -361,3 +364,7 @@ class HttpThread:
         """Finish the responses in flight (at most ``timeout_graceful_shutdown``), then close."""
         self.server.should_exit = True
         self.thread.join(10)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.exit_on_usage_error(main))

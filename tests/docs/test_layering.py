@@ -44,6 +44,9 @@ OPTIONAL = (
     "sklearn",
     "matplotlib",
     "open_clip",
+    "fastapi",
+    "uvicorn",
+    "pydantic",
 )
 # torch imports these itself, so they cannot be absent: driffusion code may not import them
 GUARDED = ("torch.distributed", "numpy")

@@ -16,7 +16,8 @@ import torch
 from driffusion.core import Aggressive, BatchedExecutor, RowwiseModel, initial_noise
 from driffusion.io.images import to_pil
 from driffusion.models.digits import load_digits
-from tests.support import decode_png, http, in_process_server
+from driffusion.serve.client import request as http
+from tests.support import decode_png, in_process_server
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.support import ROOT, ServerProcesses, decode_png, http, run_script
+from driffusion.serve.client import RunningServer
+from driffusion.serve.client import request as http
+from tests.support import ROOT, decode_png, run_script
 
 pytestmark = pytest.mark.processes
 
@@ -53,6 +55,18 @@ def concurrently(url: str, asked: list[tuple[int, int, str]]) -> list[tuple[int,
         return list(pool.map(lambda a: generate(url, a[2], a[1]), asked))
 
 
+def within_a_level(pixels: torch.Tensor, expected: torch.Tensor) -> bool:
+    """Equal to the recipe's image within one 8-bit level: the recipe evaluates a batch of
+    every digit on one process, a draft group splits a round's rows over its ranks, and a float
+    rounds differently now and then (a wrong seed or sampler is tens of levels off)."""
+    return int((pixels.int() - expected.int()).abs().max()) <= 1
+
+
+def server_in(cwd: Path, *flags: str) -> RunningServer:
+    """The server on 2 processes, working in ``cwd``, writing to ``cwd / "out"``."""
+    return RunningServer(cwd / "out", 2, flags, cwd=cwd, log=cwd.parent / "server.log")
+
+
 def written_outside(cwd: Path) -> list[str]:
     """Files under the server's working folder but not under its ``--out``."""
     return [str(p) for p in cwd.rglob("*") if p.is_file() and "out" not in p.relative_to(cwd).parts]
@@ -63,7 +77,7 @@ def test_one_draft_group_serves_the_recipes_images_and_drains_on_sigterm(
 ) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    with ServerProcesses(cwd) as server:
+    with server_in(cwd) as server:
         assert http("GET", f"{server.url}/health")[1]["status"] == "ready"
         info = http("GET", f"{server.url}/info")[1]
         assert info["layout"] == {
@@ -76,7 +90,7 @@ def test_one_draft_group_serves_the_recipes_images_and_drains_on_sigterm(
         for (_, seed, _), (status, body) in zip(ASKED, answers, strict=True):
             assert status == 200, body
             pixels, text = decode_png(body["data"][0]["b64_json"])
-            assert torch.equal(pixels, recipe_images[seed]), f"seed {seed}"
+            assert within_a_level(pixels, recipe_images[seed]), f"seed {seed}"
             assert text["sampler"] == "Aggressive(drafts=2, solver='dpmpp_2m')"
             assert body["stats"]["rounds"] == 6  # 1 + ceil((10 - 1) / 2), on 2 devices
             assert body["stats"]["layout"]["draft_devices"] == 2
@@ -92,7 +106,7 @@ def test_one_draft_group_serves_the_recipes_images_and_drains_on_sigterm(
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             flight = pool.submit(generate, server.url, "5", 500, steps=300)
             time.sleep(1.0)
-            os.kill(server.info["pid"], signal.SIGTERM)
+            server.terminate(timeout=0)
             status, body = flight.result(timeout=120)
         assert status == 200 and len(body["data"]) == 1, body
         assert server.wait(60) == 0, server.output()[-3000:]
@@ -106,19 +120,20 @@ def test_two_replicas_serve_side_by_side_with_the_same_images(
 ) -> None:
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    with ServerProcesses(cwd, "--draft-devices", "1") as server:
+    with server_in(cwd, "--draft-devices", "1") as server:
         assert http("GET", f"{server.url}/info")[1]["layout"]["replicas"] == 2
         asked = ASKED * 3
         answers = concurrently(server.url, asked)
-        replicas = set()
+        replicas, first = set(), {}
         for (_, seed, _), (status, body) in zip(asked, answers, strict=True):
             assert status == 200, body
-            # the same request, the same image, whichever replica: the recipe's
-            assert torch.equal(decode_png(body["data"][0]["b64_json"])[0], recipe_images[seed])
+            pixels = decode_png(body["data"][0]["b64_json"])[0]
+            # the same request, the same image, whichever replica (bit for bit), the recipe's
+            assert torch.equal(pixels, first.setdefault(seed, pixels))
+            assert within_a_level(pixels, recipe_images[seed])
             replicas.add(body["stats"]["replica"])
         assert replicas == {0, 1}
-        os.kill(server.info["pid"], signal.SIGTERM)
-        assert server.wait(60) == 0, server.output()[-3000:]
+        assert server.terminate() == 0, server.output()[-3000:]
 
 
 @pytest.mark.parametrize("fault", ["killed", "hung"])
@@ -128,7 +143,7 @@ def test_a_dead_or_hung_rank_is_a_5xx_and_a_clean_exit_never_a_hang(
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     timeout = 10
-    with ServerProcesses(cwd, "--timeout", str(timeout)) as server:
+    with server_in(cwd, "--timeout", str(timeout)) as server:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             flight = pool.submit(generate, server.url, "3", 0, steps=1000)
             time.sleep(1.5)

@@ -194,7 +194,7 @@ def load_served(model: str, tiny: bool = False, device: Any = None) -> Any:
             )
         from driffusion.adapters.tiny import build_tiny_pipeline
 
-        pipe, _ = build_tiny_pipeline(model)
+        pipe = build_tiny_pipeline(model)
         return PipelineServed(pipe.to(device) if device is not None else pipe, f"tiny-{model}")
     if (path / "model_index.json").is_file():
         import json

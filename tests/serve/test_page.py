@@ -31,6 +31,9 @@ def install_chromium() -> str | None:
         return "Chromium is not installed and there is no apt-get to install it"
     command = [apt, "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"]
     result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    if result.returncode != 0:  # a fresh machine may have no package lists yet
+        subprocess.run([apt, "update"], capture_output=True, timeout=600)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=900)
     if result.returncode != 0 or not all(Path(p).exists() for p in CHROMIUM):
         return f"`apt-get install chromium chromium-driver` failed: {result.stderr[-500:]}"
     return None

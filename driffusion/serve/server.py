@@ -14,8 +14,9 @@ process started) stops taking requests, answers every accepted one, and every ra
 SIGTERM to ``fabric run`` itself also reaches every rank and the accepted requests are
 answered, but the launcher then reports the signal (torchrun's ``SignalException``,
 non-zero). A rank that dies or hangs fails the request in flight with a 5xx within the
-collective timeout (``--timeout``); the server then stops and exits 1 with the reason. Everything the server writes goes under ``--out``: ``server.json`` (address, process
-ids, layout) once it listens, and ``images/<request id>-<i>.png`` with each image's settings.
+collective timeout (``--timeout``); the server then stops and exits 1 with the reason.
+Everything the server writes goes under ``--out``: ``server.json`` (address, process ids,
+layout) once it listens, and ``images/<request id>-<i>.png`` with each image's settings.
 """
 
 from __future__ import annotations

@@ -109,19 +109,20 @@ class PipelineServed(ServedModel):
     image ``i`` from ``torch.Generator().manual_seed(seed + i)``, as the recipes draw it.
 
     Args:
-        pipe: the loaded pipeline (on the session's device).
+        pipe: the loaded pipeline (moved to the session's device here).
         name: what ``/info`` calls it (the model id or folder).
+        session: the session it is sampled in (``None``: one process, its own device).
     """
 
     max_steps = 1000
     warmup_prompt = "a photo"
 
-    def __init__(self, pipe: Any, name: str) -> None:
+    def __init__(self, pipe: Any, name: str, session: Session | None = None) -> None:
         from driffusion.adapters.diffusers import image_size
         from driffusion.adapters.families import pipeline_family
         from driffusion.lightning.pipeline import parallelize
 
-        self.pipe = pipe
+        self.pipe = pipe if session is None else pipe.to(session.device)
         self.name = name
         family = pipeline_family(pipe)
         if family.output != "images":
@@ -131,7 +132,8 @@ class PipelineServed(ServedModel):
         self.family = family.name
         self.multiple = family.size_multiple(pipe)
         self.height, self.width = image_size(pipe)
-        self.defaults = parallelize(pipe, progress=False).defaults
+        # the session's own: without one, parallelize would join a second under `fabric run`
+        self.defaults = parallelize(pipe, session=session, progress=False).defaults
         self.steps = int(self.defaults.get("num_inference_steps") or 50)
         self.guidance = float(self.defaults.get("guidance_scale", 0.0))
 
@@ -171,10 +173,10 @@ class PipelineServed(ServedModel):
         return Generated(images, dict(out.stats))
 
 
-def load_served(model: str, tiny: bool = False, device: Any = None) -> Any:
+def load_served(model: str, tiny: bool = False, session: Session | None = None) -> Any:
     """The model ``--model`` names: ``digits`` (the embedded model), a digits model folder, a
-    family name (its pipeline from ``--model-id`` or, with ``tiny``, a tiny random one built in
-    code), or a diffusers folder (``save_pretrained``; its family read from the pipeline class).
+    family name with ``tiny`` (a tiny random pipeline built in code), or a diffusers folder
+    (``save_pretrained``; its family read from the pipeline class), on ``session``'s device.
 
     Raises:
         UsageError: a name that is none of these, or weights that cannot be loaded.
@@ -194,8 +196,7 @@ def load_served(model: str, tiny: bool = False, device: Any = None) -> Any:
             )
         from driffusion.adapters.tiny import build_tiny_pipeline
 
-        pipe = build_tiny_pipeline(model)
-        return PipelineServed(pipe.to(device) if device is not None else pipe, f"tiny-{model}")
+        return PipelineServed(build_tiny_pipeline(model), f"tiny-{model}", session)
     if (path / "model_index.json").is_file():
         import json
 
@@ -205,8 +206,8 @@ def load_served(model: str, tiny: bool = False, device: Any = None) -> Any:
         family = next((f for f in FAMILIES.values() if f.pipeline_class == cls), None)
         if family is None:
             raise UsageError(f"--model {model}: {cls} is not a supported pipeline")
-        pipe = load_pipeline(family.name, model, device=device)
-        return PipelineServed(pipe.to(device) if device is not None else pipe, model)
+        device = None if session is None else session.device
+        return PipelineServed(load_pipeline(family.name, model, device=device), model, session)
     raise UsageError(
         f"--model {model!r}: 'digits', a digits model folder, a family "
         f"({', '.join(sorted(FAMILIES))}) with --tiny, or a diffusers folder"

@@ -139,7 +139,7 @@ def serve(
     pids = session.gather(os.getpid())
     scheduler = Scheduler(layout.replicas, args.max_queue, on_finish=image_writer(args.out))
     conns = connect_leaders(layout, session.layout.timeout_s)
-    served = load_served(args.model, args.tiny, session.device)
+    served = load_served(args.model, args.tiny, session)
     solver = args.solver or (DIGITS_SOLVER if served.family == "digits" else None)
     limits = Limits(args.max_n, args.sampler, solver, layout.draft_devices)
     stop = install_sigterm(scheduler if leader else None, layout)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Any
 
@@ -76,7 +76,7 @@ def make_app(
     scheduler: Scheduler,
     served: ServedModel,
     limits: Limits,
-    info: Callable[[], dict[str, Any]],
+    info: dict[str, Any],
 ) -> FastAPI:
     """The FastAPI application.
 
@@ -87,11 +87,8 @@ def make_app(
         info: ``GET /info``'s body (model, family, devices, layout, samplers, defaults).
     """
     app = FastAPI(title="driffusion", docs_url=None, redoc_url=None)
-    layout = info()["layout"]
+    layout = info["layout"]
     page = resources.files("driffusion.serve").joinpath("page.html").read_text()
-
-    def finished(ticket: Ticket) -> tuple[int, dict[str, Any]]:
-        return answer(ticket, layout)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, error: ApiError) -> JSONResponse:
@@ -117,7 +114,7 @@ def make_app(
 
     @app.get("/info")
     async def get_info() -> dict[str, Any]:
-        return {**info(), "status": scheduler.state, **scheduler.counts()}
+        return {**info, "status": scheduler.state, **scheduler.counts()}
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:
@@ -138,7 +135,7 @@ def make_app(
                 status_code=202,
             )
         await asyncio.wrap_future(ticket.future)
-        status, content = finished(ticket)
+        status, content = answer(ticket, layout)
         return JSONResponse(content, status_code=status)
 
     @app.get("/v1/requests/{request_id}")
@@ -146,7 +143,7 @@ def make_app(
         ticket = scheduler.get(request_id)
         if not ticket.future.done():
             return JSONResponse(ticket.view())
-        code, content = finished(ticket)
+        code, content = answer(ticket, layout)
         return JSONResponse(content, status_code=code)
 
     @app.post("/v1/requests/{request_id}/cancel")
@@ -166,9 +163,8 @@ def make_app(
                     yield sse("progress", ticket.events[sent])
                     sent += 1
                 if done:
-                    code, content = finished(ticket)
-                    kind = "done" if ticket.status == "done" else ticket.status
-                    yield sse("error" if code >= 400 else kind, content)
+                    code, content = answer(ticket, layout)
+                    yield sse("error" if code >= 400 else ticket.status, content)
                     return
                 await asyncio.sleep(EVENT_POLL_S)
 

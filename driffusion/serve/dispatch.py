@@ -449,7 +449,6 @@ def group_loop(layout: ParallelLayout, source: Source | None, generate: Generate
         CollectiveError: a peer died or hung, or rank 0's link broke (the request in flight is
             answered 500 first); any other error is a fault of the server, raised as is.
     """
-    leader = source is not None
     while True:
         message = source.next(HEARTBEAT_S) if source is not None else None
         message = share(layout, message, "hand-over of the next request")
@@ -493,7 +492,7 @@ def group_loop(layout: ParallelLayout, source: Source | None, generate: Generate
                 message_ = f"{type(error).__name__}: {error}"
                 _answer_safely(source, generation, ApiError(500, None, message_, "server_error"))
             raise
-        if leader and source is not None:
+        if source is not None:
             source.finish(generation, result)
 
 

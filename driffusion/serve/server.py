@@ -142,7 +142,7 @@ def serve(
     served = load_served(args.model, args.tiny, session)
     solver = args.solver or (DIGITS_SOLVER if served.family == "digits" else None)
     limits = Limits(args.max_n, args.sampler, solver, layout.draft_devices)
-    stop = install_sigterm(scheduler if leader else None, layout)
+    stop = install_sigterm(scheduler if leader else None)
 
     def generate(generation: Generation, on_state: Any) -> Generated:
         return served.generate(generation, session, on_state)
@@ -153,9 +153,7 @@ def serve(
             from driffusion.serve.app import make_app
 
             info = server_info(served, limits, session)
-            http = HttpThread(
-                make_app(scheduler, served, limits, lambda: info), args.host, args.port
-            )
+            http = HttpThread(make_app(scheduler, served, limits, info), args.host, args.port)
             http.start()
             write_server_json(args.out, http, pids, info)
             links = [
@@ -254,7 +252,7 @@ def connect_leaders(layout: ParallelLayout, timeout_s: float) -> dict[int, Conne
     return conns
 
 
-def install_sigterm(scheduler: Scheduler | None, layout: ParallelLayout) -> Any:
+def install_sigterm(scheduler: Scheduler | None) -> Any:
     """SIGTERM drains on rank 0 (stop taking requests, answer the accepted ones); the other
     ranks go on until rank 0 tells their group to stop. Returns what restores the handler."""
     if threading.current_thread() is not threading.main_thread():

@@ -78,7 +78,15 @@ from driffusion.io import (
 )
 from driffusion.lightning import DiffusionSamplerModule, ProgressBar, Session, cli
 from driffusion.lightning.launch import owns_output_folder
-from driffusion.models.digits import NUM_CLASSES, DigitsModel, digits_dataset, load_digits
+from driffusion.models.digits import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_SOLVER,
+    DEFAULT_STEPS,
+    NUM_CLASSES,
+    DigitsModel,
+    digits_dataset,
+    load_digits,
+)
 
 KEYS = [
     "sampler",
@@ -111,11 +119,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "srds",
             "paradigms(rule='paper', tol=0.1)",
         ),
-        solver="dpmpp_2m",
+        solver=DEFAULT_SOLVER,
     )
     budget = parser.add_mutually_exclusive_group()
     budget.add_argument(
-        "--steps", type=cli.positive_int, default=None, help="grid steps (default 50)"
+        "--steps", type=cli.positive_int, default=None, help=f"grid steps (default {DEFAULT_STEPS})"
     )
     budget.add_argument(
         "--rounds",
@@ -123,7 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a latency budget: calibrate N, k, mode, solver",
     )
-    parser.add_argument("--guidance", type=cli.nonnegative_float, default=2.0)
+    parser.add_argument("--guidance", type=cli.nonnegative_float, default=DEFAULT_GUIDANCE)
     parser.add_argument("--seed", type=cli.nonnegative_int, default=0)
     parser.add_argument("--n-per-class", type=cli.positive_int, default=10)
     parser.add_argument("--batch-size", type=cli.positive_int, default=50)
@@ -141,7 +149,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     cli.check_sampler_args(parser, args)
     if args.steps is None and args.rounds is None:
-        args.steps = 50
+        args.steps = DEFAULT_STEPS
     for name in ("steps", "rounds"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(args, name)}")

@@ -27,6 +27,11 @@ SHIPPED = Path(__file__).resolve().parent / "digits"
 IMAGE_SIZE = 16
 NUM_CLASSES = 10
 NULL_LABEL = NUM_CLASSES  # the "no label" class used for classifier-free guidance
+# what recipes/digits.py samples with unless told, and the server's defaults on this model (so
+# that a served digit equals the recipe's for the same seed and sampler)
+DEFAULT_STEPS = 50
+DEFAULT_GUIDANCE = 2.0
+DEFAULT_SOLVER = "dpmpp_2m"
 
 
 class MissingWeightsError(UsageError, FileNotFoundError):

@@ -120,6 +120,8 @@ class ServedModel(Protocol):
         steps, guidance: the defaults.
         max_steps: the most steps a request may ask for.
         warmup_prompt: the prompt of the warm-up request.
+        solver: the built-in samplers' solver by default (``None``: the model's own grid and
+            method, e.g. a pipeline's scheduler).
     """
 
     name: str
@@ -131,6 +133,7 @@ class ServedModel(Protocol):
     guidance: float
     max_steps: int
     warmup_prompt: str
+    solver: str | None
 
     def condition(self, prompt: str, negative_prompt: str | None) -> Any:
         """The network's condition for ``prompt`` (picklable); an ``ApiError`` naming the field

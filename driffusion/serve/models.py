@@ -21,7 +21,14 @@ from driffusion.core.samplers.settings import sampler_rows
 from driffusion.io.images import png_bytes
 from driffusion.lightning.module import DiffusionSamplerModule
 from driffusion.lightning.session import Session
-from driffusion.models.digits import IMAGE_SIZE, NUM_CLASSES, load_digits
+from driffusion.models.digits import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_SOLVER,
+    DEFAULT_STEPS,
+    IMAGE_SIZE,
+    NUM_CLASSES,
+    load_digits,
+)
 from driffusion.serve.api import ApiError, Generation, ServedModel
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -48,8 +55,9 @@ class DigitsServed(ServedModel):
     family = "digits"
     multiple = IMAGE_SIZE
     width = height = IMAGE_SIZE
-    steps = 50
-    guidance = 2.0
+    steps = DEFAULT_STEPS
+    guidance = DEFAULT_GUIDANCE
+    solver: str | None = DEFAULT_SOLVER
     max_steps = 1000  # the training grid's
     warmup_prompt = "0"
 
@@ -116,6 +124,7 @@ class PipelineServed(ServedModel):
 
     max_steps = 1000
     warmup_prompt = "a photo"
+    solver = None  # the pipeline's scheduler
 
     def __init__(self, pipe: Any, name: str, session: Session | None = None) -> None:
         from driffusion.adapters.diffusers import image_size

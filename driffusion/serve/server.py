@@ -43,6 +43,7 @@ from driffusion.core.samplers.registry import sampler_names
 from driffusion.core.solvers import SOLVER_NAMES
 from driffusion.io.images import atomic_write
 from driffusion.lightning import Session, cli
+from driffusion.models.digits import DEFAULT_SOLVER
 from driffusion.serve.api import (
     MAX_PROMPT_CHARS,
     ApiError,
@@ -53,8 +54,6 @@ from driffusion.serve.api import (
 )
 from driffusion.serve.dispatch import Link, LocalSource, RemoteSource, Scheduler, Ticket, group_loop
 from driffusion.serve.models import Generated, load_served
-
-DIGITS_SOLVER = "dpmpp_2m"  # recipes/digits.py's default: a served digit equals the recipe's
 
 
 class ServerFailed(RuntimeError):
@@ -91,7 +90,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--solver",
         choices=SOLVER_NAMES,
         default=None,
-        help=f"the built-in samplers' solver (default: {DIGITS_SOLVER} on digits, as "
+        help=f"the built-in samplers' solver (default: {DEFAULT_SOLVER} on digits, as "
         "recipes/digits.py; the pipeline's scheduler otherwise)",
     )
     parser.add_argument("--max-n", type=cli.positive_int, default=4, help="images per request")
@@ -140,7 +139,7 @@ def serve(
     scheduler = Scheduler(layout.replicas, args.max_queue, on_finish=image_writer(args.out))
     conns = connect_leaders(layout, session.layout.timeout_s)
     served = load_served(args.model, args.tiny, session)
-    solver = args.solver or (DIGITS_SOLVER if served.family == "digits" else None)
+    solver = args.solver or served.solver
     limits = Limits(args.max_n, args.sampler, solver, layout.draft_devices)
     stop = install_sigterm(scheduler if leader else None)
 

@@ -36,7 +36,7 @@ from PIL import Image
 
 from driffusion.core import BatchedExecutor, RowwiseModel, initial_noise
 from driffusion.io import markdown_table, to_pil, write_json
-from driffusion.models.digits import load_digits
+from driffusion.models.digits import DEFAULT_GUIDANCE, DEFAULT_SOLVER, DigitsModel, load_digits
 from driffusion.serve.api import Limits, read_sampler
 from driffusion.serve.client import RunningServer, request
 
@@ -71,10 +71,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def expected_image(digit: int, seed: int, steps: int, sampler: Any) -> np.ndarray:
+def expected_image(
+    model: DigitsModel, digit: int, seed: int, steps: int, sampler: Any
+) -> np.ndarray:
     """The digit as the server's sampler draws it, here in this process."""
-    model = load_digits()
-    network = BatchedExecutor(RowwiseModel(model.denoiser(2.0), {"label": torch.tensor([digit])}))
+    network = BatchedExecutor(
+        RowwiseModel(model.denoiser(DEFAULT_GUIDANCE), {"label": torch.tensor([digit])})
+    )
     with torch.inference_mode():
         x = sampler(network, initial_noise([seed], (1, 16, 16)), model.schedule(steps)).x
     return np.array(to_pil(x[0]))
@@ -131,13 +134,14 @@ def load(
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
     rows: list[dict[str, Any]] = []
+    model = load_digits()  # once: the expected image of every request
     with tempfile.TemporaryDirectory() as tmp:
         for layout in args.layouts:
             group = args.devices if layout == "group" else 1
-            limits = Limits(sampler=args.sampler, solver="dpmpp_2m", rows=group)
+            limits = Limits(sampler=args.sampler, solver=DEFAULT_SOLVER, rows=group)
             sampler = read_sampler(args.sampler, group, args.steps, limits)
             expected = {
-                i: expected_image(i % 10, 1000 + i, args.steps, sampler)
+                i: expected_image(model, i % 10, 1000 + i, args.steps, sampler)
                 for i in range(args.requests)
             }
             flags = ["--draft-devices", str(group), "--sampler", args.sampler]

@@ -32,7 +32,7 @@ from driffusion.core import (
     vp_schedule,
     vp_timesteps,
 )
-from driffusion.serve.client import free_port  # `fabric run` binds 29400 unless told
+from driffusion.serve.client import free_port  # every `fabric run` a test starts picks one
 from driffusion.testing import FlowNoiseLevels, GaussianMixtureDenoiser, VPNoiseLevels
 
 # what Lightning and the launchers read or write: a test must leave them as it found them (the
